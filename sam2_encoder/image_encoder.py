@@ -1,0 +1,402 @@
+"""SAM 2's image encoder (Hiera trunk + FPN neck) as a batched multi-scale feature extractor.
+
+The output equals Meta SAM 2's image-predictor features: ``forward_image`` (trunk, neck,
+``scalp=1``, ``conv_s0``/``conv_s1`` high-res projections) followed by
+``_prepare_backbone_features`` and the no-memory embedding added to the coarsest level
+(``directly_add_no_mem_embed``), reshaped back to ``(B, C, H, W)`` with sizes taken from the
+input rather than hard-coded for 1024.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Sam2VisionModel
+from transformers.models.sam2.modeling_sam2 import do_pool, window_partition, window_unpartition
+
+from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
+from .transforms import ImageInput, SAM2Transforms
+from .variants import Variant, check_image_size, get_variant
+
+__all__ = ["LEVELS", "FeaturePyramid", "SAM2ImageEncoder", "build_seeded"]
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("s4", "s8", "s16")
+_STRIDES = {"s4": 4, "s8": 8, "s16": 16}
+_CHANNELS = {"s4": 32, "s8": 64, "s16": 256}
+
+
+@dataclass
+class FeaturePyramid:
+    """SAM 2's three image-predictor feature maps for a batch.
+
+    Attributes:
+        s4: ``(B, 32, H/4, W/4)``: stride-4 neck level through ``conv_s0``.
+        s8: ``(B, 64, H/8, W/8)``: stride-8 neck level through ``conv_s1``.
+        s16: ``(B, 256, H/16, W/16)``: stride-16 level (top-down fused) plus the no-memory embedding.
+        pos_enc: The sine position encodings of the three levels, each ``(B, 256, h, w)``,
+            when asked for with ``with_pos_enc=True``; else ``None``.
+    """
+
+    s4: torch.Tensor
+    s8: torch.Tensor
+    s16: torch.Tensor
+    pos_enc: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """Iterate the maps, finest first (position encodings excluded)."""
+        return iter((self.s4, self.s8, self.s16))
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, key: int | str) -> torch.Tensor:
+        """A map by index (0..2) or by name (``"s4"``, ``"s8"``, ``"s16"``)."""
+        if isinstance(key, str):
+            if key not in LEVELS:
+                raise KeyError(f"unknown level {key!r}; levels are {LEVELS}")
+            return getattr(self, key)
+        return (self.s4, self.s8, self.s16)[key]
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """``{"s4": ..., "s8": ..., "s16": ...}``."""
+        return {name: getattr(self, name) for name in LEVELS}
+
+    def to(self, *args, **kwargs) -> FeaturePyramid:
+        """``Tensor.to`` applied to every map (and position encoding)."""
+        pos = None if self.pos_enc is None else tuple(p.to(*args, **kwargs) for p in self.pos_enc)
+        return FeaturePyramid(*(m.to(*args, **kwargs) for m in self), pos_enc=pos)
+
+    def select(self, index: torch.Tensor | slice | int) -> FeaturePyramid:
+        """The pyramid of a subset of the batch (``index`` applied to dim 0)."""
+        pos = None if self.pos_enc is None else tuple(p[index] for p in self.pos_enc)
+        return FeaturePyramid(*(m[index] for m in self), pos_enc=pos)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the maps by level name."""
+        return {f.name: tuple(getattr(self, f.name).shape) for f in fields(self) if f.name in LEVELS}
+
+
+def build_seeded(factory, seed: int):
+    """Call ``factory()`` with the global RNG seeded, leaving the caller's RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
+
+
+class SAM2ImageEncoder(nn.Module):
+    """Batched multi-scale SAM 2 image features for any released variant.
+
+    Args:
+        variant: A released model name (``"sam2.1_hiera_tiny"``; see ``variants.VARIANTS``).
+        checkpoint: Meta ``.pt`` / safetensors / HF folder path, URL, variant name or hub id
+            (see :func:`sam2_encoder.checkpoints.resolve_checkpoint`), or ``None`` for seeded
+            random weights (a warning is issued).
+        image_size: Encoder input side (or ``(H, W)``), each a multiple of 32. Inputs of any
+            size are resized to it by the transforms.
+        device: Where to put the weights.
+        dtype: Weight dtype (``torch.float32`` by default).
+        freeze: Freeze the weights: no gradients, and the module stays in eval mode through
+            ``.train()``. The trunk then runs under ``torch.no_grad`` (``inference_mode`` when
+            autograd is off).
+        with_pos_enc: Also return the neck's sine position encodings (off: a policy does not
+            need them and they cost time).
+        fast_attention: Run the Hiera blocks through our fused attention (one SDPA call, none
+            of transformers' unused attention-weight tensor). Outputs are identical; off runs
+            transformers' own trunk forward.
+        channel_order: ``"RGB"`` or ``"BGR"`` for the built-in transforms.
+        input_range: Range of float inputs for the built-in transforms.
+        seed: Seed of the random initialisation when ``checkpoint`` is ``None``.
+        download: Allow downloading a remote checkpoint that is not cached yet.
+        model: Internal: reuse the vision parts of an existing transformers ``Sam2Model`` /
+            ``Sam2VideoModel`` (weights shared) instead of building new ones.
+
+    Example:
+        >>> enc = SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=256)  # doctest: +SKIP
+        >>> pyr = enc(torch.rand(2, 3, 480, 640))  # doctest: +SKIP
+        >>> pyr.s16.shape  # doctest: +SKIP
+        torch.Size([2, 256, 16, 16])
+    """
+
+    def __init__(
+        self,
+        variant: str | Variant = "sam2.1_hiera_tiny",
+        checkpoint: str | os.PathLike[str] | None = None,
+        image_size: int | tuple[int, int] = 1024,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        freeze: bool = True,
+        with_pos_enc: bool = False,
+        fast_attention: bool = True,
+        channel_order: str = "RGB",
+        input_range: tuple[float, float] = (0.0, 1.0),
+        seed: int = 0,
+        download: bool = True,
+        model: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.frozen = False
+        self.variant = get_variant(variant)
+        self.image_size = check_image_size(image_size)
+        self.with_pos_enc = with_pos_enc
+        self.fast_attention = fast_attention
+        self.transforms = SAM2Transforms(self.image_size, channel_order=channel_order, input_range=input_range)
+
+        if model is not None:
+            self.vision_encoder = model.vision_encoder
+            self.conv_s0 = model.mask_decoder.conv_s0
+            self.conv_s1 = model.mask_decoder.conv_s1
+            self.no_memory_embedding = model.no_memory_embedding
+        else:
+            config = self.variant.vision_config(self.image_size)
+
+            def build() -> None:
+                self.vision_encoder = Sam2VisionModel(config)
+                self.conv_s0 = nn.Conv2d(256, 32, kernel_size=1)
+                self.conv_s1 = nn.Conv2d(256, 64, kernel_size=1)
+                self.no_memory_embedding = nn.Parameter(torch.zeros(1, 1, 256))
+
+            build_seeded(build, seed)
+            if checkpoint is None:
+                warnings.warn(
+                    f"SAM2ImageEncoder({self.variant.name!r}) has no checkpoint: using seeded random weights "
+                    f"(seed={seed}); pass checkpoint=... for trained features",
+                    stacklevel=2,
+                )
+            else:
+                path = resolve_checkpoint(checkpoint, download_missing=download)
+                self.load_sam2_weights(load_checkpoint(path), source=str(path))
+        if dtype is not None:
+            self.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        if device is not None:
+            self.to(device)
+        if freeze:
+            self.freeze()
+
+    # ----------------------------------------------------------------------------------------
+    # weights
+    # ----------------------------------------------------------------------------------------
+
+    _OWN_TO_HF = {"conv_s0.": "mask_decoder.conv_s0.", "conv_s1.": "mask_decoder.conv_s1."}
+
+    def load_sam2_weights(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Load this encoder's weights from a full SAM 2 state dict in transformers' names.
+
+        Args:
+            state: A ``Sam2Model`` / ``Sam2VideoModel`` state dict (see ``load_checkpoint``).
+            source: Named in error messages.
+
+        Raises:
+            CheckpointError: If keys are missing, unexpected or of the wrong shape for this variant.
+        """
+        own = self._weights_state_dict()
+        hf_names = {self._hf_name(k): k for k in own}
+        wanted = ("vision_encoder.", "mask_decoder.conv_s0.", "mask_decoder.conv_s1.", "no_memory_embedding")
+        picked = {k: v for k, v in state.items() if k.startswith(wanted)}
+        check_state_dict(picked, {h: own[k] for h, k in hf_names.items()}, self.variant, source=source)
+        with torch.no_grad():
+            for hf_key, own_key in hf_names.items():
+                own[own_key].copy_(picked[hf_key])
+
+    def _hf_name(self, key: str) -> str:
+        for own, hf in self._OWN_TO_HF.items():
+            if key.startswith(own):
+                return hf + key[len(own) :]
+        return key
+
+    def _weights_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict(keep_vars=True).items() if not k.startswith("transforms.")}
+
+    # ----------------------------------------------------------------------------------------
+    # freezing
+    # ----------------------------------------------------------------------------------------
+
+    def freeze(self) -> SAM2ImageEncoder:
+        """Freeze all weights and stay in eval mode (``.train()`` is then ignored)."""
+        self.requires_grad_(False)
+        self.frozen = True
+        return super().train(False)
+
+    def unfreeze(self) -> SAM2ImageEncoder:
+        """Make all weights trainable again."""
+        self.requires_grad_(True)
+        self.frozen = False
+        return self
+
+    def train(self, mode: bool = True) -> SAM2ImageEncoder:
+        """Set train mode, unless frozen (a frozen encoder stays in eval mode)."""
+        return super().train(False if self.frozen else mode)
+
+    @property
+    def feature_info(self) -> list[dict[str, int | str]]:
+        """timm-style description of the output levels: name, channels, stride."""
+        return [{"module": n, "num_chs": _CHANNELS[n], "reduction": _STRIDES[n]} for n in LEVELS]
+
+    def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """``(C, h, w)`` of each level at this encoder's ``image_size``."""
+        h, w = self.image_size
+        return {n: (_CHANNELS[n], h // _STRIDES[n], w // _STRIDES[n]) for n in LEVELS}
+
+    # ----------------------------------------------------------------------------------------
+    # forward
+    # ----------------------------------------------------------------------------------------
+
+    def forward(self, images: ImageInput) -> FeaturePyramid:
+        """Preprocess and encode a batch.
+
+        Args:
+            images: ``(B, 3, H, W)`` / ``(B, H, W, 3)`` uint8 or float (in ``input_range``), any
+                ``H, W``; numpy arrays and lists are accepted too (see ``SAM2Transforms``).
+
+        Returns:
+            A ``FeaturePyramid`` with ``s4 (B, 32, S/4, S/4)``, ``s8 (B, 64, S/8, S/8)`` and
+            ``s16 (B, 256, S/16, S/16)`` for ``image_size`` ``S``.
+        """
+        return self.encode(self.transforms(images))
+
+    def _grad_context(self) -> contextlib.AbstractContextManager:
+        if not self.frozen:
+            return contextlib.nullcontext()
+        return torch.inference_mode() if not torch.is_grad_enabled() else torch.no_grad()
+
+    def encode(self, pixel_values: torch.Tensor) -> FeaturePyramid:
+        """Encode already-normalised pixels (the output of ``self.transforms``).
+
+        Args:
+            pixel_values: ``(B, 3, H, W)`` with ``H, W`` multiples of 32.
+
+        Returns:
+            The ``FeaturePyramid`` at strides 4, 8 and 16 of ``(H, W)``.
+        """
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
+        check_image_size(tuple(pixel_values.shape[-2:]))
+        with self._grad_context():
+            weight = self.vision_encoder.backbone.patch_embed.projection.weight
+            if not torch.is_autocast_enabled(pixel_values.device.type):
+                pixel_values = pixel_values.to(weight.dtype)
+            stages = self.trunk(pixel_values)
+            s4, s8, s16 = self.neck(stages)
+            s4 = self.conv_s0(s4)
+            s8 = self.conv_s1(s8)
+            s16 = s16 + self.no_memory_embedding.view(1, -1, 1, 1).to(s16.dtype)
+            pos = self.position_encodings((s4, s8, s16)) if self.with_pos_enc else None
+        return FeaturePyramid(s4, s8, s16, pos_enc=pos)
+
+    def trunk(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Hiera trunk: the four stage outputs, each ``(B, h, w, C)`` (channels last), finest first."""
+        backbone = self.vision_encoder.backbone
+        if not self.fast_attention:
+            return list(backbone(pixel_values).intermediate_hidden_states)
+        x = backbone.patch_embed(pixel_values)
+        x = x + backbone._get_pos_embed(x.shape[1:3])
+        outputs = []
+        for i, block in enumerate(backbone.blocks):
+            x = _block_forward(block, x)
+            if i in backbone.stage_ends:
+                outputs.append(x)
+        return outputs
+
+    def neck(self, stages: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """FPN neck without position encodings, keeping the three finest levels (``scalp=1``).
+
+        Args:
+            stages: Trunk outputs ``(B, h, w, C_i)``, finest first.
+
+        Returns:
+            ``(B, 256, h, w)`` maps at strides 4, 8 and 16.
+        """
+        neck = self.vision_encoder.neck
+        n = len(neck.convs) - 1
+        maps: list[torch.Tensor] = [None] * (n + 1)  # type: ignore[list-item]
+        previous = None
+        for i in range(n, -1, -1):  # coarsest first, as the top-down path needs
+            conv = neck.convs[n - i]
+            lateral = conv(stages[i].permute(0, 3, 1, 2))
+            if previous is not None and i in neck.fpn_top_down_levels:
+                top_down = F.interpolate(previous.float(), scale_factor=2.0, mode="nearest")
+                lateral = lateral + top_down.to(lateral.dtype)
+            maps[i] = previous = lateral
+        return maps[0], maps[1], maps[2]
+
+    def position_encodings(self, maps: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The neck's sine position encoding for each map, ``(B, 256, h, w)`` each."""
+        encoding = self.vision_encoder.neck.position_encoding
+        return tuple(encoding(m.shape, m.device, m.dtype).to(m.dtype) for m in maps)  # type: ignore[return-value]
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant.name!r}, image_size={self.image_size}, frozen={self.frozen}"
+
+
+def _attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``Sam2MultiScaleAttention`` without its unused attention-weight tensor.
+
+    Args:
+        attn: The transformers attention module (its weights are used).
+        x: ``(B, h, w, C)`` tokens (windows flattened into the batch).
+
+    Returns:
+        ``(B, h', w', C_out)``, pooled when the module has a query stride.
+    """
+    batch, height, width, _ = x.shape
+    heads = attn.num_attention_heads
+    qkv = attn.qkv(x).reshape(batch, height * width, 3, heads, -1)
+    query, key, value = torch.unbind(qkv, 2)
+    if attn.query_stride:
+        query = do_pool(query.reshape(batch, height, width, -1), attn.query_stride)
+        height, width = query.shape[1:3]
+        query = query.reshape(batch, height * width, heads, -1)
+    out = F.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scale=attn.scale
+    )
+    return attn.proj(out.transpose(1, 2).reshape(batch, height, width, -1))
+
+
+def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One Hiera block (``Sam2MultiScaleBlock``) with :func:`_attention`.
+
+    Args:
+        block: The transformers block (its weights and settings are used).
+        x: ``(B, h, w, C_in)``.
+
+    Returns:
+        ``(B, h', w', C_out)``.
+    """
+    residual = x
+    x = block.layer_norm1(x)
+    if block.dim != block.dim_out:
+        residual = do_pool(block.proj(x), block.query_stride)
+    window = block.window_size
+    height, width = x.shape[1:3]
+    if window > 0:
+        x, padded = window_partition(x, window)
+    x = _attention(block.attn, x)
+    if block.query_stride:
+        window = block.window_size // block.query_stride[0]
+        height, width = residual.shape[1:3]
+        padded = (height + (-height) % window, width + (-width) % window)
+    if block.window_size > 0:
+        x = window_unpartition(x, window, padded, (height, width))
+    x = residual + x
+    return x + block.mlp(block.layer_norm2(x))
+
+
+def flops_per_image(encoder: SAM2ImageEncoder) -> int:
+    """Forward FLOPs of one image at the encoder's size, counted with ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = encoder.image_size
+    x = torch.zeros(1, 3, h, w, device=encoder.no_memory_embedding.device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        encoder.encode(x)
+    return int(counter.get_total_flops())
