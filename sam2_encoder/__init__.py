@@ -8,6 +8,7 @@ video tracker.
 
 from .checkpoints import CheckpointError, convert_meta_state_dict, load_checkpoint, resolve_checkpoint
 from .image_encoder import FeaturePyramid, SAM2ImageEncoder
+from .obs_encoder import SAM2ObsEncoder
 from .transforms import SAM2Transforms
 from .variants import VARIANTS, Variant, get_variant
 
@@ -18,6 +19,7 @@ __all__ = [
     "CheckpointError",
     "FeaturePyramid",
     "SAM2ImageEncoder",
+    "SAM2ObsEncoder",
     "SAM2Transforms",
     "Variant",
     "__version__",

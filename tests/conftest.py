@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", "2")))))
+# One thread: these 2-core machines are often shared, and torch with 2 threads then runs up to 20x slower.
+torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
 warnings.filterwarnings("ignore", message=".*has no checkpoint.*")
 
 

@@ -1,0 +1,1 @@
+"""Hydra configs of sam2_encoder, importable as ``pkg://sam2_encoder.config``."""

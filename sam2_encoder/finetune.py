@@ -1,0 +1,109 @@
+"""Fine-tuning modes for the Hiera trunk: all weights, the last N blocks, or LoRA on attention."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["FINETUNE_MODES", "LoRALinear", "apply_lora", "configure_finetuning"]
+
+FINETUNE_MODES = ("all", "last_blocks", "lora")
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update ``(alpha / rank) * B @ A``.
+
+    ``B`` starts at zero, so the wrapped layer initially computes exactly what ``base`` does.
+
+    Args:
+        base: The linear layer to adapt (kept, frozen).
+        rank: Rank of the update.
+        alpha: Scale numerator; the update is multiplied by ``alpha / rank``.
+
+    Shapes:
+        ``(..., in_features) -> (..., out_features)``.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 16.0) -> None:
+        super().__init__()
+        if rank <= 0:
+            raise ValueError(f"LoRA rank must be positive, got {rank}")
+        self.base = base.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scale = alpha / rank
+
+    @property
+    def in_features(self) -> int:
+        """Input features of the wrapped layer."""
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        """Output features of the wrapped layer."""
+        return self.base.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``base(x) + scale * x @ A^T @ B^T``."""
+        return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
+
+
+def apply_lora(blocks: nn.ModuleList, rank: int, alpha: float) -> list[nn.Parameter]:
+    """Wrap every Hiera block's attention ``qkv`` and ``proj`` in :class:`LoRALinear`.
+
+    Args:
+        blocks: The trunk's ``Sam2MultiScaleBlock`` list.
+        rank: LoRA rank.
+        alpha: LoRA alpha.
+
+    Returns:
+        The new trainable LoRA parameters.
+    """
+    params = []
+    for block in blocks:
+        for name in ("qkv", "proj"):
+            layer = getattr(block.attn, name)
+            if not isinstance(layer, LoRALinear):
+                layer = LoRALinear(layer, rank, alpha)
+                setattr(block.attn, name, layer)
+            params += [layer.lora_a, layer.lora_b]
+    return params
+
+
+def configure_finetuning(
+    encoder: nn.Module, mode: str, num_blocks: int = 2, rank: int = 8, alpha: float = 16.0
+) -> None:
+    """Make part of a ``SAM2ImageEncoder`` trainable.
+
+    Args:
+        encoder: The image encoder (initially frozen).
+        mode: ``"all"``; ``"last_blocks"`` (the last ``num_blocks`` Hiera blocks, the neck and the
+            high-res projections); or ``"lora"`` (LoRA on every block's attention ``qkv`` and
+            ``proj``; everything else stays frozen).
+        num_blocks: Blocks made trainable for ``"last_blocks"``.
+        rank: LoRA rank.
+        alpha: LoRA alpha.
+
+    Raises:
+        ValueError: For an unknown mode or a block count outside ``1..len(blocks)``.
+    """
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"unknown finetune mode {mode!r}; choose one of {', '.join(FINETUNE_MODES)}")
+    encoder.unfreeze()
+    if mode == "all":
+        return
+    encoder.requires_grad_(False)
+    blocks = encoder.vision_encoder.backbone.blocks
+    if mode == "lora":
+        apply_lora(blocks, rank, alpha)
+        return
+    if not 1 <= num_blocks <= len(blocks):
+        raise ValueError(f"finetune_blocks must be in 1..{len(blocks)} for {encoder.variant.name}, got {num_blocks}")
+    for block in blocks[len(blocks) - num_blocks :]:
+        block.requires_grad_(True)
+    for module in (encoder.vision_encoder.neck, encoder.conv_s0, encoder.conv_s1):
+        module.requires_grad_(True)
+    encoder.no_memory_embedding.requires_grad_(True)

@@ -1,0 +1,377 @@
+"""``SAM2ObsEncoder``: a drop-in for Diffusion Policy's ``MultiImageObsEncoder``.
+
+Contract (see Diffusion Policy's ``DiffusionUnetImagePolicy``): built from ``shape_meta``;
+``forward(obs_dict)`` takes ``obs_dict[key]`` of shape ``(N, *shape_meta.obs[key].shape)`` with
+``N = B * n_obs_steps`` and returns ``(N, D)`` in the same row order, rgb features first (keys
+sorted) then the raw low-dim values (keys sorted); ``output_shape()`` returns ``(D,)``.
+
+Images arrive normalised by the policy's ``LinearNormalizer``: float in [-1, 1]. They are mapped
+back to [0, 1] exactly, optionally resized / cropped like Diffusion Policy does, then
+preprocessed the SAM 2 way. Every camera and time step goes through the trunk in ONE batched pass.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .finetune import configure_finetuning
+from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder, build_seeded
+from .pooling import build_pool
+
+__all__ = ["SAM2ObsEncoder", "parse_shape_meta"]
+
+
+def parse_shape_meta(shape_meta: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """Split ``shape_meta["obs"]`` into rgb and low-dim keys (each sorted, as Diffusion Policy does).
+
+    Args:
+        shape_meta: ``{"obs": {key: {"shape": [...], "type": "rgb" | "low_dim"}}, ...}``;
+            ``type`` defaults to ``low_dim``.
+
+    Returns:
+        ``(rgb, low_dim)``: ``{key: shape}`` dicts in sorted key order.
+
+    Raises:
+        ValueError: On a missing ``obs`` entry, an unknown type or an rgb shape other than (3, H, W).
+    """
+    if "obs" not in shape_meta:
+        raise ValueError(f"shape_meta needs an 'obs' entry, got keys {sorted(shape_meta)}")
+    rgb: dict[str, tuple[int, ...]] = {}
+    low_dim: dict[str, tuple[int, ...]] = {}
+    for key in sorted(shape_meta["obs"]):
+        attr = shape_meta["obs"][key]
+        shape = tuple(int(s) for s in attr["shape"])
+        kind = attr.get("type", "low_dim")
+        if kind == "rgb":
+            if len(shape) != 3 or shape[0] != 3:
+                raise ValueError(f"shape_meta.obs.{key}: rgb shape must be [3, H, W], got {list(shape)}")
+            rgb[key] = shape
+        elif kind == "low_dim":
+            low_dim[key] = shape
+        else:
+            raise ValueError(f"shape_meta.obs.{key}: type must be 'rgb' or 'low_dim', got {kind!r}")
+    if not rgb:
+        raise ValueError("shape_meta.obs has no rgb key: SAM2ObsEncoder needs at least one camera")
+    return rgb, low_dim
+
+
+class SAM2ObsEncoder(nn.Module):
+    """Diffusion Policy observation encoder with a SAM 2 trunk shared by all cameras.
+
+    Args:
+        shape_meta: Diffusion Policy's shape meta (``obs`` entries with ``shape`` and ``type``).
+        variant: Released SAM 2 model name.
+        checkpoint: Weights (see ``SAM2ImageEncoder``); ``None``: seeded random weights.
+        image_size: SAM 2 input side (multiple of 32); every camera is resized to it.
+        levels: Pyramid levels feeding the heads (``"s4"``, ``"s8"``, ``"s16"``); several levels
+            are fused by average-pooling the finer ones to the coarsest selected grid and
+            concatenating channels.
+        pool: Head type: ``spatial_softmax``, ``attention``, ``avg`` or ``conv``.
+        pool_kwargs: Extra head options (``num_keypoints``, ``num_heads``...).
+        feature_dim: Output size per camera (``None``: the head's natural size, e.g.
+            ``2 * num_keypoints`` for spatial softmax).
+        share_heads: One head for all cameras instead of one per camera.
+        freeze: Keep the SAM 2 weights frozen (default). ``False`` fine-tunes them (see ``finetune``).
+        finetune: With ``freeze=False``: ``"all"`` (default), ``"last_blocks"`` or ``"lora"``.
+        finetune_blocks: Trainable Hiera blocks for ``"last_blocks"``.
+        lora_rank: LoRA rank for ``"lora"``.
+        lora_alpha: LoRA alpha for ``"lora"``.
+        trunk_lr_scale: Learning-rate multiplier of the trunk's group in :meth:`param_groups`.
+        input_range: Range of incoming images; ``(-1, 1)`` is Diffusion Policy's normaliser.
+        channel_order: ``"RGB"`` or ``"BGR"``.
+        resize_shape: Optional ``(H, W)`` resize before cropping (Diffusion Policy's option).
+        crop_shape: Optional ``(H, W)`` crop: random in train mode when ``random_crop``, centre
+            otherwise (unlike Diffusion Policy, ``random_crop=False`` still crops).
+        random_crop: Random crops in train mode.
+        compile: ``torch.compile`` the encoder pass (static shapes).
+        fast_attention: See ``SAM2ImageEncoder``.
+        seed: Seed of the random parts (heads, random SAM 2 weights).
+        download: Allow downloading a remote checkpoint. Off by default so that Diffusion
+            Policy's reload (which re-runs this constructor) never touches the network.
+        rgb_model: Ignored (accepted so a Diffusion Policy encoder block can switch ``_target_``).
+        use_group_norm: Ignored (no BatchNorm in SAM 2).
+        share_rgb_model: Ignored (the SAM 2 trunk is always shared).
+        imagenet_norm: Ignored (SAM 2's own normalisation is always applied, on the correct range).
+
+    Shapes:
+        ``forward({key: (N, *shape)}) -> (N, D)`` with ``D = output_shape()[0]``; extra leading
+        dims (``(B, T, ...)``) are flattened and restored.
+    """
+
+    def __init__(
+        self,
+        shape_meta: Mapping[str, Any],
+        variant: str = "sam2.1_hiera_tiny",
+        checkpoint: str | os.PathLike[str] | None = None,
+        image_size: int = 224,
+        levels: Sequence[str] | str = ("s16",),
+        pool: str = "spatial_softmax",
+        pool_kwargs: Mapping[str, Any] | None = None,
+        feature_dim: int | None = None,
+        share_heads: bool = False,
+        freeze: bool = True,
+        finetune: str | None = None,
+        finetune_blocks: int = 2,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        trunk_lr_scale: float = 0.1,
+        input_range: Sequence[float] = (-1.0, 1.0),
+        channel_order: str = "RGB",
+        resize_shape: Sequence[int] | None = None,
+        crop_shape: Sequence[int] | None = None,
+        random_crop: bool = True,
+        compile: bool = False,
+        fast_attention: bool = True,
+        seed: int = 0,
+        download: bool = False,
+        rgb_model: Any = None,
+        use_group_norm: Any = None,
+        share_rgb_model: Any = None,
+        imagenet_norm: Any = None,
+    ) -> None:
+        super().__init__()
+        if rgb_model is not None:
+            warnings.warn("SAM2ObsEncoder ignores rgb_model: the SAM 2 trunk is the vision model", stacklevel=2)
+        self.rgb_shapes, self.low_dim_shapes = parse_shape_meta(shape_meta)
+        self.levels = (levels,) if isinstance(levels, str) else tuple(levels)
+        unknown = [lv for lv in self.levels if lv not in LEVELS]
+        if unknown or not self.levels:
+            raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {list(self.levels)}")
+        self.levels = tuple(lv for lv in LEVELS if lv in self.levels)  # finest first
+        if freeze and finetune is not None:
+            raise ValueError(f"finetune={finetune!r} needs freeze=False")
+        self.resize_shape = tuple(resize_shape) if resize_shape is not None else None
+        self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
+        self.random_crop = random_crop
+        self.trunk_lr_scale = trunk_lr_scale
+        self.use_compile = compile
+        self._check_crop()
+
+        self.encoder = SAM2ImageEncoder(
+            variant,
+            checkpoint=checkpoint,
+            image_size=image_size,
+            freeze=True,
+            fast_attention=fast_attention,
+            channel_order=channel_order,
+            input_range=tuple(input_range),
+            seed=seed,
+            download=download,
+        )
+        if not freeze:
+            configure_finetuning(self.encoder, finetune or "all", finetune_blocks, lora_rank, lora_alpha)
+
+        shapes = self.encoder.feature_shapes()
+        channels = sum(shapes[lv][0] for lv in self.levels)
+        _, height, width = shapes[self.levels[-1]]
+        kwargs = dict(pool_kwargs or {})
+
+        def make_head() -> nn.Module:
+            if pool == "spatial_softmax":  # keypoint coordinates, optionally projected
+                head = build_pool(pool, channels, height, width, **kwargs)
+                return _Projected(head, feature_dim) if feature_dim else head
+            extra = {"output_dim": feature_dim} if feature_dim else {}
+            return build_pool(pool, channels, height, width, **kwargs, **extra)
+
+        names = ["shared"] if share_heads else [_module_key(k) for k in self.rgb_shapes]
+        self.heads = build_seeded(lambda: nn.ModuleDict({n: make_head() for n in names}), seed)
+        self.share_heads = share_heads
+        self._compiled = None
+
+    # ----------------------------------------------------------------------------------------
+    # Diffusion Policy API
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def rgb_keys(self) -> list[str]:
+        """Camera keys, sorted."""
+        return list(self.rgb_shapes)
+
+    @property
+    def low_dim_keys(self) -> list[str]:
+        """Low-dim keys, sorted."""
+        return list(self.low_dim_shapes)
+
+    def head_for(self, key: str) -> nn.Module:
+        """The pooling head used for camera ``key``."""
+        return self.heads["shared" if self.share_heads else _module_key(key)]
+
+    def output_shape(self) -> tuple[int]:
+        """``(D,)``: the size of one output row, computed without running the model."""
+        rgb = sum(self.head_for(k).output_dim for k in self.rgb_keys)
+        low = sum(math.prod(s) for s in self.low_dim_shapes.values())
+        return (rgb + low,)
+
+    def forward(self, obs_dict: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Encode a batch of observations.
+
+        Args:
+            obs_dict: ``{key: (N, *shape)}`` for every key of ``shape_meta.obs`` (extra keys are
+                ignored); images float in ``input_range``.
+
+        Returns:
+            ``(N, D)``: per row, each camera's head output (keys sorted), then the low-dim
+            values flattened (keys sorted).
+        """
+        lead, n = self._batch_dims(obs_dict)
+        images = [self._preprocess(key, obs_dict[key].reshape(n, *self.rgb_shapes[key])) for key in self.rgb_keys]
+        pixels = torch.cat(images, dim=0)  # (cams * N, 3, S, S): one trunk pass for everything
+        features = self.encode_pixels(pixels)
+        parts = [self.head_for(key)(chunk) for key, chunk in zip(self.rgb_keys, features.split(n))]
+        parts += [obs_dict[key].reshape(n, -1).to(parts[0].dtype) for key in self.low_dim_keys]
+        return torch.cat(parts, dim=-1).reshape(*lead, -1)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """SAM 2 pass plus level selection/fusion.
+
+        Args:
+            pixels: ``(M, 3, S, S)`` SAM 2-normalised pixels.
+
+        Returns:
+            ``(M, C, h, w)`` with ``C`` the summed channels of the selected levels.
+        """
+        if self.use_compile:
+            if self._compiled is None:
+                self._compiled = torch.compile(self.encoder.encode, dynamic=False)
+            return self.fuse_levels(self._compiled(pixels))
+        return self.fuse_levels(self.encoder.encode(pixels))
+
+    def fuse_levels(self, pyramid: FeaturePyramid) -> torch.Tensor:
+        """Select the configured levels; pool finer ones to the coarsest grid and concatenate.
+
+        Args:
+            pyramid: The encoder output.
+
+        Returns:
+            ``(M, C, h, w)`` at the coarsest selected level's resolution.
+        """
+        maps = [pyramid[lv] for lv in self.levels]
+        target = maps[-1].shape[-2:]
+        maps = [m if m.shape[-2:] == target else F.adaptive_avg_pool2d(m, target) for m in maps]
+        return maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
+
+    # ----------------------------------------------------------------------------------------
+    # training helpers
+    # ----------------------------------------------------------------------------------------
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """Optimizer groups: heads at ``lr``, trainable SAM 2 weights at ``lr * trunk_lr_scale``.
+
+        Args:
+            lr: Base learning rate.
+            weight_decay: Weight decay for both groups.
+
+        Returns:
+            A list for ``torch.optim.AdamW(...)``; the trunk group is omitted when frozen.
+        """
+        heads = [p for p in self.heads.parameters() if p.requires_grad]
+        trunk = [p for p in self.encoder.parameters() if p.requires_grad]
+        groups = [{"params": heads, "lr": lr, "weight_decay": weight_decay, "name": "heads"}]
+        if trunk:
+            groups.append(
+                {"params": trunk, "lr": lr * self.trunk_lr_scale, "weight_decay": weight_decay, "name": "trunk"}
+            )
+        return groups
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled"] = None  # compiled graphs neither pickle nor deep-copy
+        return state
+
+    # ----------------------------------------------------------------------------------------
+    # input handling
+    # ----------------------------------------------------------------------------------------
+
+    def _batch_dims(self, obs_dict: Mapping[str, torch.Tensor]) -> tuple[tuple[int, ...], int]:
+        lead: tuple[int, ...] | None = None
+        for key, shape in {**self.rgb_shapes, **self.low_dim_shapes}.items():
+            if key not in obs_dict:
+                raise KeyError(
+                    f"obs_dict is missing {key!r}; expected keys {sorted({**self.rgb_shapes, **self.low_dim_shapes})}, "
+                    f"got {sorted(obs_dict)}"
+                )
+            value = obs_dict[key]
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"obs_dict[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+            if value.dim() < len(shape) + 1 or tuple(value.shape[value.dim() - len(shape) :]) != shape:
+                raise ValueError(
+                    f"obs_dict[{key!r}] has shape {tuple(value.shape)}; expected (N, {', '.join(map(str, shape))})"
+                )
+            this = tuple(value.shape[: value.dim() - len(shape)])
+            if lead is None:
+                lead = this
+            elif this != lead:
+                raise ValueError(f"obs_dict[{key!r}] has batch dims {this}, other keys have {lead}")
+        assert lead is not None
+        return lead, math.prod(lead)
+
+    def _preprocess(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise TypeError(
+                f"obs_dict[{key!r}] is {x.dtype}; expected float images in input_range "
+                f"{self.encoder.transforms.input_range} (Diffusion Policy's normaliser output)"
+            )
+        t = self.encoder.transforms
+        try:
+            x = t.to_unit_range(x)
+        except ValueError as e:
+            raise ValueError(f"obs_dict[{key!r}]: {e}") from e
+        if t.channel_order == "BGR":
+            x = x.flip(1)
+        if self.resize_shape is not None and tuple(x.shape[-2:]) != self.resize_shape:
+            x = F.interpolate(x, size=self.resize_shape, mode="bilinear", align_corners=False, antialias=True)
+        if self.crop_shape is not None:
+            x = self._crop(x)
+        return t.normalize(t.resize(x))
+
+    def _check_crop(self) -> None:
+        if self.crop_shape is None:
+            return
+        for key, (_, h, w) in self.rgb_shapes.items():
+            h, w = self.resize_shape or (h, w)
+            ch, cw = self.crop_shape
+            if ch > h or cw > w:
+                raise ValueError(f"crop_shape {list(self.crop_shape)} is larger than camera {key!r} ({h}x{w})")
+
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Random crop per image in train mode (if ``random_crop``), centre crop otherwise."""
+        n, c, h, w = x.shape
+        ch, cw = self.crop_shape  # type: ignore[misc]
+        if not (self.training and self.random_crop):
+            top, left = (h - ch) // 2, (w - cw) // 2
+            return x[:, :, top : top + ch, left : left + cw]
+        tops = torch.randint(0, h - ch + 1, (n,), device=x.device)
+        lefts = torch.randint(0, w - cw + 1, (n,), device=x.device)
+        rows = (tops[:, None] + torch.arange(ch, device=x.device))[:, None, :, None]
+        cols = (lefts[:, None] + torch.arange(cw, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        chans = torch.arange(c, device=x.device)[None, :, None, None]
+        return x[batch, chans, rows, cols]
+
+    def extra_repr(self) -> str:
+        return f"cameras={self.rgb_keys}, low_dim={self.low_dim_keys}, levels={list(self.levels)}"
+
+
+class _Projected(nn.Module):
+    """A head followed by a linear projection to ``output_dim``."""
+
+    def __init__(self, head: nn.Module, output_dim: int) -> None:
+        super().__init__()
+        self.head = head
+        self.proj = nn.Linear(head.output_dim, output_dim)
+        self.output_dim = output_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.head(x))
+
+
+def _module_key(key: str) -> str:
+    return key.replace(".", "_")
