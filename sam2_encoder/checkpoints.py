@@ -34,6 +34,7 @@ __all__ = [
     "check_state_dict",
     "convert_meta_state_dict",
     "download",
+    "find_local_path",
     "load_checkpoint",
     "resolve_checkpoint",
     "sha256sum",
@@ -180,6 +181,22 @@ def _original_cwd() -> Path | None:
     return None
 
 
+def find_local_path(path: str | os.PathLike[str]) -> Path:
+    """Find a user-given path from the current directory or Hydra's launch directory.
+
+    Inside a Hydra app that changed directory (Diffusion Policy's train.py) relative paths the user
+    typed are relative to where the app was launched.
+
+    Returns:
+        The first candidate that exists, else the path as given (with ``~`` expanded).
+    """
+    path = Path(path).expanduser()
+    launch = _original_cwd()
+    if not path.exists() and launch is not None and not path.is_absolute() and (launch / path).exists():
+        return launch / path
+    return path
+
+
 def resolve_checkpoint(
     checkpoint: str | os.PathLike[str] | None,
     download_missing: bool = True,
@@ -213,14 +230,9 @@ def resolve_checkpoint(
         known = next((v.sha256 for v in VARIANTS.values() if v.url == text), None)
         return _fetch(text, target, known, download_missing, progress)
 
-    path = Path(text).expanduser()
-    candidates = [path]
-    launch = _original_cwd()
-    if launch is not None and not path.is_absolute():
-        candidates.append(launch / path)
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
+    path = find_local_path(text)
+    if path.exists():
+        return path
 
     try:
         variant = get_variant(path.name) if not text.endswith((".safetensors", "/")) else None

@@ -57,7 +57,7 @@ def _read_image(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _add_model_args(p: argparse.ArgumentParser, image_size: int) -> None:
+def _add_model_args(p: argparse.ArgumentParser, image_size: int, model_dtype: bool = True) -> None:
     p.add_argument("--variant", default="sam2.1_hiera_tiny", help="released model name (default: %(default)s)")
     p.add_argument(
         "--checkpoint",
@@ -66,7 +66,8 @@ def _add_model_args(p: argparse.ArgumentParser, image_size: int) -> None:
     )
     p.add_argument("--image-size", type=int, default=image_size, help="encoder input side, multiple of 32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    if model_dtype:
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
@@ -203,6 +204,131 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from .feature_cache import build_cache, default_cache_path
+    from .image_encoder import SAM2ImageEncoder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = args.device
+    barrier = None
+    if world > 1:  # launched by torchrun: shard chunks across ranks
+        import torch.distributed as dist
+
+        cuda = device.startswith("cuda")
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        if cuda:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
+        barrier = dist.barrier
+    try:
+        with warnings.catch_warnings():
+            if args.checkpoint is None:
+                warnings.simplefilter("ignore")
+                if rank == 0:
+                    print("no --checkpoint: seeded random weights (features are not meaningful)", file=sys.stderr)
+            encoder = SAM2ImageEncoder(
+                args.variant,
+                checkpoint=args.checkpoint,
+                image_size=args.image_size,
+                device=device,
+                channel_order=args.channel_order,
+                download=args.download,
+            )
+        out = args.out or default_cache_path(args.replay, encoder.variant.name, args.image_size)
+        start = time.perf_counter()
+        path = build_cache(
+            args.replay,
+            args.keys,
+            encoder,
+            out=out,
+            levels=args.levels,
+            dtype=args.dtype,
+            chunk_frames=args.batch_size,
+            progress=not args.quiet,
+            rank=rank,
+            world_size=world,
+            barrier=barrier,
+        )
+        if rank == 0:
+            print(f"feature cache ready: {path} ({time.perf_counter() - start:.1f} s, {world} process(es))")
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    from .checkpoints import cache_dir
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    print(f"python        {platform.python_version()} ({platform.machine()})")
+    for name in ("sam2-encoder", "torch", "transformers", "hydra-core", "omegaconf", "zarr", "numpy", "safetensors"):
+        print(f"{name:<13} {version(name)}")
+    print(f"torch threads {torch.get_num_threads()}")
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        print(
+            f"device        cuda: {props.name}, {props.total_memory / 2**30:.0f} GiB, bf16 "
+            f"{'yes' if torch.cuda.is_bf16_supported() else 'no'}"
+        )
+        backends = [
+            n
+            for n, on in (
+                ("flash", torch.backends.cuda.flash_sdp_enabled()),
+                ("mem_efficient", torch.backends.cuda.mem_efficient_sdp_enabled()),
+                ("math", torch.backends.cuda.math_sdp_enabled()),
+            )
+            if on
+        ]
+        print(f"attention     torch SDPA, CUDA backends enabled: {', '.join(backends)}")
+    else:
+        print("device        cpu (no CUDA device visible)")
+        print("attention     torch SDPA (CPU kernels)")
+    folders = [cache_dir(), Path("checkpoints")]
+    found = [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.pt"))]
+    print(
+        "checkpoints   "
+        + (
+            ", ".join(f"{p} ({p.stat().st_size / 2**20:.0f} MiB)" for p in found)
+            or f"none in {', '.join(map(str, folders))} (sam2-encoder download VARIANT)"
+        )
+    )
+    ok = _hydra_plugin_visible()
+    print(f"hydra plugin  {'visible: pkg://sam2_encoder.config on the search path' if ok else 'NOT visible'}")
+    return 0 if ok else 1
+
+
+def _hydra_plugin_visible() -> bool:
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.config_search_path import ConfigSearchPath
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    search_path: ConfigSearchPath = ConfigSearchPathImpl()
+    for plugin in Plugins.instance().discover(SearchPathPlugin):
+        plugin().manipulate_search_path(search_path)
+    return any(entry.path == "pkg://sam2_encoder.config" for entry in search_path.get_path())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sam2-encoder`` with all subcommands."""
     parser = argparse.ArgumentParser(prog="sam2-encoder", description=__doc__.splitlines()[0])
@@ -227,6 +353,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if present")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser(
+        "cache",
+        help="encode a Diffusion Policy replay buffer into a zarr feature cache (resumable; shards under torchrun)",
+    )
+    p.add_argument("replay", help="replay buffer .zarr (data/<key> (N,H,W,3) uint8, meta/episode_ends)")
+    p.add_argument("--keys", action="append", required=True, help="image key under data/ (repeat for cameras)")
+    _add_model_args(p, image_size=224, model_dtype=False)
+    p.add_argument("--levels", nargs="+", default=["s16"], choices=["s4", "s8", "s16"])
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype of features")
+    p.add_argument("--out", help="cache folder (default: beside the replay buffer)")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per chunk and per encoder batch")
+    p.add_argument("--channel-order", default="RGB", choices=["RGB", "BGR"])
+    p.add_argument("--download", action="store_true", help="allow downloading the checkpoint")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_cache)
+
+    p = sub.add_parser("doctor", help="versions, device, attention backend, checkpoints, Hydra plugin")
+    p.set_defaults(func=_cmd_doctor)
     return parser
 
 

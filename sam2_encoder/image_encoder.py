@@ -151,6 +151,8 @@ class SAM2ImageEncoder(nn.Module):
         self.with_pos_enc = with_pos_enc
         self.fast_attention = fast_attention
         self.transforms = SAM2Transforms(self.image_size, channel_order=channel_order, input_range=input_range)
+        self.seed = seed
+        self.checkpoint_path: str | None = None
 
         if model is not None:
             self.vision_encoder = model.vision_encoder
@@ -176,6 +178,7 @@ class SAM2ImageEncoder(nn.Module):
             else:
                 path = resolve_checkpoint(checkpoint, download_missing=download)
                 self.load_sam2_weights(load_checkpoint(path), source=str(path))
+                self.checkpoint_path = str(path)
         if dtype is not None:
             self.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         if device is not None:
@@ -236,6 +239,27 @@ class SAM2ImageEncoder(nn.Module):
     def train(self, mode: bool = True) -> SAM2ImageEncoder:
         """Set train mode, unless frozen (a frozen encoder stays in eval mode)."""
         return super().train(False if self.frozen else mode)
+
+    @property
+    def weights_id(self) -> str:
+        """Identity of the loaded weights: ``sha256:<hex>`` of the checkpoint file, or ``random:seed=N``.
+
+        Feature caches record it, so features are never mixed across weights. Hashed on first use.
+        """
+        if self.checkpoint_path is None:
+            return f"random:seed={self.seed}"
+        if getattr(self, "_weights_id", None) is None:
+            from pathlib import Path
+
+            from .checkpoints import sha256sum
+
+            path = Path(self.checkpoint_path)
+            if path.is_dir():
+                path = next(
+                    p for p in (path / "model.safetensors", path / "model.safetensors.index.json") if p.exists()
+                )
+            self._weights_id = f"sha256:{sha256sum(path)}"
+        return self._weights_id
 
     @property
     def feature_info(self) -> list[dict[str, int | str]]:

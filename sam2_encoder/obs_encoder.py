@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import find_local_path
+from .feature_cache import fuse_levels
 from .finetune import configure_finetuning
 from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder, build_seeded
 from .pooling import build_pool
@@ -96,6 +98,10 @@ class SAM2ObsEncoder(nn.Module):
         seed: Seed of the random parts (heads, random SAM 2 weights).
         download: Allow downloading a remote checkpoint. Off by default so that Diffusion
             Policy's reload (which re-runs this constructor) never touches the network.
+        feature_cache: A ``sam2-encoder cache`` folder whose features the training data serves
+            (see ``CachedFeatureDataset``). Checked against this encoder (variant, weights, image
+            size, levels) when it exists; skipped when absent (e.g. on the robot at inference).
+            Cameras whose input has the feature shape ``(C, h, w)`` skip the trunk either way.
         rgb_model: Ignored (accepted so a Diffusion Policy encoder block can switch ``_target_``).
         use_group_norm: Ignored (no BatchNorm in SAM 2).
         share_rgb_model: Ignored (the SAM 2 trunk is always shared).
@@ -132,6 +138,7 @@ class SAM2ObsEncoder(nn.Module):
         fast_attention: bool = True,
         seed: int = 0,
         download: bool = False,
+        feature_cache: str | os.PathLike[str] | None = None,
         rgb_model: Any = None,
         use_group_norm: Any = None,
         share_rgb_model: Any = None,
@@ -172,6 +179,9 @@ class SAM2ObsEncoder(nn.Module):
         shapes = self.encoder.feature_shapes()
         channels = sum(shapes[lv][0] for lv in self.levels)
         _, height, width = shapes[self.levels[-1]]
+        self.feature_shape = (channels, height, width)
+        if feature_cache is not None:
+            self._check_cache(feature_cache)
         kwargs = dict(pool_kwargs or {})
 
         def make_head() -> nn.Module:
@@ -215,17 +225,28 @@ class SAM2ObsEncoder(nn.Module):
 
         Args:
             obs_dict: ``{key: (N, *shape)}`` for every key of ``shape_meta.obs`` (extra keys are
-                ignored); images float in ``input_range``.
+                ignored); images float in ``input_range``, or, for cached cameras, features of
+                shape ``(N, *feature_shape)``.
 
         Returns:
             ``(N, D)``: per row, each camera's head output (keys sorted), then the low-dim
             values flattened (keys sorted).
         """
         lead, n = self._batch_dims(obs_dict)
-        images = [self._preprocess(key, obs_dict[key].reshape(n, *self.rgb_shapes[key])) for key in self.rgb_keys]
-        pixels = torch.cat(images, dim=0)  # (cams * N, 3, S, S): one trunk pass for everything
-        features = self.encode_pixels(pixels)
-        parts = [self.head_for(key)(chunk) for key, chunk in zip(self.rgb_keys, features.split(n))]
+        features: dict[str, torch.Tensor] = {}
+        live: list[str] = []
+        images = []
+        for key in self.rgb_keys:
+            x = obs_dict[key]
+            x = x.reshape(n, *x.shape[len(lead) :])
+            if tuple(x.shape[1:]) == self.feature_shape:
+                features[key] = x  # precomputed by `sam2-encoder cache`
+            else:
+                live.append(key)
+                images.append(self._preprocess(key, x))
+        if images:  # every live camera and time step in one trunk pass: (cams * N, 3, S, S)
+            features.update(zip(live, self.encode_pixels(torch.cat(images, dim=0)).split(n)))
+        parts = [self.head_for(key)(features[key]) for key in self.rgb_keys]
         parts += [obs_dict[key].reshape(n, -1).to(parts[0].dtype) for key in self.low_dim_keys]
         return torch.cat(parts, dim=-1).reshape(*lead, -1)
 
@@ -253,10 +274,7 @@ class SAM2ObsEncoder(nn.Module):
         Returns:
             ``(M, C, h, w)`` at the coarsest selected level's resolution.
         """
-        maps = [pyramid[lv] for lv in self.levels]
-        target = maps[-1].shape[-2:]
-        maps = [m if m.shape[-2:] == target else F.adaptive_avg_pool2d(m, target) for m in maps]
-        return maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
+        return fuse_levels([pyramid[lv] for lv in self.levels])
 
     # ----------------------------------------------------------------------------------------
     # training helpers
@@ -301,10 +319,13 @@ class SAM2ObsEncoder(nn.Module):
             value = obs_dict[key]
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"obs_dict[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+            if key in self.rgb_shapes and tuple(value.shape[-3:]) == self.feature_shape:
+                shape = self.feature_shape
             if value.dim() < len(shape) + 1 or tuple(value.shape[value.dim() - len(shape) :]) != shape:
-                raise ValueError(
-                    f"obs_dict[{key!r}] has shape {tuple(value.shape)}; expected (N, {', '.join(map(str, shape))})"
-                )
+                expected = f"(N, {', '.join(map(str, shape))})"
+                if key in self.rgb_shapes:
+                    expected += f" or cached features (N, {', '.join(map(str, self.feature_shape))})"
+                raise ValueError(f"obs_dict[{key!r}] has shape {tuple(value.shape)}; expected {expected}")
             this = tuple(value.shape[: value.dim() - len(shape)])
             if lead is None:
                 lead = this
@@ -331,6 +352,19 @@ class SAM2ObsEncoder(nn.Module):
         if self.crop_shape is not None:
             x = self._crop(x)
         return t.normalize(t.resize(x))
+
+    def _check_cache(self, path: str | os.PathLike[str]) -> None:
+        from .feature_cache import FeatureCache
+
+        if self.crop_shape is not None or self.resize_shape is not None:
+            raise ValueError(
+                "feature_cache cannot be combined with crop_shape/resize_shape: cached features are computed "
+                "from whole frames, so live inference must not crop either"
+            )
+        if not find_local_path(path).exists():
+            warnings.warn(f"feature cache {path} not found: not checked (inference needs no cache)", stacklevel=3)
+            return
+        FeatureCache(path).check_compatible(self.encoder, self.levels)
 
     def _check_crop(self) -> None:
         if self.crop_shape is None:

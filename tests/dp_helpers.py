@@ -113,3 +113,56 @@ def global_cond(encoder: nn.Module, obs: dict[str, torch.Tensor]) -> torch.Tenso
     b, to = obs["image"].shape[:2]
     flat = {k: v.reshape(b * to, *v.shape[2:]) for k, v in obs.items()}
     return encoder(flat).reshape(b, -1)
+
+
+def create_indices(episode_ends: np.ndarray, sequence_length: int, pad_before: int, pad_after: int) -> np.ndarray:
+    """DP's SequenceSampler index table: (buffer_start, buffer_end, sample_start, sample_end) per sample."""
+    rows = []
+    start = 0
+    for end in episode_ends:
+        length = int(end - start)
+        for idx in range(-pad_before, length - sequence_length + pad_after + 1):
+            buffer_start = max(idx, 0) + start
+            buffer_end = min(idx + sequence_length, length) + start
+            sample_start = buffer_start - (idx + start)
+            sample_end = sequence_length - ((idx + sequence_length + start) - buffer_end)
+            rows.append((buffer_start, buffer_end, sample_start, sample_end))
+        start = int(end)
+    return np.asarray(rows, dtype=np.int64)
+
+
+class DPStyleImageDataset(torch.utils.data.Dataset):
+    """The interface of DP's PushTImageDataset over our replay buffer: sampler.indices, padded samples."""
+
+    def __init__(self, zarr_path: str, horizon: int = 16, pad_before: int = 1, pad_after: int = 7, **dp_kwargs) -> None:
+        root = open_group_v2(zarr_path)
+        self.data = {k: np.asarray(root["data"][k][:]) for k in ("img", "agent_pos", "action")}
+        ends = np.asarray(root["meta"]["episode_ends"][:])
+
+        class Sampler:
+            indices = create_indices(ends, horizon, pad_before, pad_after)
+            sequence_length = horizon
+
+        self.sampler = Sampler()
+        self.horizon = horizon
+
+    def __len__(self) -> int:
+        return len(self.sampler.indices)
+
+    def __getitem__(self, idx: int) -> dict:
+        bs, be, ss, se = self.sampler.indices[idx]
+        frames = np.concatenate([np.full(ss, bs), np.arange(bs, be), np.full(self.horizon - se, be - 1)])
+        image = np.moveaxis(self.data["img"][frames], -1, 1) / 255
+        return {
+            "obs": {
+                "image": torch.from_numpy(image).float(),
+                "agent_pos": torch.from_numpy(self.data["agent_pos"][frames]),
+            },
+            "action": torch.from_numpy(self.data["action"][frames]),
+        }
+
+    def get_validation_dataset(self) -> DPStyleImageDataset:
+        return self
+
+    def get_normalizer(self) -> dict:
+        return {"image": "range", "agent_pos": "limits", "action": "limits"}

@@ -60,7 +60,9 @@ def test_features_equal_meta(name: str, hw: tuple[int, int], tmp_path: Path) -> 
     for level in ("s4", "s8", "s16"):
         expected = GOLDEN[f"{name}/{hw[0]}x{hw[1]}/{level}"]
         assert pyramid[level].shape == expected.shape
-        torch.testing.assert_close(pyramid[level], expected, rtol=0, atol=1e-5)
+        # 0.0 when run with the thread count the golden was made with (2); another BLAS reduction
+        # order (1 thread, another CPU) moves a few values by ~1e-5 of values up to ~10 in size.
+        torch.testing.assert_close(pyramid[level], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_transforms_equal_meta() -> None:

@@ -1,0 +1,464 @@
+"""A zarr cache of frozen SAM 2 features for a Diffusion Policy replay buffer.
+
+With a frozen trunk every epoch re-encodes the same frames; encoding them once makes policy
+training many times faster. Layout (zarr-2 format, readable by zarr 2.18 and zarr 3)::
+
+    CACHE.zarr/
+      .zattrs                 {"sam2_encoder": {format, variant, weights, image_size, levels, dtype,
+                               keys, n_frames, chunk_frames, transforms, version, source,
+                               complete}}
+      features/<key>/<level>  (N, C, h, w) float16 (or float32), chunked by chunk_frames frames
+      progress/<key>          (n_chunks,) bool, one zarr chunk per flag
+
+Writing is resumable and safe to kill at any time: each chunk of frames is encoded, written, and
+only then flagged done; a rerun with the same arguments skips flagged chunks and recomputes the
+rest with the same batch composition, so the result is byte-identical to an uninterrupted run.
+``complete`` is set last; readers refuse a cache without it. Under ``torchrun`` chunks are shared
+round-robin across ranks.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+
+from .checkpoints import find_local_path
+from .image_encoder import LEVELS, SAM2ImageEncoder
+
+__all__ = [
+    "CacheError",
+    "CachedFeatureDataset",
+    "FeatureCache",
+    "build_cache",
+    "default_cache_path",
+    "fuse_levels",
+    "open_group",
+]
+
+FORMAT = 1
+_ZARR3 = int(zarr.__version__.split(".")[0]) >= 3
+
+
+class CacheError(RuntimeError):
+    """A feature cache is incomplete, or disagrees with the encoder or the arguments."""
+
+
+# --------------------------------------------------------------------------------------------
+# zarr 2 / zarr 3
+# --------------------------------------------------------------------------------------------
+
+
+def open_group(path: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
+    """Open a zarr group in the zarr-2 format with either zarr 2.18 or zarr 3."""
+    if _ZARR3:
+        return zarr.open_group(str(path), mode=mode, zarr_format=2)
+    return zarr.open_group(str(path), mode=mode)
+
+
+def _create_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, fill):
+    if _ZARR3:
+        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
+    return group.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
+
+
+def _read_all(array) -> np.ndarray:
+    return np.asarray(array[...])
+
+
+# --------------------------------------------------------------------------------------------
+# features
+# --------------------------------------------------------------------------------------------
+
+
+def fuse_levels(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Average-pool finer maps to the last (coarsest) map's grid and concatenate channels.
+
+    Args:
+        maps: ``(M, C_i, h_i, w_i)`` maps, finest first.
+
+    Returns:
+        ``(M, sum C_i, h, w)`` at the last map's resolution (the single map itself if only one).
+    """
+    target = maps[-1].shape[-2:]
+    maps = [m if m.shape[-2:] == target else F.adaptive_avg_pool2d(m, target) for m in maps]
+    return maps[0] if len(maps) == 1 else torch.cat(list(maps), dim=1)
+
+
+def default_cache_path(replay: str | os.PathLike[str], variant: str, image_size: int) -> Path:
+    """``REPLAY.zarr`` -> ``REPLAY.sam2_<variant>_<size>.zarr`` beside it."""
+    replay = Path(replay)
+    stem = replay.name.removesuffix(".zarr")
+    return replay.with_name(f"{stem}.{variant}_{image_size}.features.zarr")
+
+
+def _spec(
+    encoder: SAM2ImageEncoder,
+    keys: Sequence[str],
+    levels: Sequence[str],
+    dtype: str,
+    n_frames: int,
+    chunk: int,
+    source: str,
+) -> dict[str, Any]:
+    from . import __version__
+
+    t = encoder.transforms
+    return {
+        "format": FORMAT,
+        "variant": encoder.variant.name,
+        "weights": encoder.weights_id,
+        "image_size": list(encoder.image_size),
+        "levels": list(levels),
+        "dtype": dtype,
+        "keys": list(keys),
+        "n_frames": int(n_frames),
+        "chunk_frames": int(chunk),
+        "transforms": {
+            "input": "uint8 HWC",
+            "channel_order": t.channel_order,
+            "resize": "bilinear, antialias, to image_size (aspect not kept)",
+            "normalize": "imagenet",
+            "crop": None,
+        },
+        "version": __version__,
+        "source": source,
+    }
+
+
+def build_cache(
+    replay: str | os.PathLike[str],
+    keys: Sequence[str],
+    encoder: SAM2ImageEncoder,
+    out: str | os.PathLike[str] | None = None,
+    levels: Sequence[str] = ("s16",),
+    dtype: str = "float16",
+    chunk_frames: int = 32,
+    progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] | None = None,
+    stop_after_chunks: int | None = None,
+) -> Path:
+    """Encode the frames of a replay buffer into a feature cache (resumable, shardable).
+
+    Args:
+        replay: Diffusion Policy replay buffer (``data/<key>`` (N, H, W, 3) uint8,
+            ``meta/episode_ends``).
+        keys: Image keys under ``data/`` to encode.
+        encoder: The (frozen) image encoder; its device is used.
+        out: Cache path (default: :func:`default_cache_path`).
+        levels: Pyramid levels to store.
+        dtype: ``"float16"`` or ``"float32"``.
+        chunk_frames: Frames per zarr chunk and per encoder batch.
+        progress: Show a progress bar (rank 0).
+        rank: This process's rank when sharded.
+        world_size: Number of processes sharing the work.
+        barrier: Synchronises ranks (``torch.distributed.barrier``); required when
+            ``world_size > 1``.
+        stop_after_chunks: Stop after encoding this many chunks (leaves the cache incomplete;
+            used to demonstrate resumption).
+
+    Returns:
+        The cache path.
+
+    Raises:
+        CacheError: If an existing cache at ``out`` was built with other arguments.
+        KeyError: If a key is not in the replay buffer.
+    """
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    levels = [lv for lv in LEVELS if lv in levels]
+    if not levels:
+        raise ValueError(f"levels must be a non-empty subset of {LEVELS}")
+    if world_size > 1 and barrier is None:
+        raise ValueError("world_size > 1 needs a barrier (torch.distributed.barrier)")
+    sync = barrier or (lambda: None)
+    out = Path(out) if out is not None else default_cache_path(replay, encoder.variant.name, encoder.image_size[0])
+    source = open_group(replay)
+    data = source["data"]
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise KeyError(f"replay buffer {replay} has no data/{missing[0]}; it has {sorted(data.keys())}")
+    n_frames = data[keys[0]].shape[0]
+    for key in keys:
+        shape = tuple(data[key].shape)
+        if len(shape) != 4 or shape[-1] != 3 or shape[0] != n_frames:
+            raise ValueError(f"data/{key} has shape {shape}; expected ({n_frames}, H, W, 3) uint8 frames")
+    spec = _spec(encoder, keys, levels, dtype, n_frames, chunk_frames, source=str(Path(replay).resolve()))
+    shapes = encoder.feature_shapes()
+    n_chunks = math.ceil(n_frames / chunk_frames)
+
+    if rank == 0:
+        _prepare(out, spec, keys, levels, shapes, n_chunks)
+    sync()
+    group = open_group(out, mode="r+")
+    if group.attrs["sam2_encoder"].get("complete"):
+        return out
+    todo = [
+        (key, i)
+        for key in keys
+        for i in range(n_chunks)
+        if i % world_size == rank and not bool(group["progress"][key][i])
+    ]
+    from tqdm.auto import tqdm
+
+    done = 0
+    for key, i in tqdm(todo, desc=f"cache {out.name}", disable=not progress or rank != 0, unit="chunk"):
+        if stop_after_chunks is not None and done >= stop_after_chunks:
+            return out
+        start, stop = i * chunk_frames, min((i + 1) * chunk_frames, n_frames)
+        frames = torch.from_numpy(np.asarray(data[key][start:stop]))
+        with torch.inference_mode():
+            pyramid = encoder(frames)
+        for level in levels:
+            group["features"][key][level][start:stop] = pyramid[level].float().cpu().numpy().astype(dtype)
+        group["progress"][key][i] = True  # only after the data is written
+        done += 1
+    sync()
+    if rank == 0:
+        flags = [_read_all(group["progress"][key]) for key in keys]
+        if all(f.all() for f in flags):
+            attrs = dict(group.attrs["sam2_encoder"])
+            attrs["complete"] = True  # written last: readers only trust complete caches
+            group.attrs["sam2_encoder"] = attrs
+    sync()
+    return out
+
+
+def _prepare(out: Path, spec: dict, keys, levels, shapes, n_chunks: int) -> None:
+    if out.exists():
+        group = open_group(out, mode="r+")
+        existing = dict(group.attrs.get("sam2_encoder", {}))
+        existing.pop("complete", None)
+        if existing != spec:
+            diff = {k: (existing.get(k), spec[k]) for k in spec if existing.get(k) != spec[k]}
+            raise CacheError(
+                f"a feature cache at {out} was built with other settings "
+                + ", ".join(f"{k}: {old!r} there vs {new!r} now" for k, (old, new) in diff.items())
+                + "; delete it or pass another --out"
+            )
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    group = open_group(tmp, mode="w")
+    group.attrs["sam2_encoder"] = {**spec, "complete": False}
+    chunk = spec["chunk_frames"]
+    for key in keys:
+        for level in levels:
+            c, h, w = shapes[level]
+            _create_array(
+                group, f"features/{key}/{level}", (spec["n_frames"], c, h, w), (chunk, c, h, w), spec["dtype"], 0
+            )
+        _create_array(group, f"progress/{key}", (n_chunks,), (1,), "bool", False)
+    os.replace(tmp, out)  # the cache appears whole, with every array declared
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+
+
+class FeatureCache:
+    """Read access to a complete feature cache.
+
+    Args:
+        path: The cache folder.
+
+    Raises:
+        CacheError: If the folder is not a sam2_encoder cache or is incomplete.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = find_local_path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"feature cache not found: {self.path}; build it with `sam2-encoder cache`")
+        group = open_group(self.path)
+        spec = group.attrs.get("sam2_encoder")
+        if spec is None:
+            raise CacheError(f"{self.path} is not a sam2_encoder feature cache (no 'sam2_encoder' attributes)")
+        if not spec.get("complete"):
+            raise CacheError(
+                f"feature cache {self.path} is incomplete (an interrupted run?); "
+                "rerun the same `sam2-encoder cache` command to finish it"
+            )
+        self.spec: dict[str, Any] = dict(spec)
+        self._group = group
+        self._arrays: dict[tuple[str, str], Any] = {}
+
+    @property
+    def keys(self) -> list[str]:
+        """Encoded replay-buffer keys."""
+        return list(self.spec["keys"])
+
+    @property
+    def levels(self) -> list[str]:
+        """Stored pyramid levels."""
+        return list(self.spec["levels"])
+
+    def __len__(self) -> int:
+        return int(self.spec["n_frames"])
+
+    def array(self, key: str, level: str):
+        """The zarr array ``features/<key>/<level>``, shape ``(N, C, h, w)``."""
+        if key not in self.keys or level not in self.levels:
+            raise KeyError(f"cache has keys {self.keys} and levels {self.levels}; asked for {key!r} / {level!r}")
+        if (key, level) not in self._arrays:
+            self._arrays[(key, level)] = self._group["features"][key][level]
+        return self._arrays[(key, level)]
+
+    def fused(self, key: str, frames: np.ndarray | Sequence[int], levels: Sequence[str] | None = None) -> torch.Tensor:
+        """Features of some frames, levels fused like ``SAM2ObsEncoder`` does.
+
+        Args:
+            key: Replay-buffer key.
+            frames: Frame indices (any order, repeats allowed).
+            levels: Levels to fuse (default: all stored).
+
+        Returns:
+            ``(len(frames), C, h, w)`` float32.
+        """
+        frames = np.asarray(frames, dtype=np.int64)
+        unique, inverse = np.unique(frames, return_inverse=True)
+        maps = []
+        for level in levels or self.levels:
+            array = self.array(key, level)
+            block = np.asarray(array.get_orthogonal_selection((unique,)))
+            maps.append(torch.from_numpy(block.astype(np.float32))[torch.from_numpy(inverse)])
+        return fuse_levels(maps)
+
+    def check_compatible(self, encoder: SAM2ImageEncoder, levels: Sequence[str]) -> None:
+        """Raise unless this cache holds ``encoder``'s features for ``levels``.
+
+        Raises:
+            CacheError: Naming every disagreement (variant, weights, image size, levels).
+        """
+        problems = []
+        if self.spec["variant"] != encoder.variant.name:
+            problems.append(f"variant {self.spec['variant']!r} in the cache vs {encoder.variant.name!r}")
+        if list(self.spec["image_size"]) != list(encoder.image_size):
+            problems.append(f"image_size {self.spec['image_size']} in the cache vs {list(encoder.image_size)}")
+        missing = [lv for lv in levels if lv not in self.levels]
+        if missing:
+            problems.append(f"levels {self.levels} in the cache lack {missing}")
+        if self.spec["weights"] != encoder.weights_id:
+            problems.append(f"weights {self.spec['weights']} in the cache vs {encoder.weights_id}")
+        if problems:
+            raise CacheError(f"feature cache {self.path} does not match the encoder: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------------------------
+# Diffusion Policy dataset wrapper
+# --------------------------------------------------------------------------------------------
+
+
+def sequence_frames(indices_row: Sequence[int], sequence_length: int) -> np.ndarray:
+    """Buffer frame of every step of one sample of Diffusion Policy's ``SequenceSampler``.
+
+    Args:
+        indices_row: ``(buffer_start, buffer_end, sample_start, sample_end)``.
+        sequence_length: Steps per sample.
+
+    Returns:
+        ``(sequence_length,)`` frame indices; padded steps repeat the first / last frame, as the
+        sampler pads.
+    """
+    buffer_start, buffer_end, sample_start, sample_end = (int(v) for v in indices_row)
+    frames = np.empty(sequence_length, dtype=np.int64)
+    frames[:sample_start] = buffer_start
+    frames[sample_end:] = buffer_end - 1
+    frames[sample_start:sample_end] = np.arange(buffer_start, buffer_end)
+    return frames
+
+
+class CachedFeatureDataset(torch.utils.data.Dataset):
+    """Serves cached SAM 2 features in place of images for a Diffusion Policy dataset.
+
+    Wraps a DP image dataset (anything with ``sampler.indices`` / ``sampler.sequence_length`` like
+    DP's ``SequenceSampler``, ``__getitem__`` returning ``{"obs": {...}, "action": ...}`` and
+    ``get_normalizer()``). For each cached obs key, ``obs[key]`` becomes the fused features of the
+    sample's frames, ``(T, C, h, w)`` float32, which ``SAM2ObsEncoder`` feeds straight to its head.
+    The normaliser maps those keys through the identity.
+
+    Args:
+        feature_cache: Path of a complete cache.
+        cached_keys: ``{obs key: replay-buffer key}``, e.g. ``{"image": "img"}``.
+        levels: Levels to fuse (must match the encoder's ``levels``); default: all stored.
+        dataset: The DP dataset to wrap, or ``None`` to build ``dataset_target(**dataset_kwargs)``.
+        dataset_target: Import path of the DP dataset class (used from Hydra configs, where this
+            node is merged over the task's dataset node, whose arguments arrive as kwargs).
+        n_obs_steps: Only the first ``n_obs_steps`` steps get features (the rest are zeros, which
+            DP's policy never reads); ``None`` fills every step.
+        **dataset_kwargs: Arguments of ``dataset_target``.
+    """
+
+    def __init__(
+        self,
+        feature_cache: str | os.PathLike[str],
+        cached_keys: Mapping[str, str],
+        levels: Sequence[str] | None = None,
+        dataset: Any = None,
+        dataset_target: str | None = None,
+        n_obs_steps: int | None = None,
+        **dataset_kwargs: Any,
+    ) -> None:
+        if dataset is None:
+            if dataset_target is None:
+                raise ValueError("CachedFeatureDataset needs dataset= or dataset_target=")
+            from hydra.utils import get_class
+
+            dataset = get_class(dataset_target)(**dataset_kwargs)
+        self.dataset = dataset
+        self.cache = FeatureCache(feature_cache)
+        self.cached_keys = dict(cached_keys)
+        unknown = [v for v in self.cached_keys.values() if v not in self.cache.keys]
+        if unknown:
+            raise CacheError(f"cache {self.cache.path} has keys {self.cache.keys}, not {unknown}")
+        self.levels = list(levels) if levels is not None else self.cache.levels
+        self.n_obs_steps = n_obs_steps
+        sampler = getattr(dataset, "sampler", None)
+        if sampler is None or not hasattr(sampler, "indices"):
+            raise TypeError(f"{type(dataset).__name__} has no DP-style sampler with .indices")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        item = self.dataset[idx]
+        sampler = self.dataset.sampler
+        frames = sequence_frames(sampler.indices[idx], sampler.sequence_length)
+        steps = len(frames) if self.n_obs_steps is None else min(self.n_obs_steps, len(frames))
+        obs = dict(item["obs"])
+        for obs_key, cache_key in self.cached_keys.items():
+            features = self.cache.fused(cache_key, frames[:steps], self.levels)
+            if steps < len(frames):
+                features = torch.cat([features, features.new_zeros(len(frames) - steps, *features.shape[1:])])
+            obs[obs_key] = features
+        return {**item, "obs": obs}
+
+    def get_validation_dataset(self) -> CachedFeatureDataset:
+        """The wrapped dataset's validation split, served from the same cache."""
+        clone = copy.copy(self)
+        clone.dataset = self.dataset.get_validation_dataset()
+        return clone
+
+    def get_normalizer(self, *args: Any, **kwargs: Any):
+        """The wrapped dataset's normaliser with cached keys mapped through the identity."""
+        from diffusion_policy.model.common.normalizer import SingleFieldLinearNormalizer
+
+        normalizer = self.dataset.get_normalizer(*args, **kwargs)
+        for obs_key in self.cached_keys:
+            normalizer[obs_key] = SingleFieldLinearNormalizer.create_identity()
+        return normalizer
