@@ -102,6 +102,10 @@ class SAM2ObsEncoder(nn.Module):
             (see ``CachedFeatureDataset``). Checked against this encoder (variant, weights, image
             size, levels) when it exists; skipped when absent (e.g. on the robot at inference).
             Cameras whose input has the feature shape ``(C, h, w)`` skip the trunk either way.
+        reuse_frames: At inference (eval mode, autograd off), reuse the features of frames seen in
+            the previous call instead of encoding them again: with ``n_obs_steps`` To, a control
+            loop then encodes each camera frame once instead of To times. Frames are matched by
+            exact content, so outputs are those of encoding every frame.
         rgb_model: Ignored (accepted so a Diffusion Policy encoder block can switch ``_target_``).
         use_group_norm: Ignored (no BatchNorm in SAM 2).
         share_rgb_model: Ignored (the SAM 2 trunk is always shared).
@@ -139,6 +143,7 @@ class SAM2ObsEncoder(nn.Module):
         seed: int = 0,
         download: bool = False,
         feature_cache: str | os.PathLike[str] | None = None,
+        reuse_frames: bool = True,
         rgb_model: Any = None,
         use_group_norm: Any = None,
         share_rgb_model: Any = None,
@@ -194,6 +199,8 @@ class SAM2ObsEncoder(nn.Module):
         names = ["shared"] if share_heads else [_module_key(k) for k in self.rgb_shapes]
         self.heads = build_seeded(lambda: nn.ModuleDict({n: make_head() for n in names}), seed)
         self.share_heads = share_heads
+        self.reuse_frames = reuse_frames
+        self._memo = _FrameMemo()
         self._compiled = None
 
     # ----------------------------------------------------------------------------------------
@@ -233,20 +240,28 @@ class SAM2ObsEncoder(nn.Module):
             values flattened (keys sorted).
         """
         lead, n = self._batch_dims(obs_dict)
-        features: dict[str, torch.Tensor] = {}
-        live: list[str] = []
-        images = []
+        memo = self._memo if self.reuse_frames and not self.training and not torch.is_grad_enabled() else None
+        outputs: dict[str, torch.Tensor] = {}
+        pending: list[tuple[str, torch.Tensor, _Lookup | None]] = []
         for key in self.rgb_keys:
             x = obs_dict[key]
             x = x.reshape(n, *x.shape[len(lead) :])
-            if tuple(x.shape[1:]) == self.feature_shape:
-                features[key] = x  # precomputed by `sam2-encoder cache`
+            if tuple(x.shape[1:]) == self.feature_shape:  # precomputed by `sam2-encoder cache`
+                outputs[key] = self.head_for(key)(x)
             else:
-                live.append(key)
-                images.append(self._preprocess(key, x))
-        if images:  # every live camera and time step in one trunk pass: (cams * N, 3, S, S)
-            features.update(zip(live, self.encode_pixels(torch.cat(images, dim=0)).split(n)))
-        parts = [self.head_for(key)(features[key]) for key in self.rgb_keys]
+                pending.append((key, x, memo.lookup(key, x) if memo is not None else None))
+        todo = [(key, x if hit is None else x[hit.missing]) for key, x, hit in pending]
+        images = [self._preprocess(key, x) for key, x in todo if len(x)]
+        if images:  # every camera and time step still to encode in ONE trunk pass: (M, 3, S, S)
+            maps = iter(self.encode_pixels(torch.cat(images, dim=0)).split([len(x) for _, x in todo if len(x)]))
+        for (key, x, hit), (_, rows) in zip(pending, todo):
+            fresh = self.head_for(key)(next(maps)) if len(rows) else None
+            if hit is None:
+                outputs[key] = fresh
+            else:
+                outputs[key] = hit.merge(fresh)
+                memo.store(key, x, outputs[key], hit)
+        parts = [outputs[key] for key in self.rgb_keys]
         parts += [obs_dict[key].reshape(n, -1).to(parts[0].dtype) for key in self.low_dim_keys]
         return torch.cat(parts, dim=-1).reshape(*lead, -1)
 
@@ -299,9 +314,15 @@ class SAM2ObsEncoder(nn.Module):
             )
         return groups
 
+    def train(self, mode: bool = True) -> SAM2ObsEncoder:
+        """Set train mode (the frozen trunk stays in eval) and forget remembered frames."""
+        self._memo.clear()
+        return super().train(mode)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_compiled"] = None  # compiled graphs neither pickle nor deep-copy
+        state["_memo"] = _FrameMemo()  # remembered frames belong to one inference stream
         return state
 
     # ----------------------------------------------------------------------------------------
@@ -392,6 +413,81 @@ class SAM2ObsEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"cameras={self.rgb_keys}, low_dim={self.low_dim_keys}, levels={list(self.levels)}"
+
+
+class _Lookup:
+    """Which rows of a camera batch were seen in the previous call, and their outputs."""
+
+    def __init__(
+        self,
+        n: int,
+        fingerprints: torch.Tensor,
+        hits: torch.Tensor,
+        sources: torch.Tensor,
+        previous: torch.Tensor | None,
+    ) -> None:
+        self.n = n
+        self.fingerprints = fingerprints
+        self.hits = hits  # (n,) bool
+        self.missing = (~hits).nonzero().squeeze(1)
+        self.sources = sources  # (n,) row of the previous call for each hit
+        self.previous = previous  # (m, D) outputs of the previous call
+
+    def merge(self, fresh: torch.Tensor | None) -> torch.Tensor:
+        """``(n, D)``: remembered outputs for hits, ``fresh`` (rows of ``missing``) for the rest."""
+        if fresh is not None and len(self.missing) == self.n:
+            return fresh
+        out = self.previous.new_empty(self.n, self.previous.shape[1])
+        out[self.hits] = self.previous[self.sources[self.hits]]
+        if fresh is not None:
+            out[self.missing] = fresh.to(out.dtype)
+        return out
+
+
+class _FrameMemo:
+    """The frames of the previous inference call per camera, with their head outputs.
+
+    Rows are matched by a random projection fingerprint, then confirmed by exact equality.
+    """
+
+    def __init__(self) -> None:
+        self.frames: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.prints: dict[str, torch.Tensor] = {}
+        self._weights: dict[str, torch.Tensor] = {}
+
+    def clear(self) -> None:
+        self.frames.clear()
+        self.outputs.clear()
+        self.prints.clear()
+
+    def _fingerprint(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(len(x), -1)
+        weights = self._weights.get(key)
+        if weights is None or weights.shape[0] != flat.shape[1] or weights.device != flat.device:
+            g = torch.Generator().manual_seed(0)
+            weights = torch.rand(flat.shape[1], generator=g, dtype=torch.float64).to(flat.device)
+            self._weights[key] = weights
+        # an elementwise product reduced per row (not a matmul, whose blocking can differ between
+        # rows) gives equal rows bit-equal fingerprints wherever they sit in the batch
+        return (flat.to(torch.float64) * weights).sum(dim=1)
+
+    def lookup(self, key: str, x: torch.Tensor) -> _Lookup:
+        n = len(x)
+        prints = self._fingerprint(key, x)
+        old = self.frames.get(key)
+        if old is None or old.shape[1:] != x.shape[1:] or old.dtype != x.dtype or old.device != x.device:
+            none = torch.zeros(n, dtype=torch.bool, device=x.device)
+            return _Lookup(n, prints, none, torch.zeros(n, dtype=torch.long, device=x.device), None)
+        equal = prints[:, None] == self.prints[key][None, :]
+        sources = equal.to(torch.uint8).argmax(dim=1)
+        hits = equal.any(dim=1) & (x == old[sources]).reshape(n, -1).all(dim=1)
+        return _Lookup(n, prints, hits, sources, self.outputs[key])
+
+    def store(self, key: str, x: torch.Tensor, outputs: torch.Tensor, lookup: _Lookup) -> None:
+        self.frames[key] = x.detach().clone()
+        self.outputs[key] = outputs.detach()
+        self.prints[key] = lookup.fingerprints
 
 
 class _Projected(nn.Module):

@@ -285,8 +285,6 @@ def test_cached_workspace_preset_composes_and_builds(replay: Path, encoder, tmp_
 
     path = build_cache(replay, ["img"], encoder, out=tmp_path / "c.zarr", progress=False, chunk_frames=8)
     stub = Path(__file__).parent / "dp_stub_config"
-    if not OmegaConf.has_resolver("eval"):
-        OmegaConf.register_new_resolver("eval", eval)  # DP's train.py registers this
     with initialize_config_dir(config_dir=str(stub), version_base=None):
         cfg = compose(
             config_name="train_diffusion_unet_sam2_cached_workspace",

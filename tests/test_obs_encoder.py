@@ -310,3 +310,34 @@ def test_dp_block_with_only_target_switched_is_accepted() -> None:
     assert enc(dp_batch(n=2)).shape == (2, 135)
     with pytest.warns(UserWarning, match="ignores rgb_model"):
         SAM2ObsEncoder(SHAPE_META, image_size=64, rgb_model=torch.nn.Identity())
+
+
+def test_frame_reuse_encodes_each_frame_once_with_identical_outputs() -> None:
+    """A 10 Hz control loop with To=2: consecutive calls share all but the newest frame per camera."""
+    enc = make().eval()
+    plain = make(reuse_frames=False).eval()
+    plain.load_state_dict(enc.state_dict())
+    stream = dp_batch(n=3 * 7, seed=4)  # 3 parallel envs x 7 time steps
+
+    def step(t: int) -> dict[str, torch.Tensor]:  # (B * To) rows, batch-major, frames t-1 and t
+        return {k: v.reshape(3, 7, *v.shape[1:])[:, t - 1 : t + 1].reshape(6, *v.shape[1:]) for k, v in stream.items()}
+
+    rows = []
+    hook = enc.encoder.vision_encoder.backbone.patch_embed.register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+    try:
+        with torch.no_grad():
+            for t in range(1, 7):
+                assert torch.equal(enc(step(t)), plain(step(t))), t
+            assert rows == [12] + [6] * 5, "first call: 2 cameras x 6 rows; then only the 3 newest frames per camera"
+            rows.clear()
+            same = step(6)
+            enc(same)
+            assert rows == [], "a repeated observation is not encoded again"
+        enc(step(3))  # autograd on: no reuse
+        enc.train()
+        with torch.no_grad():
+            enc(step(4))  # train mode: no reuse
+    finally:
+        hook.remove()
+    assert rows == [12, 12]
+    assert not copy.deepcopy(enc)._memo.frames, "copies start with an empty memory"
