@@ -23,8 +23,7 @@ from sam2_encoder.feature_cache import (
     open_group,
     sequence_frames,
 )
-
-from .dp_helpers import Denoiser, DPStyleImageDataset, create_indices, write_replay_buffer
+from sam2_encoder.synthetic import ReplayImageDataset, TinyDenoiser, create_indices, write_replay_buffer
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE_META = {
@@ -83,7 +82,7 @@ def test_obs_encoder_and_policy_loss_cached_vs_live(replay: Path, tmp_path: Path
     cached_enc = SAM2ObsEncoder(SHAPE_META, image_size=32, feature_cache=str(path)).eval()
     cached_enc.load_state_dict(live_enc.state_dict())
 
-    base = DPStyleImageDataset(str(replay), horizon=16)
+    base = ReplayImageDataset(str(replay), horizon=16)
     wrapped = CachedFeatureDataset(str(path), {"image": "img"}, dataset=base, n_obs_steps=2)
     assert len(wrapped) == len(base) and wrapped.horizon == 16
     idx = [0, 3, len(base) - 1]
@@ -106,7 +105,7 @@ def test_obs_encoder_and_policy_loss_cached_vs_live(replay: Path, tmp_path: Path
     with torch.no_grad():
         c_live, c_cached = cond(live_items, False), cond(cached_items, True)
         torch.testing.assert_close(c_cached, c_live, atol=2e-2, rtol=1e-2)  # float16 storage
-        denoiser = Denoiser(16, 2, cond_dim=c_live.shape[1])
+        denoiser = TinyDenoiser(16, 2, cond_dim=c_live.shape[1])
         action = torch.stack([it["action"] for it in live_items])
         noise = torch.randn_like(action)
         t = torch.tensor([3, 50, 90])
@@ -130,13 +129,13 @@ def test_dataset_normalizer_uses_identity_for_cached_keys(replay: Path, encoder,
     for name in ("diffusion_policy", "diffusion_policy.model", "diffusion_policy.model.common"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    wrapped = CachedFeatureDataset(str(path), {"image": "img"}, dataset=DPStyleImageDataset(str(replay)))
+    wrapped = CachedFeatureDataset(str(path), {"image": "img"}, dataset=ReplayImageDataset(str(replay)))
     assert wrapped.get_normalizer() == {"image": "identity", "agent_pos": "limits", "action": "limits"}
     assert len(wrapped.get_validation_dataset()) == len(wrapped)
     built = CachedFeatureDataset(
         str(path),
         {"image": "img"},
-        dataset_target="tests.dp_helpers.DPStyleImageDataset",
+        dataset_target="sam2_encoder.synthetic.ReplayImageDataset",
         zarr_path=str(replay),
         horizon=8,
     )
@@ -292,7 +291,7 @@ def test_cached_workspace_preset_composes_and_builds(replay: Path, encoder, tmp_
                 f"feature_cache={path}",
                 "policy.obs_encoder.image_size=32",
                 f"task.dataset.zarr_path={replay}",
-                "task.dataset.dataset_target=tests.dp_helpers.DPStyleImageDataset",
+                "task.dataset.dataset_target=sam2_encoder.synthetic.ReplayImageDataset",
             ],
         )
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
