@@ -9,6 +9,7 @@ video tracker.
 from .checkpoints import CheckpointError, convert_meta_state_dict, load_checkpoint, resolve_checkpoint
 from .image_encoder import FeaturePyramid, SAM2ImageEncoder
 from .obs_encoder import SAM2ObsEncoder
+from .streaming import StreamingPredictor, TrackResult
 from .transforms import SAM2Transforms
 from .variants import VARIANTS, Variant, get_variant
 
@@ -21,6 +22,8 @@ __all__ = [
     "SAM2ImageEncoder",
     "SAM2ObsEncoder",
     "SAM2Transforms",
+    "StreamingPredictor",
+    "TrackResult",
     "Variant",
     "__version__",
     "convert_meta_state_dict",

@@ -371,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_cache)
 
+    from .streaming_cli import register as register_track
+
+    register_track(sub)
+
     p = sub.add_parser("doctor", help="versions, device, attention backend, checkpoints, Hydra plugin")
     p.set_defaults(func=_cmd_doctor)
     return parser

@@ -45,12 +45,15 @@ class FeaturePyramid:
         s16: ``(B, 256, H/16, W/16)``: stride-16 level (top-down fused) plus the no-memory embedding.
         pos_enc: The sine position encodings of the three levels, each ``(B, 256, h, w)``,
             when asked for with ``with_pos_enc=True``; else ``None``.
+        s16_neck: ``(B, 256, H/16, W/16)``: the stride-16 level before the no-memory embedding,
+            as SAM 2's video tracker stores it (it adds memory instead); ``None`` if unknown.
     """
 
     s4: torch.Tensor
     s8: torch.Tensor
     s16: torch.Tensor
     pos_enc: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    s16_neck: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         """Iterate the maps, finest first (position encodings excluded)."""
@@ -71,15 +74,19 @@ class FeaturePyramid:
         """``{"s4": ..., "s8": ..., "s16": ...}``."""
         return {name: getattr(self, name) for name in LEVELS}
 
+    def map(self, fn) -> FeaturePyramid:
+        """A new pyramid with ``fn`` applied to every tensor (maps, position encodings, ``s16_neck``)."""
+        pos = None if self.pos_enc is None else tuple(fn(p) for p in self.pos_enc)
+        neck = None if self.s16_neck is None else fn(self.s16_neck)
+        return FeaturePyramid(*(fn(m) for m in self), pos_enc=pos, s16_neck=neck)
+
     def to(self, *args, **kwargs) -> FeaturePyramid:
-        """``Tensor.to`` applied to every map (and position encoding)."""
-        pos = None if self.pos_enc is None else tuple(p.to(*args, **kwargs) for p in self.pos_enc)
-        return FeaturePyramid(*(m.to(*args, **kwargs) for m in self), pos_enc=pos)
+        """``Tensor.to`` applied to every tensor."""
+        return self.map(lambda t: t.to(*args, **kwargs))
 
     def select(self, index: torch.Tensor | slice | int) -> FeaturePyramid:
         """The pyramid of a subset of the batch (``index`` applied to dim 0)."""
-        pos = None if self.pos_enc is None else tuple(p[index] for p in self.pos_enc)
-        return FeaturePyramid(*(m[index] for m in self), pos_enc=pos)
+        return self.map(lambda t: t[index])
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -310,12 +317,12 @@ class SAM2ImageEncoder(nn.Module):
             if not torch.is_autocast_enabled(pixel_values.device.type):
                 pixel_values = pixel_values.to(weight.dtype)
             stages = self.trunk(pixel_values)
-            s4, s8, s16 = self.neck(stages)
+            s4, s8, neck16 = self.neck(stages)
             s4 = self.conv_s0(s4)
             s8 = self.conv_s1(s8)
-            s16 = s16 + self.no_memory_embedding.view(1, -1, 1, 1).to(s16.dtype)
+            s16 = neck16 + self.no_memory_embedding.view(1, -1, 1, 1).to(neck16.dtype)
             pos = self.position_encodings((s4, s8, s16)) if self.with_pos_enc else None
-        return FeaturePyramid(s4, s8, s16, pos_enc=pos)
+        return FeaturePyramid(s4, s8, s16, pos_enc=pos, s16_neck=neck16)
 
     def trunk(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Hiera trunk: the four stage outputs, each ``(B, h, w, C)`` (channels last), finest first."""

@@ -103,10 +103,14 @@ class SAM2Transforms(nn.Module):
         x = self.to_unit_range(x)
         if self.channel_order == "BGR":
             x = x.flip(1)
-        return self.normalize(self.resize(x))
+        # contiguous NCHW whatever the input layout: on CPU the layout picks the conv kernels, and
+        # channels-last input would move features by an ulp against the same pixels in NCHW
+        return self.normalize(self.resize(x)).contiguous()
 
     def _as_bchw(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         if isinstance(images, np.ndarray):
+            if not images.flags.writeable:  # decoded images, memory maps: torch warns on read-only memory
+                images = images.copy()
             images = torch.from_numpy(np.ascontiguousarray(images))
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a torch.Tensor, numpy array or list of them, got {type(images).__name__}")

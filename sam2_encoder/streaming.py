@@ -1,0 +1,679 @@
+"""Streaming SAM 2 video tracking with bounded memory: prompt once, then ``track()`` per live frame.
+
+:class:`StreamingPredictor` drives transformers' ``Sam2VideoModel`` and its
+``Sam2VideoInferenceSession`` in streaming mode (a session without a video, one
+``model(inference_session=..., frame_idx=..., frame=...)`` call per frame); the tracking logic is
+transformers' own. What this module adds:
+
+* **Bounded state.** After every frame it drops what SAM 2 can no longer read (see
+  ``_prune``): past pixels, emitted low-res and full-size masks, memory features of
+  non-conditioning frames older than ``num_maskmem - 1`` frames, whole non-conditioning entries
+  older than ``max_object_pointers_in_encoder - 1`` frames and stale per-frame bookkeeping. It keeps
+  every conditioning (prompted) frame, or the memory features of only the closest
+  ``max_cond_frame_num`` of them when that limit is set (their object pointers are always read).
+  The session then stays at a constant size however long the stream runs, and every output is
+  bit-identical to transformers' unpruned session.
+* **One encoder pass per frame.** Frames are preprocessed by :class:`SAM2Transforms` and encoded
+  by :class:`SAM2ImageEncoder` sharing the video model's vision weights; the features are handed
+  to the session through its per-frame vision-feature cache, so the session never runs the vision
+  encoder itself. A caller that already encoded the frame (a policy) passes its
+  :class:`FeaturePyramid` and no encoder runs at all; ``return_features=True`` hands the tracker's
+  pyramid to the policy instead.
+* Prompts in frame pixel coordinates, results at the frame's resolution, and clear errors.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import Sam2VideoModel
+from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+
+from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
+from .image_encoder import FeaturePyramid, SAM2ImageEncoder, build_seeded
+from .variants import Variant, check_image_size, get_variant
+
+__all__ = ["StreamingPredictor", "TrackResult", "session_nbytes"]
+
+ArrayLike = torch.Tensor | np.ndarray | Sequence
+
+
+@dataclass
+class TrackResult:
+    """The tracker's output for one frame.
+
+    Attributes:
+        frame_idx: Index of the frame in the stream (0 for the first frame).
+        obj_ids: Ids of the tracked objects, in the order of the other fields' first axis.
+        masks: ``(N, H, W)`` bool masks at the input frame's resolution (logits > 0).
+        mask_logits: ``(N, S/4, S/4)`` low-resolution mask logits for encoder input size ``S``.
+        scores: ``(N,)`` object score logits: above 0 means SAM 2 thinks the object is visible.
+        features: The frame's :class:`FeaturePyramid` (``s4 (1, 32, S/4, S/4)``,
+            ``s8 (1, 64, S/8, S/8)``, ``s16 (1, 256, S/16, S/16)``) when asked for with
+            ``return_features=True``; else ``None``.
+    """
+
+    frame_idx: int
+    obj_ids: list[int]
+    masks: torch.Tensor
+    mask_logits: torch.Tensor
+    scores: torch.Tensor
+    features: FeaturePyramid | None = None
+
+    def mask(self, obj_id: int) -> torch.Tensor:
+        """The ``(H, W)`` bool mask of one object.
+
+        Raises:
+            KeyError: If the object is not tracked.
+        """
+        if obj_id not in self.obj_ids:
+            raise KeyError(f"object {obj_id} is not in this result; tracked objects: {self.obj_ids}")
+        return self.masks[self.obj_ids.index(obj_id)]
+
+
+class StreamingPredictor:
+    """Prompt objects on a live frame, then track them frame by frame at constant memory.
+
+    Args:
+        variant: A released model name (``"sam2.1_hiera_tiny"``; see ``variants.VARIANTS``).
+        checkpoint: Meta ``.pt`` / safetensors / HF folder path, URL, variant name or hub id (see
+            :func:`sam2_encoder.checkpoints.resolve_checkpoint`), or ``None`` for seeded random
+            weights (a warning is issued).
+        image_size: Encoder input side ``S`` (square, a multiple of 32). Frames of any size are
+            resized to it; masks come back at the frame's size.
+        device: Where the model and the tracking state live.
+        dtype: Weight and state dtype (``torch.float32`` by default).
+        channel_order: ``"RGB"`` or ``"BGR"`` (OpenCV frames).
+        seed: Seed of the random initialisation when ``checkpoint`` is ``None``.
+        download: Allow downloading a remote checkpoint that is not cached yet.
+        model: An existing transformers ``Sam2VideoModel`` built for ``image_size`` to use (weights
+            shared) instead of building one; ``checkpoint`` is then ignored.
+
+    Example:
+        >>> pred = StreamingPredictor("sam2.1_hiera_tiny", checkpoint="sam2.1_hiera_tiny")  # doctest: +SKIP
+        >>> pred.add_prompt(frame0, obj_id=1, points=[[320, 240]], labels=[1])  # doctest: +SKIP
+        >>> for frame in camera:  # doctest: +SKIP
+        ...     res = pred.track(frame)  # res.masks: (N, H, W) bool
+    """
+
+    def __init__(
+        self,
+        variant: str | Variant = "sam2.1_hiera_tiny",
+        checkpoint: str | os.PathLike[str] | None = None,
+        image_size: int = 1024,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        channel_order: str = "RGB",
+        seed: int = 0,
+        download: bool = True,
+        model: Sam2VideoModel | None = None,
+    ) -> None:
+        self.variant = get_variant(variant)
+        height, width = check_image_size(image_size)
+        if height != width:
+            raise ValueError(f"the video model needs a square image_size, got {image_size!r}")
+        self.image_size = height
+        if model is None:
+            model = self._build_model(checkpoint, seed, download)
+        elif model.config.image_size != self.image_size:
+            raise ValueError(
+                f"model was built for image_size {model.config.image_size}, but image_size={self.image_size} was asked"
+            )
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        if dtype is not None:
+            model.to(dtype)
+        if device is not None:
+            model.to(device)
+        self.model: Sam2VideoModel = model.eval().requires_grad_(False)
+        self.encoder = SAM2ImageEncoder(
+            self.variant,
+            image_size=self.image_size,
+            model=model,
+            device=self.device,
+            freeze=True,
+            channel_order=channel_order,
+        )
+        # The session reads the position encoding of the coarsest level only (memory attention); it
+        # depends on the shape alone, so it is computed once instead of per frame.
+        side = self.image_size // 16
+        with torch.inference_mode():
+            pos = model.vision_encoder.neck.position_encoding(torch.Size((1, 256, side, side)), self.device, self.dtype)
+            self._s16_pos = pos.to(self.dtype).flatten(2).permute(2, 0, 1)
+        # Stands in for the frame's pixels in the session: features go through the session's vision
+        # cache, so the pixels are never read (an empty tensor makes any read fail loudly).
+        self._no_pixels = torch.empty(0, device=self.device, dtype=self.dtype)
+        self.reset()
+
+    def _build_model(self, checkpoint: str | os.PathLike[str] | None, seed: int, download: bool) -> Sam2VideoModel:
+        config = self.variant.video_model_config(self.image_size)
+        model = build_seeded(lambda: Sam2VideoModel(config), seed)
+        if checkpoint is None:
+            warnings.warn(
+                f"StreamingPredictor({self.variant.name!r}) has no checkpoint: using seeded random weights "
+                f"(seed={seed}); pass checkpoint=... for meaningful masks",
+                stacklevel=3,
+            )
+            return model
+        path = resolve_checkpoint(checkpoint, download_missing=download)
+        state = load_checkpoint(path)
+        check_state_dict(state, model.state_dict(), self.variant, source=str(path))
+        model.load_state_dict(state, strict=True)
+        return model
+
+    # ----------------------------------------------------------------------------------------
+    # properties
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model and the tracking state."""
+        return self.model.no_memory_embedding.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the model and the tracking state."""
+        return self.model.no_memory_embedding.dtype
+
+    @property
+    def num_maskmem(self) -> int:
+        """Memory frames SAM 2 attends to: the conditioning ones plus the last ``num_maskmem - 1``."""
+        return self.model.config.num_maskmem
+
+    @property
+    def max_object_pointers(self) -> int:
+        """Object pointers SAM 2 reads: all conditioning frames' plus the last ``max_object_pointers - 1``."""
+        return self.model.config.max_object_pointers_in_encoder
+
+    @property
+    def max_cond_frames(self) -> int:
+        """How many conditioning frames' memories are attended to (``-1``: all)."""
+        return self.model.config.max_cond_frame_num
+
+    @property
+    def obj_ids(self) -> list[int]:
+        """Ids of the objects being tracked, in output order."""
+        return list(self.session.obj_ids)
+
+    @property
+    def frame_idx(self) -> int | None:
+        """Index of the last processed frame, or ``None`` before the first one."""
+        return self._frame_idx
+
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the stream's frames, fixed by the first frame; ``None`` before it."""
+        return self._frame_size
+
+    # ----------------------------------------------------------------------------------------
+    # public API
+    # ----------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every object, prompt and frame; the next frame starts a new stream at index 0."""
+        self.session = Sam2VideoInferenceSession(
+            inference_device=self.device,
+            inference_state_device=self.device,
+            video_storage_device=self.device,
+            dtype=self.dtype,
+        )
+        self._frame_idx: int | None = None
+        self._frame_size: tuple[int, int] | None = None
+
+    def add_prompt(
+        self,
+        frame: ArrayLike | None = None,
+        obj_id: int = 1,
+        points: ArrayLike | None = None,
+        labels: ArrayLike | None = None,
+        box: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
+        *,
+        clear_old_points: bool = True,
+        features: FeaturePyramid | None = None,
+        return_features: bool = False,
+    ) -> TrackResult:
+        """Prompt an object and segment the frame.
+
+        With ``frame`` given, the frame is the stream's next frame: it becomes a conditioning
+        frame for ``obj_id`` (a new object, or a re-prompt of a tracked one) and every other
+        object is tracked on it. With ``frame=None`` the prompt refines the current (last
+        processed) frame: a correction click on a tracked object, or another object prompted on
+        the same frame. Either way the frame's masks for all objects are returned.
+
+        Args:
+            frame: ``(H, W, 3)`` uint8 frame (numpy or torch), or ``None`` for the current frame.
+            obj_id: Any integer naming the object.
+            points: ``(K, 2)`` click coordinates ``(x, y)`` in frame pixels.
+            labels: ``(K,)`` labels, 1 for the object and 0 for background; all 1 when omitted.
+            box: ``(4,)`` box ``(x0, y0, x1, y1)`` in frame pixels (may be combined with points).
+            mask: ``(H, W)`` bool mask at the frame's size (not combined with points or a box).
+            clear_old_points: Replace this object's earlier points on the same frame (``True``)
+                or add to them (``False``, for accumulating correction clicks; not with a box).
+            features: The frame's pyramid from a :class:`SAM2ImageEncoder` at the same
+                ``image_size`` (batch 1), to skip the encoder. Only with a new ``frame``.
+            return_features: Return the frame's pyramid in the result.
+
+        Returns:
+            The frame's :class:`TrackResult`.
+
+        Raises:
+            ValueError: For an empty prompt, a prompt outside the frame, a mask of the wrong
+                size, labels that do not match the points, a frame of another size than the
+                stream's, or ``frame=None`` before any frame.
+            TypeError: For a frame that is not ``(H, W, 3)`` uint8.
+        """
+        if isinstance(obj_id, bool) or not isinstance(obj_id, int | np.integer):
+            raise TypeError(f"obj_id must be an int, got {obj_id!r}")
+        obj_id = int(obj_id)
+        if frame is None:
+            if self._frame_idx is None:
+                raise ValueError(
+                    "add_prompt(frame=None) refines the current frame, but no frame was processed yet; "
+                    "pass the first frame: add_prompt(frame, obj_id=..., points=...)"
+                )
+            if features is not None:
+                raise ValueError("features belong to a new frame; the current frame is already encoded")
+            frame_size = self._frame_size
+        else:
+            frame_size = self._check_frame(frame)
+        assert frame_size is not None
+        prompt = self._prompt_inputs(obj_id, frame_size, points, labels, box, mask, clear_old_points)
+
+        if frame is None:
+            frame_idx = self._frame_idx
+            encoded = None
+        else:
+            frame_idx = 0 if self._frame_idx is None else self._frame_idx + 1
+            encoded = self._encode(frame, features, return_features)
+        self._set_inputs(obj_id, frame_idx, prompt)
+        return self._step(frame_idx, frame_size, encoded, return_features)
+
+    def track(
+        self,
+        frame: ArrayLike,
+        features: FeaturePyramid | None = None,
+        return_features: bool = False,
+    ) -> TrackResult:
+        """Track every prompted object on the stream's next frame.
+
+        Args:
+            frame: ``(H, W, 3)`` uint8 frame (numpy or torch) of the stream's size, in the
+                predictor's ``channel_order``.
+            features: The frame's pyramid from a :class:`SAM2ImageEncoder` at the same
+                ``image_size`` (batch 1): the encoder is skipped. ``s16`` carries the no-memory
+                embedding, which is subtracted again, so results can differ from the tracker's own
+                encoding at the float-rounding level (masks agree in practice).
+            return_features: Return the frame's pyramid in the result (for a policy).
+
+        Returns:
+            The frame's :class:`TrackResult`.
+
+        Raises:
+            RuntimeError: If no object was prompted yet.
+            ValueError: If the frame's size differs from the stream's, or ``features`` do not fit.
+            TypeError: For a frame that is not ``(H, W, 3)`` uint8.
+        """
+        if not self.session.obj_ids:
+            raise RuntimeError(
+                "track() needs at least one object: call add_prompt(frame, obj_id=..., points=... | box=... | "
+                "mask=...) first" + (" (every object was removed)" if self._frame_idx is not None else "")
+            )
+        frame_size = self._check_frame(frame)
+        assert self._frame_idx is not None
+        frame_idx = self._frame_idx + 1
+        encoded = self._encode(frame, features, return_features)
+        return self._step(frame_idx, frame_size, encoded, return_features)
+
+    def remove_object(self, obj_id: int) -> None:
+        """Stop tracking an object and free its state.
+
+        Raises:
+            KeyError: If the object is not tracked.
+        """
+        session = self.session
+        if obj_id not in session._obj_id_to_idx:
+            raise KeyError(f"object {obj_id} is not tracked; tracked objects: {list(session.obj_ids)}")
+        # The session keys per-object state by a dense index 0..N-1: re-index the others.
+        per_object = ("point_inputs_per_obj", "mask_inputs_per_obj", "output_dict_per_obj", "frames_tracked_per_obj")
+        kept = [i for i in range(session.get_obj_num()) if session.obj_idx_to_id(i) != obj_id]
+        for name in per_object:
+            table = getattr(session, name)
+            table_kept = [table[i] for i in kept]
+            table.clear()
+            table.update(enumerate(table_kept))
+        ids = [session.obj_idx_to_id(i) for i in kept]
+        session._obj_id_to_idx.clear()
+        session._obj_idx_to_id.clear()
+        for index, kept_id in enumerate(ids):
+            session._obj_id_to_idx[kept_id] = index
+            session._obj_idx_to_id[index] = kept_id
+        session.obj_ids = ids
+        session.obj_with_new_inputs = [i for i in session.obj_with_new_inputs if i != obj_id]
+
+    def state_nbytes(self) -> int:
+        """Bytes held by the tracking session's tensors (features, memories, pointers, prompts)."""
+        return session_nbytes(self.session)
+
+    # ----------------------------------------------------------------------------------------
+    # internals
+    # ----------------------------------------------------------------------------------------
+
+    def _check_frame(self, frame: ArrayLike) -> tuple[int, int]:
+        """Validate a frame and return its ``(H, W)``."""
+        if not isinstance(frame, torch.Tensor | np.ndarray):
+            raise TypeError(f"frame must be a numpy array or torch tensor, got {type(frame).__name__}")
+        shape = tuple(frame.shape)
+        if len(shape) != 3 or shape[-1] != 3:
+            hint = "; channels-first frames must be permuted to (H, W, 3)" if len(shape) == 3 and shape[0] == 3 else ""
+            raise TypeError(f"frame must be (H, W, 3) with 3 colour channels last, got shape {shape}{hint}")
+        dtype = frame.dtype
+        if not (dtype == torch.uint8 if isinstance(frame, torch.Tensor) else dtype == np.uint8):
+            raise TypeError(
+                f"frame must be uint8 (0..255), got {dtype}; convert float frames in [0, 1] with "
+                "(frame * 255).round() cast to uint8"
+            )
+        size = (int(shape[0]), int(shape[1]))
+        if self._frame_size is not None and size != self._frame_size:
+            raise ValueError(
+                f"frame size changed mid-stream: got {size[0]}x{size[1]} (H x W), the stream started at "
+                f"{self._frame_size[0]}x{self._frame_size[1]}; call reset() to start a new stream"
+            )
+        return size
+
+    def _encode(
+        self, frame: ArrayLike, features: FeaturePyramid | None, return_features: bool
+    ) -> tuple[list[torch.Tensor], FeaturePyramid | None]:
+        """The session's vision features of a new frame, and its pyramid if asked for.
+
+        Returns:
+            ``([s4 (HW, 1, 32), s8 (HW, 1, 64), s16 (HW, 1, 256)], pyramid)``: the levels as the
+            session stores them (``s16`` without the no-memory embedding), flattened to
+            ``(h*w, 1, C)``.
+        """
+        with torch.inference_mode():
+            if features is None:
+                pyramid = self.encoder.encode(self.encoder.transforms(frame).to(self.dtype))
+            else:
+                pyramid = self._check_features(features)
+            s16 = pyramid.s16_neck
+            if s16 is None:  # a pyramid from elsewhere: undo the no-memory embedding (exact up to an ulp)
+                s16 = pyramid.s16 - self.model.no_memory_embedding.view(1, -1, 1, 1).to(pyramid.s16.dtype)
+        levels = [level.flatten(2).permute(2, 0, 1) for level in (pyramid.s4, pyramid.s8, s16)]
+        return levels, (pyramid if return_features else None)
+
+    def _check_features(self, features: FeaturePyramid) -> FeaturePyramid:
+        if not isinstance(features, FeaturePyramid):
+            raise TypeError(f"features must be a FeaturePyramid from SAM2ImageEncoder, got {type(features).__name__}")
+        expected = {name: (1, *shape) for name, shape in self.encoder.feature_shapes().items()}
+        got = features.shapes
+        if got != expected:
+            raise ValueError(
+                f"features do not fit this predictor (image_size={self.image_size}, one frame): got shapes {got}, "
+                f"expected {expected}; encode the frame with SAM2ImageEncoder(image_size={self.image_size}) and pass "
+                "pyramid.select(slice(i, i + 1)) for frame i of a batch"
+            )
+
+        def own(level: torch.Tensor) -> torch.Tensor:
+            level = level.to(self.device, self.dtype)
+            if level.untyped_storage().nbytes() > level.nbytes:
+                level = level.clone()  # a slice of a batch: do not keep the whole batch alive in the session
+            return level
+
+        return features.map(own)
+
+    def _prompt_inputs(
+        self,
+        obj_id: int,
+        frame_size: tuple[int, int],
+        points: ArrayLike | None,
+        labels: ArrayLike | None,
+        box: ArrayLike | None,
+        mask: ArrayLike | None,
+        clear_old_points: bool,
+    ) -> dict[str, Any]:
+        """Validate a prompt and convert it to the session's inputs (coordinates in encoder pixels)."""
+        height, width = frame_size
+        pts = None if points is None else _as_float_array(points, "points")
+        if pts is not None:
+            if pts.ndim == 1 and pts.shape == (2,):
+                pts = pts[None]
+            if pts.ndim != 2 or pts.shape[1] != 2:
+                raise ValueError(f"points must be (K, 2) (x, y) pairs, got shape {tuple(pts.shape)}")
+            if len(pts) == 0:
+                pts = None
+        if pts is None and box is None and mask is None:
+            raise ValueError(
+                f"empty prompt for object {obj_id}: give points=[[x, y], ...] (with labels), box=[x0, y0, x1, y1] "
+                "or mask=(H, W) bool"
+            )
+        if mask is not None and (pts is not None or box is not None):
+            raise ValueError("a mask prompt cannot be combined with points or a box on the same frame")
+        if mask is not None:
+            return {"mask": self._mask_input(obj_id, mask, frame_size)}
+
+        coords = []
+        point_labels = []
+        if box is not None:
+            if not clear_old_points:
+                raise ValueError("a box must come first: pass clear_old_points=True with a box prompt")
+            b = _as_float_array(box, "box").reshape(-1)
+            if b.shape != (4,):
+                raise ValueError(f"box must be (x0, y0, x1, y1), got {b.tolist()}")
+            x0, y0, x1, y1 = b.tolist()
+            if not (x1 > x0 and y1 > y0):
+                raise ValueError(f"box must have x1 > x0 and y1 > y0, got (x0, y0, x1, y1) = {tuple(b.tolist())}")
+            _check_inside(b.reshape(2, 2), frame_size, "box corner")
+            coords.append(b.reshape(2, 2))
+            point_labels += [2, 3]  # SAM's top-left / bottom-right box corner labels
+        if pts is not None:
+            _check_inside(pts, frame_size, "point")
+            if labels is None:
+                lab = np.ones(len(pts), dtype=np.int64)
+            else:
+                lab = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
+                if lab.shape != (len(pts),):
+                    raise ValueError(f"labels must have one entry per point: {len(pts)} points, labels {lab.tolist()}")
+                if not np.isin(lab, (0, 1)).all():
+                    raise ValueError(f"labels must be 1 (object) or 0 (background), got {lab.tolist()}")
+            coords.append(pts)
+            point_labels += [int(v) for v in lab]
+        xy = torch.tensor(np.concatenate(coords), dtype=torch.float32)
+        xy[:, 0] = xy[:, 0] * (self.image_size / width)
+        xy[:, 1] = xy[:, 1] * (self.image_size / height)
+        return {
+            "point_coords": xy.view(1, 1, -1, 2),
+            "point_labels": torch.tensor(point_labels, dtype=torch.int64).view(1, 1, -1),
+            "clear_old": clear_old_points,
+        }
+
+    def _mask_input(self, obj_id: int, mask: ArrayLike, frame_size: tuple[int, int]) -> torch.Tensor:
+        """A frame-size mask as the session's ``(1, 1, S, S)`` float 0/1 mask input."""
+        m = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.asarray(mask))
+        if m.dim() != 2 or tuple(m.shape) != frame_size:
+            raise ValueError(f"mask must be (H, W) = {frame_size} like the frame, got shape {tuple(m.shape)}")
+        if m.dtype != torch.bool:
+            if m.is_floating_point() or m.is_complex():
+                raise ValueError(f"mask must be bool (or 0/1 integers), got {m.dtype}")
+            m = m != 0
+        if not bool(m.any()):
+            raise ValueError(
+                f"empty prompt: the mask for object {obj_id} has no foreground pixels "
+                f"(to stop tracking it, call remove_object({obj_id}))"
+            )
+        m = m.to(self.device, torch.float32)[None, None]
+        if tuple(m.shape[-2:]) != (self.image_size, self.image_size):
+            m = F.interpolate(
+                m, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+            )
+            m = (m >= 0.5).float()
+        return m
+
+    def _set_inputs(self, obj_id: int, frame_idx: int, prompt: dict[str, Any]) -> None:
+        """Record a prompt in the session (what transformers' video processor does)."""
+        session = self.session
+        obj_idx = session.obj_id_to_idx(obj_id)
+        if "mask" in prompt:
+            session.add_mask_inputs(obj_idx, frame_idx, prompt["mask"])
+            session.remove_point_inputs(obj_idx, frame_idx)
+        else:
+            coords, labels = prompt["point_coords"], prompt["point_labels"]
+            old = session.point_inputs_per_obj[obj_idx].get(frame_idx)
+            if not prompt["clear_old"] and old is not None:
+                coords = torch.cat([old["point_coords"].to(coords.device), coords], dim=2)
+                labels = torch.cat([old["point_labels"].to(labels.device), labels], dim=2)
+            session.add_point_inputs(obj_idx, frame_idx, {"point_coords": coords, "point_labels": labels})
+            session.remove_mask_inputs(obj_idx, frame_idx)
+        session.obj_with_new_inputs = [obj_id]
+
+    def _step(
+        self,
+        frame_idx: int,
+        frame_size: tuple[int, int],
+        encoded: tuple[list[torch.Tensor], FeaturePyramid | None] | None,
+        return_features: bool,
+    ) -> TrackResult:
+        """Run the session on a frame (new when ``encoded`` is given, else the current one)."""
+        session = self.session
+        pyramid = None
+        if encoded is not None:
+            levels, pyramid = encoded
+            session.cache.cache_vision_features(
+                frame_idx, {"vision_feats": levels, "vision_pos_embeds": [None, None, self._s16_pos]}
+            )
+            self._frame_size = frame_size
+            self._frame_idx = frame_idx
+        elif return_features:
+            pyramid = self._current_pyramid(frame_idx)
+        # `frame` keeps the session in streaming mode; frame_idx is explicit because pruning
+        # empties the session's frame store.
+        out = self.model(inference_session=session, frame_idx=frame_idx, frame=self._no_pixels)
+        self._prune(frame_idx)
+        logits = out.pred_masks  # (N, 1, S/4, S/4)
+        with torch.inference_mode():
+            masks = F.interpolate(logits.float(), size=frame_size, mode="bilinear", align_corners=False) > 0
+        return TrackResult(
+            frame_idx=frame_idx,
+            obj_ids=list(out.object_ids),
+            masks=masks[:, 0],
+            mask_logits=logits[:, 0],
+            scores=out.object_score_logits.reshape(-1),
+            features=pyramid,
+        )
+
+    def _current_pyramid(self, frame_idx: int) -> FeaturePyramid:
+        """The cached features of the current frame as a pyramid."""
+        cached = self.session.cache.get_vision_features(frame_idx)
+        side = self.image_size
+        maps = []
+        for level, stride in zip(cached["vision_feats"], (4, 8, 16)):
+            maps.append(level.permute(1, 2, 0).reshape(1, -1, side // stride, side // stride))
+        neck = maps[2]
+        with torch.inference_mode():
+            maps[2] = neck + self.model.no_memory_embedding.view(1, -1, 1, 1).to(neck.dtype)
+        return FeaturePyramid(*maps, s16_neck=neck)
+
+    def _prune(self, frame_idx: int) -> None:
+        """Drop every piece of session state SAM 2 can no longer read once ``frame_idx`` is done.
+
+        Frame ``t`` reads (``t`` = the next frame, or ``frame_idx`` itself for a correction
+        click): memory features of the selected conditioning frames and of non-conditioning
+        frames ``t-1 .. t-(num_maskmem-1)``; object pointers of every conditioning frame up to
+        ``t`` and of non-conditioning frames ``t-1 .. t-(max_object_pointers-1)``; masks, inputs and
+        "tracked" flags of frame ``t`` only (when it is re-run). Everything older goes.
+        """
+        session = self.session
+        oldest_pointer = frame_idx - (self.max_object_pointers - 1)
+        oldest_memory = frame_idx - (self.num_maskmem - 1)
+        if session.processed_frames:
+            session.processed_frames.clear()
+        for obj_idx, outputs in session.output_dict_per_obj.items():
+            non_cond = outputs["non_cond_frame_outputs"]
+            for t in [t for t in non_cond if t < oldest_pointer]:
+                del non_cond[t]
+            cond = outputs["cond_frame_outputs"]
+            if self.max_cond_frames > 0:
+                selected = set(sorted((t for t in cond if t <= frame_idx), reverse=True)[: self.max_cond_frames])
+            else:
+                selected = set(cond)
+            for table in (non_cond, cond):
+                for t, entry in table.items():
+                    entry.pop("high_res_masks", None)  # only read within the frame's own step
+                    if t != frame_idx:
+                        entry.pop("pred_masks", None)  # re-read only when the same frame is re-run
+                    # memories outside the recent window are read only from selected conditioning frames
+                    if t < oldest_memory and (table is non_cond or t not in selected):
+                        entry.pop("maskmem_features", None)
+                        entry.pop("maskmem_pos_enc", None)
+            for table in (
+                session.frames_tracked_per_obj[obj_idx],
+                session.point_inputs_per_obj[obj_idx],
+                session.mask_inputs_per_obj[obj_idx],
+            ):
+                for t in [t for t in table if t != frame_idx]:
+                    del table[t]
+
+
+def _as_float_array(value: ArrayLike, name: str) -> np.ndarray:
+    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=object)
+    try:
+        array = array.astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be numbers, got {value!r}") from e
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got {array.tolist()}")
+    return array
+
+
+def _check_inside(xy: np.ndarray, frame_size: tuple[int, int], what: str) -> None:
+    """Raise unless every ``(x, y)`` lies in the frame ``[0, W] x [0, H]``."""
+    height, width = frame_size
+    outside = (xy[:, 0] < 0) | (xy[:, 0] > width) | (xy[:, 1] < 0) | (xy[:, 1] > height)
+    if outside.any():
+        bad = [tuple(round(float(v), 2) for v in p) for p in xy[outside]]
+        raise ValueError(
+            f"{what} (x, y) = {', '.join(map(str, bad))} lies outside the {width}x{height} (W x H) frame: "
+            f"x must be in [0, {width}] and y in [0, {height}] (frame pixel coordinates)"
+        )
+
+
+def _tensors(value: Any, seen: set[int]) -> Iterator[torch.Tensor]:
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item, seen)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _tensors(item, seen)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        for item in vars(value).values():
+            yield from _tensors(item, seen)
+
+
+def session_nbytes(session: Sam2VideoInferenceSession) -> int:
+    """Bytes of tensor storage a transformers video inference session holds.
+
+    Walks every attribute of the session (frames, vision-feature cache, prompts, per-object
+    outputs) and counts each underlying storage once, so views into one batched tensor count as
+    the memory they keep alive.
+    """
+    total = 0
+    storages: set[tuple[str, int]] = set()
+    for tensor in _tensors(session, set()):
+        storage = tensor.untyped_storage()
+        key = (str(tensor.device), storage.data_ptr())
+        if key not in storages and storage.nbytes():
+            storages.add(key)
+            total += storage.nbytes()
+    return total
