@@ -70,6 +70,20 @@ def _add_model_args(p: argparse.ArgumentParser, image_size: int, model_dtype: bo
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
 
+def build_model(cls, args: argparse.Namespace, what: str, announce: bool = True, **kwargs):
+    """``cls(args.variant, checkpoint=..., image_size=..., **kwargs)`` for a command.
+
+    Without ``--checkpoint`` the model has seeded random weights: say so once on stderr (when
+    ``announce``) instead of the library's warning.
+    """
+    with warnings.catch_warnings():
+        if args.checkpoint is None:
+            warnings.simplefilter("ignore")
+            if announce:
+                print(f"no --checkpoint: seeded random weights ({what} are not meaningful)", file=sys.stderr)
+        return cls(args.variant, checkpoint=args.checkpoint, image_size=args.image_size, **kwargs)
+
+
 def _cmd_encode(args: argparse.Namespace) -> int:
     import torch
 
@@ -79,18 +93,14 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     images = [_read_image(Path(p)) for p in args.images] or [synthetic_scene()]
     source = ", ".join(args.images) if args.images else "generated 480x640 test scene"
-    with warnings.catch_warnings():
-        if args.checkpoint is None:
-            warnings.simplefilter("ignore")
-            print("no --checkpoint: seeded random weights (features are not meaningful)", file=sys.stderr)
-        encoder = SAM2ImageEncoder(
-            args.variant,
-            checkpoint=args.checkpoint,
-            image_size=args.image_size,
-            device=args.device,
-            dtype=getattr(torch, args.dtype),
-            channel_order=args.channel_order,
-        )
+    encoder = build_model(
+        SAM2ImageEncoder,
+        args,
+        "features",
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        channel_order=args.channel_order,
+    )
     batch = [images[i % len(images)] for i in range(max(args.batch_size, len(images)))]
     encoder(batch[:1])  # warm-up
     times = []
@@ -228,19 +238,15 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             torch.cuda.set_device(device)
         barrier = dist.barrier
     try:
-        with warnings.catch_warnings():
-            if args.checkpoint is None:
-                warnings.simplefilter("ignore")
-                if rank == 0:
-                    print("no --checkpoint: seeded random weights (features are not meaningful)", file=sys.stderr)
-            encoder = SAM2ImageEncoder(
-                args.variant,
-                checkpoint=args.checkpoint,
-                image_size=args.image_size,
-                device=device,
-                channel_order=args.channel_order,
-                download=args.download,
-            )
+        encoder = build_model(
+            SAM2ImageEncoder,
+            args,
+            "features",
+            announce=rank == 0,
+            device=device,
+            channel_order=args.channel_order,
+            download=args.download,
+        )
         out = args.out or default_cache_path(args.replay, encoder.variant.name, args.image_size)
         start = time.perf_counter()
         path = build_cache(

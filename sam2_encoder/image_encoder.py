@@ -298,7 +298,11 @@ class SAM2ImageEncoder(nn.Module):
     def _grad_context(self) -> contextlib.AbstractContextManager:
         if not self.frozen:
             return contextlib.nullcontext()
-        return torch.inference_mode() if not torch.is_grad_enabled() else torch.no_grad()
+        # inference_mode where autograd is off anyway; not inside torch.compile, which cannot
+        # trace into it ("Cannot set version_counter for inference tensor")
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return torch.no_grad()
+        return torch.inference_mode()
 
     def encode(self, pixel_values: torch.Tensor) -> FeaturePyramid:
         """Encode already-normalised pixels (the output of ``self.transforms``).

@@ -13,7 +13,6 @@ import json
 import re
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,17 +238,9 @@ def main_track(args: argparse.Namespace) -> int:
     if not args.no_overlay:
         (out / "overlay").mkdir(parents=True, exist_ok=True)
 
-    with warnings.catch_warnings():
-        if args.checkpoint is None:
-            warnings.simplefilter("ignore")
-            print("no --checkpoint: seeded random weights (masks are not meaningful)", file=sys.stderr)
-        predictor = StreamingPredictor(
-            args.variant,
-            checkpoint=args.checkpoint,
-            image_size=args.image_size,
-            device=args.device,
-            dtype=getattr(torch, args.dtype),
-        )
+    from .cli import build_model
+
+    predictor = build_model(StreamingPredictor, args, "masks", device=args.device, dtype=getattr(torch, args.dtype))
     points = [*args.point, *args.negative]
     labels = [1] * len(args.point) + [0] * len(args.negative)
     areas: list[float] = []

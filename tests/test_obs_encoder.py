@@ -341,3 +341,15 @@ def test_frame_reuse_encodes_each_frame_once_with_identical_outputs() -> None:
         hook.remove()
     assert rows == [12, 12]
     assert not copy.deepcopy(enc)._memo.frames, "copies start with an empty memory"
+
+
+def test_compiled_encoder_pass_matches_eager() -> None:
+    """compile=True: torch.compile of the SAM 2 pass (static shapes) gives the eager outputs."""
+    eager = make(image_size=32).eval()
+    compiled = make(image_size=32, compile=True).eval()
+    compiled.load_state_dict(eager.state_dict())
+    obs = dp_batch(n=2)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(obs), eager(obs), atol=1e-4, rtol=1e-4)
+    assert compiled._compiled is not None
+    assert copy.deepcopy(compiled)._compiled is None, "compiled graphs are not copied into EMA models"
