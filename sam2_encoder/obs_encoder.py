@@ -105,7 +105,9 @@ class SAM2ObsEncoder(nn.Module):
         reuse_frames: At inference (eval mode, autograd off), reuse the features of frames seen in
             the previous call instead of encoding them again: with ``n_obs_steps`` To, a control
             loop then encodes each camera frame once instead of To times. Frames are matched by
-            exact content, so outputs are those of encoding every frame.
+            exact content and get the features they were given one call earlier, i.e. equal to
+            encoding every frame up to the float rounding of batched kernels, which can depend on
+            the batch size (bit-identical in our tests and benchmark).
         rgb_model: Ignored (accepted so a Diffusion Policy encoder block can switch ``_target_``).
         use_group_norm: Ignored (no BatchNorm in SAM 2).
         share_rgb_model: Ignored (the SAM 2 trunk is always shared).
