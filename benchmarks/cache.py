@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import RESULTS, machine_info, write_json
 from diffusers import DDPMScheduler
 
 from sam2_encoder import SAM2ObsEncoder, __version__
 from sam2_encoder.feature_cache import CachedFeatureDataset, build_cache
 from sam2_encoder.synthetic import ReplayImageDataset, TinyDenoiser, dp_normalise, global_cond, write_replay_buffer
 
-RESULTS = Path(__file__).parent / "results"
 HORIZON, TO, TA = 16, 2, 8
 
 
@@ -97,12 +96,7 @@ def main() -> None:
     sec = {k: sum(v) / len(v) for k, v in rounds.items()}
     report = {
         "benchmark": "cache",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "sam2_encoder": __version__,
-        },
+        "machine": machine_info(torch.device("cpu")) | {"sam2_encoder": __version__},
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "steps_per_s": {k: round(1 / v, 3) for k, v in sec.items()},
         "speedup": round(sec["on_the_fly"] / sec["cached"], 2),
@@ -111,10 +105,7 @@ def main() -> None:
         "break_even_steps": round(build_s / (sec["on_the_fly"] - sec["cached"]), 1),
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(report, indent=1))
-    tmp_out.replace(out)
+    write_json(report, out)
     print(json.dumps(report, indent=1))
     plot(report, out.with_suffix(".png"))
 

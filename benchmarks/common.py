@@ -232,9 +232,12 @@ def matmul_throughput(
 
 
 def write_json(report: Mapping[str, Any], path: Path) -> None:
-    """Write ``report`` as indented JSON, creating the folder."""
+    """Write ``report`` as indented JSON through a temporary name, creating the folder."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def pyplot():

@@ -15,20 +15,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import time
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import RESULTS, machine_info, write_json
 from diffusers import DDIMScheduler
 
 from sam2_encoder import SAM2ObsEncoder, __version__
 from sam2_encoder.cli import synthetic_scene
 from sam2_encoder.synthetic import TinyDenoiser, global_cond
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -110,13 +108,7 @@ def main() -> None:
 
     report = {
         "benchmark": "control_loop",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "device": str(device),
-            "torch": torch.__version__,
-            "sam2_encoder": __version__,
-        },
+        "machine": machine_info(device) | {"sam2_encoder": __version__},
         "config": {
             **{k: v for k, v in vars(args).items() if k != "out"},
             "denoiser": f"TinyDenoiser(hidden={args.hidden}), a stand-in for DP's ConditionalUnet1D",
@@ -129,10 +121,7 @@ def main() -> None:
         "per_step_ms": lat,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out)
+    write_json(report, out)
     print(json.dumps({k: v for k, v in report.items() if k != "per_step_ms"}, indent=1))
     plot(report, out.with_suffix(".png"))
 
@@ -153,7 +142,7 @@ def plot(report: dict, path: Path) -> None:
         xlabel="control step",
         ylabel="latency per step (ms)",
         title=f"{c['variant']} @ {c['image_size']}, {c['cameras']} cameras, To={c['n_obs_steps']}, "
-        f"{c['ddim_steps']} DDIM steps, {report['machine']['device']} x{report['machine']['threads']}",
+        f"{c['ddim_steps']} DDIM steps, {report['machine']['device']} x{report['machine']['torch_threads']}",
     )
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
