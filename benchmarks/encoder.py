@@ -1125,6 +1125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     write_json(report, args.out)
     if args.plot_dir:
+        Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
         report["plots"] = plot(report, Path(args.plot_dir), args.plot_size, args.latency_batches)
         write_json(report, args.out)
     print(json.dumps(report, indent=1))
