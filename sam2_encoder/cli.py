@@ -46,17 +46,6 @@ def synthetic_scene(height: int = 480, width: int = 640, seed: int = 0) -> np.nd
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _read_image(path: Path) -> np.ndarray:
-    if path.suffix == ".npy":
-        return np.load(path)
-    try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise SystemExit(f"reading {path} needs Pillow: pip install pillow (or pass .npy arrays)") from e
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def _add_model_args(p: argparse.ArgumentParser, image_size: int, model_dtype: bool = True) -> None:
     p.add_argument("--variant", default="sam2.1_hiera_tiny", help="released model name (default: %(default)s)")
     p.add_argument(
@@ -91,7 +80,9 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    images = [_read_image(Path(p)) for p in args.images] or [synthetic_scene()]
+    from .streaming_cli import read_image
+
+    images = [read_image(Path(p)) for p in args.images] or [synthetic_scene()]
     source = ", ".join(args.images) if args.images else "generated 480x640 test scene"
     encoder = build_model(
         SAM2ImageEncoder,

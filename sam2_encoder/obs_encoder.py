@@ -365,16 +365,14 @@ class SAM2ObsEncoder(nn.Module):
             )
         t = self.encoder.transforms
         try:
-            x = t.to_unit_range(x)
+            x = t.to_rgb_unit(x)
         except ValueError as e:
             raise ValueError(f"obs_dict[{key!r}]: {e}") from e
-        if t.channel_order == "BGR":
-            x = x.flip(1)
         if self.resize_shape is not None and tuple(x.shape[-2:]) != self.resize_shape:
             x = F.interpolate(x, size=self.resize_shape, mode="bilinear", align_corners=False, antialias=True)
         if self.crop_shape is not None:
             x = self._crop(x)
-        return t.normalize(t.resize(x))
+        return t.finish(x)
 
     def _check_cache(self, path: str | os.PathLike[str]) -> None:
         from .feature_cache import FeatureCache

@@ -114,7 +114,8 @@ def _as_rgb(array: np.ndarray, source: str) -> np.ndarray:
     return array if array.flags.writeable and array.flags.c_contiguous else np.array(array, order="C")
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
+    """One frame as ``(H, W, 3)`` uint8 RGB: .npy, or any image format Pillow reads."""
     if path.suffix == ".npy":
         return _as_rgb(np.load(path), str(path))
     try:
@@ -173,14 +174,14 @@ def iter_frames(source: str | Path) -> tuple[Iterator[np.ndarray], int | None]:
         )
         if not files:
             raise SystemExit(f"{path} holds no frames ({', '.join(IMAGE_SUFFIXES)} or .npy)")
-        return (_read_image(p) for p in files), len(files)
+        return (read_image(p) for p in files), len(files)
     if path.suffix == ".npy":
         stack = np.load(path, mmap_mode="r")
         if stack.ndim != 4:
             raise SystemExit(f"{path}: expected a (T, H, W, 3) frame stack, got shape {stack.shape}")
         return (_as_rgb(np.asarray(f), str(path)) for f in stack), len(stack)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return iter([_read_image(path)]), 1
+        return iter([read_image(path)]), 1
     return _video_frames(path)
 
 

@@ -99,12 +99,19 @@ class SAM2Transforms(nn.Module):
             if not images:
                 raise ValueError("images is an empty list")
             return torch.cat([self(image) for image in images], dim=0)
-        x = self._as_bchw(images)
+        return self.finish(self.to_rgb_unit(self._as_bchw(images)))
+
+    def to_rgb_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` uint8 / float in ``input_range`` -> float RGB in [0, 1] (see ``to_unit_range``)."""
         x = self.to_unit_range(x)
-        if self.channel_order == "BGR":
-            x = x.flip(1)
-        # contiguous NCHW whatever the input layout: on CPU the layout picks the conv kernels, and
-        # channels-last input would move features by an ulp against the same pixels in NCHW
+        return x.flip(1) if self.channel_order == "BGR" else x
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize and normalise ``(B, 3, H, W)`` RGB in [0, 1] to contiguous ``(B, 3, S, S)``.
+
+        Contiguous NCHW whatever the input layout: on CPU the layout picks the conv kernels, and
+        channels-last input would move features by an ulp against the same pixels in NCHW.
+        """
         return self.normalize(self.resize(x)).contiguous()
 
     def _as_bchw(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
