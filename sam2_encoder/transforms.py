@@ -12,6 +12,8 @@ module follows the image-predictor path.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Literal
 
@@ -36,12 +38,14 @@ class SAM2Transforms(nn.Module):
     Args:
         image_size: Output side (or ``(H, W)``), a multiple of 32.
         channel_order: ``"RGB"`` or ``"BGR"`` (OpenCV frames): the order of the input channels.
-        input_range: ``(low, high)`` of float inputs; ``(0, 1)`` by default, ``(-1, 1)`` for
-            frames normalised by Diffusion Policy. uint8 inputs are always 0..255.
+        input_range: ``(low, high)`` of float inputs, finite with ``low < high``; ``(0, 1)`` by
+            default, ``(-1, 1)`` for frames normalised by Diffusion Policy. uint8 inputs are
+            always 0..255.
         layout: ``"auto"`` (channels-first if dim -3 has 3 entries, else channels-last),
             ``"CHW"`` or ``"HWC"``.
         validate: Check for NaN and out-of-range values (one device sync per call).
-        tolerance: Slack allowed beyond ``input_range`` before a value counts as out of range.
+        tolerance: Slack allowed beyond ``input_range`` before a value counts as out of range
+            (finite, ``>= 0``).
 
     Input:
         ``(B, 3, H, W)``, ``(3, H, W)``, ``(B, H, W, 3)`` or ``(H, W, 3)``, uint8 or float, as a
@@ -49,6 +53,13 @@ class SAM2Transforms(nn.Module):
 
     Output:
         ``(B, 3, S, S)`` float32 (or the dtype given to ``.to()``), on this module's device.
+        An empty batch (``B = 0``, or an empty list) gives an empty ``(0, 3, S, S)`` output: a
+        batch of no images is a valid batch. Images with no pixels (``H = 0`` or ``W = 0``) are
+        refused.
+
+    Raises:
+        ValueError: At construction, for an invalid ``image_size``, ``channel_order``,
+            ``layout``, ``input_range`` or ``tolerance``.
     """
 
     mean: torch.Tensor
@@ -69,14 +80,11 @@ class SAM2Transforms(nn.Module):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         if layout not in ("auto", "CHW", "HWC"):
             raise ValueError(f"layout must be 'auto', 'CHW' or 'HWC', got {layout!r}")
-        low, high = (float(v) for v in input_range)
-        if not high > low:
-            raise ValueError(f"input_range must be (low, high) with high > low, got {tuple(input_range)}")
         self.channel_order = channel_order
-        self.input_range = (low, high)
+        self.input_range = _check_input_range(input_range)
         self.layout = layout
         self.validate = validate
-        self.tolerance = tolerance
+        self.tolerance = _check_tolerance(tolerance)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -96,8 +104,8 @@ class SAM2Transforms(nn.Module):
             ``(B, 3, S, S)`` normalised pixels.
         """
         if isinstance(images, list | tuple):
-            if not images:
-                raise ValueError("images is an empty list")
+            if not images:  # an empty batch
+                return self.mean.new_empty((0, 3, *self.image_size))
             return torch.cat([self(image) for image in images], dim=0)
         return self.finish(self.to_rgb_unit(self._as_bchw(images)))
 
@@ -137,6 +145,8 @@ class SAM2Transforms(nn.Module):
             )
         if x.dtype != torch.uint8 and not x.is_floating_point():
             raise TypeError(f"images must be uint8 or floating point, got {x.dtype}")
+        if x.shape[-2] == 0 or x.shape[-1] == 0:
+            raise ValueError(f"images have no pixels: shape {tuple(images.shape)} (height or width 0)")
         return x.to(self.mean.device, non_blocking=True)
 
     def to_unit_range(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +166,7 @@ class SAM2Transforms(nn.Module):
         if x.dtype != torch.float64:
             x = x.float()
         low, high = self.input_range
-        if self.validate:
+        if self.validate and x.numel():
             lo, hi = torch.aminmax(x)
             lo, hi = float(lo), float(hi)
             if not (np.isfinite(lo) and np.isfinite(hi)):
@@ -192,3 +202,28 @@ class SAM2Transforms(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet normalisation ``(x - mean) / std`` per channel."""
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+def _check_input_range(input_range: object) -> tuple[float, float]:
+    """``(low, high)`` as finite floats with ``low < high``, else one ValueError naming it."""
+    try:
+        if isinstance(input_range, str | bytes):
+            raise TypeError
+        low, high = (float(v) for v in input_range)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"input_range must be two numbers (low, high), got {input_range!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"input_range must be finite, got {input_range!r}")
+    if not high > low:
+        raise ValueError(f"input_range must be (low, high) with high > low, got {input_range!r}")
+    return low, high
+
+
+def _check_tolerance(tolerance: object) -> float:
+    """A finite float ``>= 0``, else one ValueError naming it."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real):
+        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+    value = float(tolerance)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"tolerance must be finite and >= 0, got {tolerance!r}")
+    return value

@@ -7,6 +7,8 @@ is caught by the Meta parity test (``tests/test_meta_parity.py``).
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from transformers import (
@@ -121,14 +123,20 @@ class Variant:
             fpn_hidden_size=256,
             fpn_top_down_levels=[2, 3],
             num_feature_levels=3,
+            fpn_interpolation_mode="nearest",  # Meta's configs; read by our neck
+            fuse_type="sum",
         )
 
     def image_model_config(self, image_size: int = 1024) -> Sam2Config:
-        """Config of transformers' image-only ``Sam2Model`` (square ``image_size``)."""
-        check_image_size(image_size)
+        """Config of transformers' image-only ``Sam2Model`` (square ``image_size``).
+
+        Raises:
+            ValueError: For an invalid or non-square ``image_size``.
+        """
+        size = _square(image_size, "the image model config")
         return Sam2Config(
-            vision_config=self.vision_config(image_size),
-            prompt_encoder_config={"image_size": image_size, "patch_size": 16},
+            vision_config=self.vision_config(size),
+            prompt_encoder_config={"image_size": size, "patch_size": 16},
         )
 
     def video_model_config(self, image_size: int = 1024) -> Sam2VideoConfig:
@@ -136,8 +144,11 @@ class Variant:
 
         SAM 2.0 checkpoints lack the occlusion spatial embedding and the temporal projection of
         object pointers, so those are disabled for the ``sam2`` family.
+
+        Raises:
+            ValueError: For an invalid or non-square ``image_size``.
         """
-        size, _ = check_image_size(image_size)
+        size = _square(image_size, "the video model")
         is_21 = self.family == "sam2.1"
         return Sam2VideoConfig(
             vision_config=self.vision_config(size),
@@ -170,8 +181,8 @@ def _variants() -> dict[str, Variant]:
     }
     out = {}
     for family in ("sam2", "sam2.1"):
-        for size, numbers in arch.items():
-            v = Variant(family=family, size=size, sha256=_SHA256.get(f"{family}_hiera_{size}"), **numbers)
+        for size, spec in arch.items():
+            v = Variant(family=family, size=size, sha256=_SHA256.get(f"{family}_hiera_{size}"), **spec)
             out[v.name] = v
     return out
 
@@ -217,29 +228,48 @@ def get_variant(name: str | Variant) -> Variant:
     raise ValueError(f"unknown SAM 2 variant {name!r}; known variants: {', '.join(VARIANTS)}")
 
 
+def _as_side(value: object) -> int | None:
+    """An int side from an int or a numpy integer (never a bool or a float); else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
 def check_image_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """Validate an encoder input size.
 
     Args:
-        image_size: A side length, or ``(H, W)``.
+        image_size: A side length, or ``(H, W)``: Python or numpy integers (floats, bools and
+            strings are refused, not rounded).
 
     Returns:
-        ``(H, W)``.
+        ``(H, W)`` as Python ints.
 
     Raises:
-        ValueError: If a side is not a positive multiple of 32 (Hiera tiles an 8x8 window
-            position embedding over the stride-4 grid, so other sizes fail inside the trunk).
+        ValueError: If ``image_size`` is not an integer or a pair of integers, or a side is not a
+            positive multiple of 32 (Hiera tiles an 8x8 window position embedding over the
+            stride-4 grid, so other sizes fail inside the trunk).
     """
-    if isinstance(image_size, int | float) and not isinstance(image_size, bool):
-        hw = (image_size, image_size)
-    else:
-        hw = tuple(image_size)
-    if len(hw) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in hw):
-        raise ValueError(f"image_size must be an int or (H, W) ints, got {image_size!r}")
-    bad = [s for s in hw if s <= 0 or s % 32]
+    given = image_size
+    if getattr(image_size, "ndim", None) == 0:  # a 0-d numpy array or tensor
+        image_size = image_size.item()  # type: ignore[union-attr]
+    if isinstance(image_size, str | bytes) or not isinstance(image_size, numbers.Number | Iterable):
+        raise ValueError(f"image_size must be an int or (H, W) ints, got {given!r}")
+    hw = (image_size, image_size) if isinstance(image_size, numbers.Number) else tuple(image_size)
+    sides = [_as_side(s.item() if getattr(s, "ndim", None) == 0 else s) for s in hw]
+    if len(sides) != 2 or None in sides:
+        raise ValueError(f"image_size must be an int or (H, W) ints, got {given!r}")
+    bad = [s for s in sides if s <= 0 or s % 32]
     if bad:
         raise ValueError(
-            f"image_size must be a positive multiple of 32 on each side, got {image_size!r}; "
-            f"nearest valid sizes: {', '.join(str(max(32, 32 * round(s / 32))) for s in hw)}"
+            f"image_size must be a positive multiple of 32 on each side, got {given!r}; "
+            f"nearest valid sizes: {', '.join(str(max(32, 32 * round(s / 32))) for s in sides)}"
         )
-    return hw  # type: ignore[return-value]
+    return sides[0], sides[1]
+
+
+def _square(image_size: int | tuple[int, int], what: str) -> int:
+    height, width = check_image_size(image_size)
+    if height != width:
+        raise ValueError(f"{what} takes a square image_size, got {image_size!r}")
+    return height

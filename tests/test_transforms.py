@@ -70,7 +70,7 @@ def test_follows_module_device_and_is_batched() -> None:
         (torch.full((1, 3, 8, 8), 1.5), {"input_range": (-1, 1)}, ValueError, r"outside input_range \(-1.0, 1.0\)"),
         (torch.zeros(1, 3, 8, 8, dtype=torch.int32), {}, TypeError, "uint8 or floating point, got torch.int32"),
         ("image.png", {}, TypeError, "got str"),
-        ([], {}, ValueError, "empty"),
+        (torch.rand(2, 3, 0, 8), {}, ValueError, r"no pixels: shape \(2, 3, 0, 8\)"),
     ],
 )
 def test_bad_input_errors(images, kwargs, error, match) -> None:
@@ -85,6 +85,31 @@ def test_bad_settings() -> None:
         SAM2Transforms(32, input_range=(1, -1))
     with pytest.raises(ValueError, match="multiple of 32"):
         SAM2Transforms(100)
+    with pytest.raises(ValueError, match=r"input_range must be finite, got \(0, inf\)"):
+        SAM2Transforms(64, input_range=(0, float("inf")))
+    with pytest.raises(ValueError, match=r"tolerance must be finite and >= 0, got -1"):
+        SAM2Transforms(64, tolerance=-1)
+
+
+def test_empty_batches_give_empty_outputs() -> None:
+    """B = 0 is a valid batch: (0, 3, S, S) out, for tensors, arrays and lists alike."""
+    t = SAM2Transforms((64, 96))
+    for empty in (
+        torch.rand(0, 3, 40, 50),
+        torch.zeros(0, 40, 50, 3, dtype=torch.uint8),
+        np.zeros((0, 3, 8, 8), np.float32),
+        [],
+    ):
+        out = t(empty)
+        assert out.shape == (0, 3, 64, 96) and out.dtype == torch.float32
+
+
+def test_numpy_image_size_and_tolerance_bounds() -> None:
+    t = SAM2Transforms(np.int64(64), tolerance=np.float32(0.0))
+    assert t.image_size == (64, 64) and type(t.image_size[0]) is int
+    assert t(torch.ones(1, 3, 8, 8)).shape == (1, 3, 64, 64)  # exactly at the bound passes with tolerance 0
+    with pytest.raises(ValueError, match="outside input_range"):
+        t(torch.full((1, 3, 8, 8), 1.0 + 1e-6))
 
 
 def test_validation_can_be_skipped() -> None:

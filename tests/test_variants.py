@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import Sam2VideoModel
@@ -52,3 +53,21 @@ def test_check_image_size() -> None:
         check_image_size(200)
     with pytest.raises(ValueError, match="int or"):
         check_image_size((64, 64, 3))
+
+
+def test_check_image_size_takes_numpy_integers_and_refuses_the_rest() -> None:
+    assert check_image_size(np.int64(224)) == (224, 224)
+    assert check_image_size(np.array([192, 256])) == (192, 256)
+    assert check_image_size((np.int32(64), 96)) == (64, 96)
+    assert all(type(s) is int for s in check_image_size(np.int64(224)))
+    for bad in (224.0, True, "224", None, (64,), np.float64(64)):
+        with pytest.raises(ValueError, match="image_size must be an int or"):
+            check_image_size(bad)
+
+
+def test_model_configs_take_numpy_sizes_and_refuse_non_square() -> None:
+    v = get_variant("sam2.1_hiera_tiny")
+    assert type(v.image_model_config(np.int64(64)).prompt_encoder_config.image_size) is int
+    assert v.video_model_config(np.int64(64)).image_size == 64
+    with pytest.raises(ValueError, match=r"the video model takes a square image_size, got \(64, 96\)"):
+        v.video_model_config((64, 96))
