@@ -254,10 +254,10 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float, desc: str) -
     resume_hint = f"run the same command again to resume from {part}"
     have = part.stat().st_size if part.exists() else 0
     for _ in range(3):
-        request = urllib.request.Request(url, headers={"User-Agent": "sam2-encoder", "Accept-Encoding": "identity"})
-        if have:
-            request.add_header("Range", f"bytes={have}-")
         try:
+            request = urllib.request.Request(url, headers={"User-Agent": "sam2-encoder", "Accept-Encoding": "identity"})
+            if have:
+                request.add_header("Range", f"bytes={have}-")
             response = urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as e:
             with e:
@@ -709,10 +709,25 @@ def _has_vision_keys(keys: Iterable[str]) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _corrupt(path: Path, err: Exception | str, source: str | None = None, name: str | None = None) -> CheckpointError:
+def _one_line(err: Exception | str, limit: int = 300) -> str:
+    """A library's error message on one line, at most ``limit`` characters."""
+    text = " ".join(str(err).replace("\x1b[1m", "").replace("\x1b[0m", "").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _redownload_hint(path: Path, name: str | None) -> str:
+    """`` (re-download with `sam2-encoder download VARIANT [--dir FOLDER]`)`` for a released file name."""
     variant = _variant_from_filename(Path(name) if name else path)
-    hint = f" (re-download with `sam2-encoder download {variant}`)" if variant else ""
-    return CheckpointError(f"{source or f'checkpoint {path}'} is truncated or corrupt: {err}{hint}")
+    if variant is None or name is not None:  # a download in progress: the caller says what to do
+        return ""
+    folder = path.parent.resolve()
+    where = "" if folder == cache_dir().expanduser().resolve() else f" --dir {folder}"
+    return f" (re-download with `sam2-encoder download {variant}{where}`)"
+
+
+def _corrupt(path: Path, err: Exception | str, source: str | None = None, name: str | None = None) -> CheckpointError:
+    hint = _redownload_hint(path, name)
+    return CheckpointError(f"{source or f'checkpoint {path}'} is truncated or corrupt: {_one_line(err)}{hint}")
 
 
 def _variant_from_filename(path: Path) -> str | None:
@@ -837,7 +852,12 @@ def _read_torch(path: Path, source: str, name: str | None, mmap: bool) -> dict[s
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:  # weights_only refuses code: never run it
-        raise CheckpointError(f"{source} could not be read safely with torch.load(weights_only=True): {e}") from e
+        m = re.search(r"WeightsUnpickler error: ([^\n]*?)(\. |\.?\n|$)", str(e))
+        why = m.group(1) if m else _one_line(e)
+        raise CheckpointError(
+            f"{source} could not be read safely with torch.load(weights_only=True): it holds pickled objects that "
+            f"are not tensors ({why}); it was not loaded, since loading it could run code"
+        ) from e
     except Exception as e:  # noqa: BLE001 - torch.load raises RuntimeError, EOFError, OSError, zip errors, ...
         raise _corrupt(path, e, source, name) from e
     if isinstance(raw, Mapping) and "model" in raw and isinstance(raw["model"], Mapping):
@@ -851,6 +871,8 @@ def _read_torch(path: Path, source: str, name: str | None, mmap: bool) -> dict[s
 def _read_file(path: Path, source: str, name: str | None) -> dict[str, torch.Tensor]:
     """Read one file, its format told by its first bytes (then by ``name``'s suffix)."""
     kind, head = _sniff(path)
+    if kind == "text" and head.startswith(b"version https://git-lfs"):
+        raise CheckpointError(f"{source} is a Git LFS pointer, not the checkpoint itself: fetch it with `git lfs pull`")
     if kind in ("html", "text", "empty"):
         what = {"html": "an HTML page", "text": "a text file", "empty": "empty (0 bytes)"}[kind]
         start = head[:80].decode("utf-8", "replace").strip()
@@ -894,13 +916,22 @@ def _read_state(path: Path, source: str, name: str | None) -> dict[str, torch.Te
         state.update(_read_safetensors(file, f"checkpoint {file}", None))
     missing = sorted(set(weight_map) - set(state))
     if missing:
-        raise CheckpointError(f"{index} maps {len(missing)} tensors to shards that lack them: {', '.join(missing[:5])}")
+        listed = ", ".join(missing[:5])
+        raise CheckpointError(f"{index} maps {_count(missing, 'tensor')} to shards that lack them: {listed}")
     return state
 
 
 def _listed(items: list, fmt, max_listed: int = 8) -> str:  # noqa: ANN001 - a formatter
     more = f", ... ({len(items) - max_listed} more)" if len(items) > max_listed else ""
     return ", ".join(fmt(x) for x in items[:max_listed]) + more
+
+
+def _count(items: list, one: str, many: str | None = None) -> str:
+    return f"{len(items)} {one if len(items) == 1 else many or one + 's'}"
+
+
+def _is(items: list) -> str:
+    return "is" if len(items) == 1 else "are"
 
 
 def _all_finite(t: torch.Tensor) -> bool:
@@ -930,18 +961,18 @@ def _check_values(state: Mapping[str, object], source: str, expected: Mapping[st
             non_finite.append((key, nan, inf, value.numel()))
     if not_tensor:
         raise CheckpointError(
-            f"{source} holds {len(not_tensor)} entries that are not tensors: "
+            f"{source} holds {_count(not_tensor, 'entry', 'entries')} that {_is(not_tensor)} not a tensor: "
             + _listed(not_tensor, lambda x: f"{x[0]} ({x[1]})")
         )
     if not_float:
         raise CheckpointError(
-            f"{source} holds {len(not_float)} tensors that are not floating point: "
+            f"{source} holds {_count(not_float, 'tensor')} that {_is(not_float)} not floating point: "
             + _listed(not_float, lambda x: f"{x[0]} ({x[1]})")
             + "; SAM 2 weights are float (float32, float16 or bfloat16), integer or bool data is not weights"
         )
     if non_finite:
         raise CheckpointError(
-            f"{source} has non-finite weights in {len(non_finite)} tensors: "
+            f"{source} has non-finite weights in {_count(non_finite, 'tensor')}: "
             + _listed(non_finite, lambda x: f"{x[0]} ({x[1]} NaN, {x[2]} inf of {x[3]})")
             + "; the file is corrupt or comes from a diverged training run"
         )

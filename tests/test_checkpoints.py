@@ -293,7 +293,7 @@ def test_non_finite_weights_are_refused(tmp_path: Path, full_files) -> None:
     weight[0, :3] = float("nan")
     weight[1, 0] = float("inf")
     st = tiny_safetensors(tmp_path / "nan.safetensors", full_files, **{key: weight})
-    message = rf"checkpoint {st} has non-finite weights in 1 tensors: {key} \(3 NaN, 1 inf of {weight.numel()}\)"
+    message = rf"checkpoint {st} has non-finite weights in 1 tensor: {key} \(3 NaN, 1 inf of {weight.numel()}\)"
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(st)
     with pytest.raises(CheckpointError, match="non-finite"):
@@ -306,7 +306,7 @@ def test_non_finite_weights_are_refused(tmp_path: Path, full_files) -> None:
         load_checkpoint(tmp_path / "inf.pt")
     encoder = SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=64)
     state = load_checkpoint(full_files["sam2.1_hiera_tiny"]) | {key: weight}
-    with pytest.raises(CheckpointError, match=rf"mine has non-finite weights in 1 tensors: {key}"):
+    with pytest.raises(CheckpointError, match=rf"mine has non-finite weights in 1 tensor: {key}"):
         encoder.load_sam2_weights(state, source="mine")
 
 
@@ -316,7 +316,7 @@ def test_non_float_tensors_are_refused(tmp_path: Path, full_files, dtype: torch.
     original = load_checkpoint(full_files["sam2.1_hiera_tiny"])[key]
     st = tiny_safetensors(tmp_path / "int.safetensors", full_files, **{key: torch.ones(original.shape, dtype=dtype)})
     name = str(dtype).removeprefix("torch.")
-    with pytest.raises(CheckpointError, match=rf"{st} holds 1 tensors that are not floating point: {key} \({name}\)"):
+    with pytest.raises(CheckpointError, match=rf"{st} holds 1 tensor that is not floating point: {key} \({name}\)"):
         load_checkpoint(st)
     with pytest.raises(CheckpointError, match="not floating point"):
         SAM2ImageEncoder("sam2.1_hiera_tiny", checkpoint=str(st), image_size=64)
