@@ -21,8 +21,14 @@ from common import RESULTS, machine_info, write_json
 from diffusers import DDPMScheduler
 
 from sam2_encoder import SAM2ObsEncoder, __version__
-from sam2_encoder.feature_cache import CachedFeatureDataset, build_cache
-from sam2_encoder.synthetic import ReplayImageDataset, TinyDenoiser, dp_normalise, global_cond, write_replay_buffer
+from sam2_encoder.diffusion_policy.feature_cache import CachedFeatureDataset, build_cache
+from sam2_encoder.diffusion_policy.synthetic import (
+    ReplayImageDataset,
+    TinyDenoiser,
+    dp_normalise,
+    global_cond,
+    write_replay_buffer,
+)
 
 HORIZON, TO, TA = 16, 2, 8
 

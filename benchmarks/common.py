@@ -251,3 +251,14 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def flops_per_image(encoder: Any) -> int:
+    """Forward FLOPs of one image at a ``SAM2ImageEncoder``'s size, counted with ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = encoder.image_size
+    x = torch.zeros(1, 3, h, w, device=encoder.no_memory_embedding.device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        encoder.encode(x)
+    return int(counter.get_total_flops())

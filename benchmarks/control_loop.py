@@ -25,8 +25,8 @@ from common import RESULTS, machine_info, write_json
 from diffusers import DDIMScheduler
 
 from sam2_encoder import SAM2ObsEncoder, __version__
-from sam2_encoder.cli import synthetic_scene
-from sam2_encoder.synthetic import TinyDenoiser, global_cond
+from sam2_encoder.diffusion_policy.synthetic import TinyDenoiser, global_cond
+from sam2_encoder.scene import synthetic_scene
 
 
 def main() -> None:

@@ -61,6 +61,7 @@ import torch
 from common import (
     RESULTS,
     External,
+    flops_per_image,
     interleave,
     loadavg,
     machine_info,
@@ -336,7 +337,7 @@ def max_abs_diff(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor]) -> float:
 
 def make_frames(n: int, height: int, width: int, seed: int) -> np.ndarray:
     """``n`` distinct deterministic uint8 RGB camera frames ``(n, H, W, 3)``."""
-    from sam2_encoder.cli import synthetic_scene
+    from sam2_encoder.scene import synthetic_scene
 
     return np.stack([synthetic_scene(height, width, seed=seed + i) for i in range(n)])
 
@@ -466,7 +467,6 @@ def run_grid(
 ) -> tuple[list[dict], list[dict], dict[str, dict[int, int]]]:
     """Time every method at every variant x size x batch; check outputs against each other."""
     from sam2_encoder import convert_meta_state_dict
-    from sam2_encoder.image_encoder import flops_per_image
 
     sync = sync_fn(device)
     results: list[dict] = []

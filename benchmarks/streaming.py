@@ -79,7 +79,7 @@ def stats(values: list[float]) -> dict:
 def run(args: argparse.Namespace) -> dict:
     from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
-    from sam2_encoder.cli import synthetic_scene
+    from sam2_encoder.scene import synthetic_scene
     from sam2_encoder.streaming import session_nbytes
 
     torch.set_num_threads(args.threads)

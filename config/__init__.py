@@ -1,1 +1,1 @@
-"""Hydra configs of sam2_encoder, importable as ``pkg://sam2_encoder.config``."""
+"""Hydra configs of sam2_encoder, shipped as ``sam2_encoder.diffusion_policy.config`` (``pkg://sam2_encoder.diffusion_policy.config``)."""

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Sam2VisionModel
-from transformers.models.sam2.modeling_sam2 import do_pool, window_partition, window_unpartition
 
+from ._hf import do_pool, hiera_blocks, hiera_pos_embed, window_partition, window_unpartition
 from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
 from .transforms import ImageInput, SAM2Transforms
 from .variants import Variant, check_image_size, get_variant
@@ -121,6 +121,9 @@ class SAM2ImageEncoder(nn.Module):
         fast_attention: Run the Hiera blocks through our fused attention (one SDPA call, none
             of transformers' unused attention-weight tensor). Outputs are identical; off runs
             transformers' own trunk forward.
+        skip_padding: With ``fast_attention``, skip the projections of the zero tokens that pad
+            attention windows (faster where windows do not tile the map, e.g. 256 px; the same
+            values, but BLAS may round differently for the smaller matmuls: opt-in).
         channel_order: ``"RGB"`` or ``"BGR"`` for the built-in transforms.
         input_range: Range of float inputs for the built-in transforms.
         seed: Seed of the random initialisation when ``checkpoint`` is ``None``.
@@ -145,6 +148,7 @@ class SAM2ImageEncoder(nn.Module):
         freeze: bool = True,
         with_pos_enc: bool = False,
         fast_attention: bool = True,
+        skip_padding: bool = False,
         channel_order: str = "RGB",
         input_range: tuple[float, float] = (0.0, 1.0),
         seed: int = 0,
@@ -157,6 +161,7 @@ class SAM2ImageEncoder(nn.Module):
         self.image_size = check_image_size(image_size)
         self.with_pos_enc = with_pos_enc
         self.fast_attention = fast_attention
+        self.skip_padding = skip_padding
         self.transforms = SAM2Transforms(self.image_size, channel_order=channel_order, input_range=input_range)
         self.seed = seed
         self.checkpoint_path: str | None = None
@@ -186,6 +191,7 @@ class SAM2ImageEncoder(nn.Module):
                 path = resolve_checkpoint(checkpoint, download_missing=download)
                 self.load_sam2_weights(load_checkpoint(path), source=str(path))
                 self.checkpoint_path = str(path)
+        self._fpn_mode, self._fpn_fuse = _fpn_settings(self.vision_encoder.config)
         if dtype is not None:
             self.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         if device is not None:
@@ -333,17 +339,23 @@ class SAM2ImageEncoder(nn.Module):
         backbone = self.vision_encoder.backbone
         if not self.fast_attention:
             return list(backbone(pixel_values).intermediate_hidden_states)
+        blocks, stage_ends = hiera_blocks(backbone)
         x = backbone.patch_embed(pixel_values)
-        x = x + backbone._get_pos_embed(x.shape[1:3])
+        x = x + hiera_pos_embed(backbone, x.shape[1:3])
         outputs = []
-        for i, block in enumerate(backbone.blocks):
-            x = _block_forward(block, x)
-            if i in backbone.stage_ends:
+        for i, block in enumerate(blocks):
+            x = _block_forward(block, x, self.skip_padding)
+            if i in stage_ends:
                 outputs.append(x)
         return outputs
 
     def neck(self, stages: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """FPN neck without position encodings, keeping the three finest levels (``scalp=1``).
+
+        Top-down fusion follows the config's ``fpn_interpolation_mode`` (``nearest``, as in every
+        released model, or ``bilinear``) and ``fuse_type`` (``sum``, as released, or ``avg``), with
+        Meta's ``FpnNeck`` semantics; transformers' configs carry neither, which means the released
+        ``nearest`` / ``sum``.
 
         Args:
             stages: Trunk outputs ``(B, h, w, C_i)``, finest first.
@@ -352,6 +364,7 @@ class SAM2ImageEncoder(nn.Module):
             ``(B, 256, h, w)`` maps at strides 4, 8 and 16.
         """
         neck = self.vision_encoder.neck
+        mode, fuse = self._fpn_mode, self._fpn_fuse
         n = len(neck.convs) - 1
         maps: list[torch.Tensor] = [None] * (n + 1)  # type: ignore[list-item]
         previous = None
@@ -359,8 +372,12 @@ class SAM2ImageEncoder(nn.Module):
             conv = neck.convs[n - i]
             lateral = conv(stages[i].permute(0, 3, 1, 2))
             if previous is not None and i in neck.fpn_top_down_levels:
-                top_down = F.interpolate(previous.float(), scale_factor=2.0, mode="nearest")
+                top_down = F.interpolate(
+                    previous.float(), scale_factor=2.0, mode=mode, align_corners=None if mode == "nearest" else False
+                )
                 lateral = lateral + top_down.to(lateral.dtype)
+                if fuse == "avg":
+                    lateral = lateral / 2
             maps[i] = previous = lateral
         return maps[0], maps[1], maps[2]
 
@@ -371,6 +388,23 @@ class SAM2ImageEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"variant={self.variant.name!r}, image_size={self.image_size}, frozen={self.frozen}"
+
+
+FPN_INTERPOLATION_MODES = ("nearest", "bilinear")
+FPN_FUSE_TYPES = ("sum", "avg")
+
+
+def _fpn_settings(config) -> tuple[str, str]:
+    """``(fpn_interpolation_mode, fuse_type)`` of a vision config, refusing what the neck does not implement."""
+    mode = getattr(config, "fpn_interpolation_mode", "nearest")
+    fuse = getattr(config, "fuse_type", "sum")
+    if mode not in FPN_INTERPOLATION_MODES:
+        raise ValueError(
+            f"vision config fpn_interpolation_mode={mode!r} is not implemented; use one of {FPN_INTERPOLATION_MODES}"
+        )
+    if fuse not in FPN_FUSE_TYPES:
+        raise ValueError(f"vision config fuse_type={fuse!r} is not implemented; use one of {FPN_FUSE_TYPES}")
+    return mode, fuse
 
 
 def _attend(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
@@ -398,18 +432,20 @@ def _attend(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2).reshape(batch, height, width, -1)
 
 
-def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _block_forward(block: nn.Module, x: torch.Tensor, skip_padding: bool = False) -> torch.Tensor:
     """One Hiera block (``Sam2MultiScaleBlock``) with :func:`_attend`.
 
     Where the windows do not tile the map, transformers pads the normalised tokens with zeros and
-    projects every padded token. A zero token's qkv is exactly ``attn.qkv(0)`` (the bias), so we
-    project only the real tokens, pad the projections with that value, and apply the output
-    projection to the real tokens only: the same numbers, without the padding's matmuls (about a
-    fifth of the work at 256 px).
+    projects every padded token. A zero token's qkv is exactly ``attn.qkv(0)`` (the bias), so with
+    ``skip_padding`` we project only the real tokens, pad the projections with that value, and apply
+    the output projection to the real tokens only, without the padding's matmuls (about a fifth of
+    the work at 256 px). The values are the same, but a matmul over fewer rows may take another
+    BLAS kernel whose rounding differs (seen on Intel Xeon at 64 px: 1e-4), so it is opt-in.
 
     Args:
         block: The transformers block (its weights and settings are used).
         x: ``(B, h, w, C_in)``.
+        skip_padding: Project real tokens only (see above).
 
     Returns:
         ``(B, h', w', C_out)``.
@@ -422,7 +458,8 @@ def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     window = block.window_size
     batch, height, width, channels = x.shape
     pad_h, pad_w = ((-height) % window, (-width) % window) if window > 0 else (0, 0)
-    if pad_h or pad_w:
+    skip = skip_padding and bool(pad_h or pad_w)
+    if skip:
         qkv = attn.qkv(x)
         fill = attn.qkv(x.new_zeros(1, 1, 1, channels))  # what a zero padding token projects to
         if pad_w:
@@ -442,18 +479,8 @@ def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         padded = (height + (-height) % window, width + (-width) % window)
     if window > 0:
         x = window_unpartition(x, window, padded, (height, width))
-    if pad_h or pad_w:
+    if skip:
         x = attn.proj(x)  # real tokens only
     x = residual + x
     return x + block.mlp(block.layer_norm2(x))
 
-
-def flops_per_image(encoder: SAM2ImageEncoder) -> int:
-    """Forward FLOPs of one image at the encoder's size, counted with ``torch.utils.flop_counter``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    h, w = encoder.image_size
-    x = torch.zeros(1, 3, h, w, device=encoder.no_memory_embedding.device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        encoder.encode(x)
-    return int(counter.get_total_flops())

@@ -11,13 +11,25 @@ identical module trees) and exposes ``output_dim``.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["POOLS", "AttentionPool", "AvgPool", "ConvFlatten", "SpatialSoftmax", "build_pool"]
+__all__ = [
+    "POOLS",
+    "AttentionPool",
+    "AvgPool",
+    "ConvFlatten",
+    "SpatialSoftmax",
+    "build_pool",
+    "check_pool_options",
+    "fuse_levels",
+]
 
 
 class SpatialSoftmax(nn.Module):
@@ -160,8 +172,35 @@ def build_pool(name: str, in_channels: int, height: int, width: int, **kwargs) -
         The head, with an ``output_dim`` attribute.
 
     Raises:
-        ValueError: For an unknown name (the known ones are listed).
+        ValueError: For an unknown name or an option the head does not take (the known ones are listed).
+    """
+    check_pool_options(name, kwargs)
+    return POOLS[name](in_channels, height, width, **kwargs)
+
+
+def check_pool_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse an unknown head name or an option the head does not take, naming the valid ones.
+
+    Raises:
+        ValueError: With the name or option seen and what the head accepts.
     """
     if name not in POOLS:
         raise ValueError(f"unknown pool {name!r}; choose one of {', '.join(POOLS)}")
-    return POOLS[name](in_channels, height, width, **kwargs)
+    accepted = list(inspect.signature(POOLS[name]).parameters)[3:]  # after in_channels, height, width
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"pool {name!r} does not take {', '.join(unknown)}; its options are {', '.join(accepted)}")
+
+
+def fuse_levels(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Average-pool finer maps to the last (coarsest) map's grid and concatenate channels.
+
+    Args:
+        maps: ``(M, C_i, h_i, w_i)`` maps, finest first.
+
+    Returns:
+        ``(M, sum C_i, h, w)`` at the last map's resolution (the single map itself if only one).
+    """
+    target = maps[-1].shape[-2:]
+    maps = [m if m.shape[-2:] == target else F.adaptive_avg_pool2d(m, target) for m in maps]
+    return maps[0] if len(maps) == 1 else torch.cat(list(maps), dim=1)

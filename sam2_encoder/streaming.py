@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import Sam2VideoModel
-from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
+from ._hf import Sam2VideoInferenceSession, VideoSessionState
 from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
 from .image_encoder import FeaturePyramid, SAM2ImageEncoder, build_seeded
 from .variants import Variant, check_image_size, get_variant
@@ -224,6 +224,7 @@ class StreamingPredictor:
             video_storage_device=self.device,
             dtype=self.dtype,
         )
+        self._state = VideoSessionState(self.session)
         self._frame_idx: int | None = None
         self._frame_size: tuple[int, int] | None = None
 
@@ -338,25 +339,9 @@ class StreamingPredictor:
         Raises:
             KeyError: If the object is not tracked.
         """
-        session = self.session
-        if obj_id not in session._obj_id_to_idx:
-            raise KeyError(f"object {obj_id} is not tracked; tracked objects: {list(session.obj_ids)}")
-        # The session keys per-object state by a dense index 0..N-1: re-index the others.
-        per_object = ("point_inputs_per_obj", "mask_inputs_per_obj", "output_dict_per_obj", "frames_tracked_per_obj")
-        kept = [i for i in range(session.get_obj_num()) if session.obj_idx_to_id(i) != obj_id]
-        for name in per_object:
-            table = getattr(session, name)
-            table_kept = [table[i] for i in kept]
-            table.clear()
-            table.update(enumerate(table_kept))
-        ids = [session.obj_idx_to_id(i) for i in kept]
-        session._obj_id_to_idx.clear()
-        session._obj_idx_to_id.clear()
-        for index, kept_id in enumerate(ids):
-            session._obj_id_to_idx[kept_id] = index
-            session._obj_idx_to_id[index] = kept_id
-        session.obj_ids = ids
-        session.obj_with_new_inputs = [i for i in session.obj_with_new_inputs if i != obj_id]
+        if not self._state.has_object(obj_id):
+            raise KeyError(f"object {obj_id} is not tracked; tracked objects: {self.obj_ids}")
+        self._state.remove_object(obj_id)
 
     def state_nbytes(self) -> int:
         """Bytes held by the tracking session's tensors (features, memories, pointers, prompts)."""
@@ -525,13 +510,13 @@ class StreamingPredictor:
             session.remove_point_inputs(obj_idx, frame_idx)
         else:
             coords, labels = prompt["point_coords"], prompt["point_labels"]
-            old = session.point_inputs_per_obj[obj_idx].get(frame_idx)
+            old = self._state.point_inputs(obj_idx, frame_idx)
             if not prompt["clear_old"] and old is not None:
                 coords = torch.cat([old["point_coords"].to(coords.device), coords], dim=2)
                 labels = torch.cat([old["point_labels"].to(labels.device), labels], dim=2)
             session.add_point_inputs(obj_idx, frame_idx, {"point_coords": coords, "point_labels": labels})
             session.remove_mask_inputs(obj_idx, frame_idx)
-        session.obj_with_new_inputs = [obj_id]
+        self._state.set_new_inputs([obj_id])
 
     def _step(
         self,
@@ -545,7 +530,7 @@ class StreamingPredictor:
         pyramid = None
         if encoded is not None:
             levels, pyramid = encoded
-            session.cache.cache_vision_features(
+            self._state.cache_features(
                 frame_idx, {"vision_feats": levels, "vision_pos_embeds": [None, None, self._s16_pos]}
             )
             self._frame_size = frame_size
@@ -570,7 +555,7 @@ class StreamingPredictor:
 
     def _current_pyramid(self, frame_idx: int) -> FeaturePyramid:
         """The cached features of the current frame as a pyramid."""
-        cached = self.session.cache.get_vision_features(frame_idx)
+        cached = self._state.cached_features(frame_idx)
         side = self.image_size
         maps = []
         for level, stride in zip(cached["vision_feats"], (4, 8, 16)):
@@ -589,12 +574,10 @@ class StreamingPredictor:
         ``t`` and of non-conditioning frames ``t-1 .. t-(max_object_pointers-1)``; masks, inputs and
         "tracked" flags of frame ``t`` only (when it is re-run). Everything older goes.
         """
-        session = self.session
         oldest_pointer = frame_idx - (self.max_object_pointers - 1)
         oldest_memory = frame_idx - (self.num_maskmem - 1)
-        if session.processed_frames:
-            session.processed_frames.clear()
-        for obj_idx, outputs in session.output_dict_per_obj.items():
+        self._state.forget_processed_frames()
+        for obj_idx, outputs in self._state.outputs().items():
             non_cond = outputs["non_cond_frame_outputs"]
             for t in [t for t in non_cond if t < oldest_pointer]:
                 del non_cond[t]
@@ -612,11 +595,7 @@ class StreamingPredictor:
                     if t < oldest_memory and (table is non_cond or t not in selected):
                         entry.pop("maskmem_features", None)
                         entry.pop("maskmem_pos_enc", None)
-            for table in (
-                session.frames_tracked_per_obj[obj_idx],
-                session.point_inputs_per_obj[obj_idx],
-                session.mask_inputs_per_obj[obj_idx],
-            ):
+            for table in self._state.per_frame_tables(obj_idx):
                 for t in [t for t in table if t != frame_idx]:
                     del table[t]
 

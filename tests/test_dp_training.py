@@ -9,7 +9,13 @@ import torch
 from diffusers import DDPMScheduler
 
 from sam2_encoder import SAM2ObsEncoder
-from sam2_encoder.synthetic import ReplayImageDataset, TinyDenoiser, dp_normalise, global_cond, write_replay_buffer
+from sam2_encoder.diffusion_policy.synthetic import (
+    ReplayImageDataset,
+    TinyDenoiser,
+    dp_normalise,
+    global_cond,
+    write_replay_buffer,
+)
 
 HORIZON, N_OBS, N_ACT = 16, 2, 8
 SHAPE_META = {

@@ -15,15 +15,20 @@ import pytest
 import torch
 
 from sam2_encoder import SAM2ImageEncoder, SAM2ObsEncoder
-from sam2_encoder.feature_cache import (
+from sam2_encoder.diffusion_policy.feature_cache import (
     CachedFeatureDataset,
     CacheError,
     FeatureCache,
     build_cache,
-    open_group,
     sequence_frames,
 )
-from sam2_encoder.synthetic import ReplayImageDataset, TinyDenoiser, create_indices, write_replay_buffer
+from sam2_encoder.diffusion_policy.synthetic import (
+    ReplayImageDataset,
+    TinyDenoiser,
+    create_indices,
+    write_replay_buffer,
+)
+from sam2_encoder.diffusion_policy.zarr_io import open_group
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE_META = {
@@ -135,7 +140,7 @@ def test_dataset_normalizer_uses_identity_for_cached_keys(replay: Path, encoder,
     built = CachedFeatureDataset(
         str(path),
         {"image": "img"},
-        dataset_target="sam2_encoder.synthetic.ReplayImageDataset",
+        dataset_target="sam2_encoder.diffusion_policy.synthetic.ReplayImageDataset",
         zarr_path=str(replay),
         horizon=8,
     )
@@ -291,7 +296,7 @@ def test_cached_workspace_preset_composes_and_builds(replay: Path, encoder, tmp_
                 f"feature_cache={path}",
                 "policy.obs_encoder.image_size=32",
                 f"task.dataset.zarr_path={replay}",
-                "task.dataset.dataset_target=sam2_encoder.synthetic.ReplayImageDataset",
+                "task.dataset.dataset_target=sam2_encoder.diffusion_policy.synthetic.ReplayImageDataset",
             ],
         )
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))

@@ -14,10 +14,13 @@ from transformers import Sam2VideoProcessor
 from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
 from sam2_encoder.checkpoints import CheckpointError
-from sam2_encoder.cli import synthetic_scene
+from sam2_encoder.cli.common import CLIError
+from sam2_encoder.cli.frames import iter_frames
+from sam2_encoder.cli.track import register
+from sam2_encoder.cli.track import run as main_track
 from sam2_encoder.image_encoder import SAM2ImageEncoder
+from sam2_encoder.scene import synthetic_scene
 from sam2_encoder.streaming import StreamingPredictor, TrackResult, session_nbytes
-from sam2_encoder.streaming_cli import iter_frames, main_track, register
 
 SIZE = 64
 H, W = 48, 80
@@ -406,17 +409,17 @@ def test_cli_inputs_and_errors(tmp_path: Path, capsys) -> None:
     np.save(tmp_path / "clip.npy", stack)
     loaded, count = iter_frames(tmp_path / "clip.npy")
     assert count == 3 and all(np.array_equal(a, b) for a, b in zip(loaded, stack))
-    assert main_track(_parse(["track", str(tmp_path / "clip.npy"), "--image-size", "64"])) == 2
-    assert "give at least one --point" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="input not found"):
+    with pytest.raises(CLIError, match="give at least one --point"):
+        main_track(_parse(["track", str(tmp_path / "clip.npy"), "--image-size", "64"]))
+    with pytest.raises(CLIError, match="input not found"):
         iter_frames(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="holds no frames"):
+    with pytest.raises(CLIError, match="holds no frames"):
         iter_frames(tmp_path / "empty")
     with pytest.raises(SystemExit):
         _parse(["track", "x", "--point", "1;2;3"])
     args = _parse(["track", str(tmp_path / "clip.npy"), "--point", "90,10", "--image-size", "64", "--quiet"])
-    with pytest.raises(SystemExit, match="frame 0: point .* lies outside the 80x48"):
+    with pytest.raises(CLIError, match="frame 0: point .* lies outside the 80x48"):
         main_track(args)
 
 

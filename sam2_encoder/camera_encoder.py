@@ -1,12 +1,12 @@
-"""``SAM2ObsEncoder``: a drop-in for Diffusion Policy's ``MultiImageObsEncoder``.
+"""``MultiCameraEncoder``: several cameras (and low-dim values) through one SAM 2 trunk into one vector.
 
-Contract (see Diffusion Policy's ``DiffusionUnetImagePolicy``): built from ``shape_meta``;
-``forward(obs_dict)`` takes ``obs_dict[key]`` of shape ``(N, *shape_meta.obs[key].shape)`` with
-``N = B * n_obs_steps`` and returns ``(N, D)`` in the same row order, rgb features first (keys
-sorted) then the raw low-dim values (keys sorted); ``output_shape()`` returns ``(D,)``.
+The host-neutral core of the policy encoders: Diffusion Policy's ``SAM2ObsEncoder`` and LeRobot's
+``SAM2DiffusionPolicy`` build on it. ``forward(obs)`` takes ``obs[key]`` of shape ``(N, 3, H, W)``
+for every camera (float in ``input_range``) and ``(N, *shape)`` for every low-dim key, and returns
+``(N, D)`` in the same row order: each camera's head output (keys sorted), then the low-dim values
+flattened (keys sorted); ``output_shape()`` returns ``(D,)`` without running the model.
 
-Images arrive normalised by the policy's ``LinearNormalizer``: float in [-1, 1]. They are mapped
-back to [0, 1] exactly, optionally resized / cropped like Diffusion Policy does, then
+Images are mapped from ``input_range`` to [0, 1] exactly, optionally resized / cropped, then
 preprocessed the SAM 2 way. Every camera and time step goes through the trunk in ONE batched pass.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,54 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import find_local_path
-from .feature_cache import fuse_levels
 from .finetune import configure_finetuning
 from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder, build_seeded
-from .pooling import build_pool
+from .pooling import build_pool, check_pool_options, fuse_levels
 
-__all__ = ["SAM2ObsEncoder", "parse_shape_meta"]
-
-
-def parse_shape_meta(shape_meta: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
-    """Split ``shape_meta["obs"]`` into rgb and low-dim keys (each sorted, as Diffusion Policy does).
-
-    Args:
-        shape_meta: ``{"obs": {key: {"shape": [...], "type": "rgb" | "low_dim"}}, ...}``;
-            ``type`` defaults to ``low_dim``.
-
-    Returns:
-        ``(rgb, low_dim)``: ``{key: shape}`` dicts in sorted key order.
-
-    Raises:
-        ValueError: On a missing ``obs`` entry, an unknown type or an rgb shape other than (3, H, W).
-    """
-    if "obs" not in shape_meta:
-        raise ValueError(f"shape_meta needs an 'obs' entry, got keys {sorted(shape_meta)}")
-    rgb: dict[str, tuple[int, ...]] = {}
-    low_dim: dict[str, tuple[int, ...]] = {}
-    for key in sorted(shape_meta["obs"]):
-        attr = shape_meta["obs"][key]
-        shape = tuple(int(s) for s in attr["shape"])
-        kind = attr.get("type", "low_dim")
-        if kind == "rgb":
-            if len(shape) != 3 or shape[0] != 3:
-                raise ValueError(f"shape_meta.obs.{key}: rgb shape must be [3, H, W], got {list(shape)}")
-            rgb[key] = shape
-        elif kind == "low_dim":
-            low_dim[key] = shape
-        else:
-            raise ValueError(f"shape_meta.obs.{key}: type must be 'rgb' or 'low_dim', got {kind!r}")
-    if not rgb:
-        raise ValueError("shape_meta.obs has no rgb key: SAM2ObsEncoder needs at least one camera")
-    return rgb, low_dim
+__all__ = ["MultiCameraEncoder"]
 
 
-class SAM2ObsEncoder(nn.Module):
-    """Diffusion Policy observation encoder with a SAM 2 trunk shared by all cameras.
+class MultiCameraEncoder(nn.Module):
+    """Observation encoder with a SAM 2 trunk shared by all cameras.
 
     Args:
-        shape_meta: Diffusion Policy's shape meta (``obs`` entries with ``shape`` and ``type``).
+        cameras: ``{key: (3, H, W)}``: the image inputs.
+        low_dim: ``{key: shape}``: values appended to the camera features as they are.
         variant: Released SAM 2 model name.
         checkpoint: Weights (see ``SAM2ImageEncoder``); ``None``: seeded random weights.
         image_size: SAM 2 input side (multiple of 32); every camera is resized to it.
@@ -77,7 +41,9 @@ class SAM2ObsEncoder(nn.Module):
             are fused by average-pooling the finer ones to the coarsest selected grid and
             concatenating channels.
         pool: Head type: ``spatial_softmax``, ``attention``, ``avg`` or ``conv``.
-        pool_kwargs: Extra head options (``num_keypoints``, ``num_heads``...).
+        num_keypoints: Keypoints of the ``spatial_softmax`` head (unused by the others).
+        pool_kwargs: Extra head options (``temperature``, ``num_heads``, ``hidden_channels``...);
+            an option the chosen head does not take is an error.
         feature_dim: Output size per camera (``None``: the head's natural size, e.g.
             ``2 * num_keypoints`` for spatial softmax).
         share_heads: One head for all cameras instead of one per camera.
@@ -87,7 +53,8 @@ class SAM2ObsEncoder(nn.Module):
         lora_rank: LoRA rank for ``"lora"``.
         lora_alpha: LoRA alpha for ``"lora"``.
         trunk_lr_scale: Learning-rate multiplier of the trunk's group in :meth:`param_groups`.
-        input_range: Range of incoming images; ``(-1, 1)`` is Diffusion Policy's normaliser.
+        input_range: Range of incoming float images (``(0, 1)``; Diffusion Policy's normaliser gives
+            ``(-1, 1)``).
         channel_order: ``"RGB"`` or ``"BGR"``.
         resize_shape: Optional ``(H, W)`` resize before cropping (Diffusion Policy's option).
         crop_shape: Optional ``(H, W)`` crop: random in train mode when ``random_crop``, centre
@@ -96,36 +63,31 @@ class SAM2ObsEncoder(nn.Module):
         compile: ``torch.compile`` the encoder pass (static shapes).
         fast_attention: See ``SAM2ImageEncoder``.
         seed: Seed of the random parts (heads, random SAM 2 weights).
-        download: Allow downloading a remote checkpoint. Off by default so that Diffusion
-            Policy's reload (which re-runs this constructor) never touches the network.
-        feature_cache: A ``sam2-encoder cache`` folder whose features the training data serves
-            (see ``CachedFeatureDataset``). Checked against this encoder (variant, weights, image
-            size, levels) when it exists; skipped when absent (e.g. on the robot at inference).
-            Cameras whose input has the feature shape ``(C, h, w)`` skip the trunk either way.
+        download: Allow downloading a remote checkpoint. Off by default so that a host's reload
+            (which re-runs this constructor) never touches the network.
         reuse_frames: At inference (eval mode, autograd off), reuse the features of frames seen in
             the previous call instead of encoding them again: with ``n_obs_steps`` To, a control
             loop then encodes each camera frame once instead of To times. Frames are matched by
             exact content and get the features they were given one call earlier, i.e. equal to
             encoding every frame up to the float rounding of batched kernels, which can depend on
             the batch size (bit-identical in our tests and benchmark).
-        rgb_model: Ignored (accepted so a Diffusion Policy encoder block can switch ``_target_``).
-        use_group_norm: Ignored (no BatchNorm in SAM 2).
-        share_rgb_model: Ignored (the SAM 2 trunk is always shared).
-        imagenet_norm: Ignored (SAM 2's own normalisation is always applied, on the correct range).
 
     Shapes:
         ``forward({key: (N, *shape)}) -> (N, D)`` with ``D = output_shape()[0]``; extra leading
-        dims (``(B, T, ...)``) are flattened and restored.
+        dims (``(B, T, ...)``) are flattened and restored. A camera input of the feature shape
+        ``(N, *feature_shape)`` (precomputed features) skips the trunk.
     """
 
     def __init__(
         self,
-        shape_meta: Mapping[str, Any],
+        cameras: Mapping[str, Sequence[int]],
+        low_dim: Mapping[str, Sequence[int]] | None = None,
         variant: str = "sam2.1_hiera_tiny",
         checkpoint: str | os.PathLike[str] | None = None,
         image_size: int = 224,
         levels: Sequence[str] | str = ("s16",),
         pool: str = "spatial_softmax",
+        num_keypoints: int = 32,
         pool_kwargs: Mapping[str, Any] | None = None,
         feature_dim: int | None = None,
         share_heads: bool = False,
@@ -135,7 +97,7 @@ class SAM2ObsEncoder(nn.Module):
         lora_rank: int = 8,
         lora_alpha: float = 16.0,
         trunk_lr_scale: float = 0.1,
-        input_range: Sequence[float] = (-1.0, 1.0),
+        input_range: Sequence[float] = (0.0, 1.0),
         channel_order: str = "RGB",
         resize_shape: Sequence[int] | None = None,
         crop_shape: Sequence[int] | None = None,
@@ -144,17 +106,11 @@ class SAM2ObsEncoder(nn.Module):
         fast_attention: bool = True,
         seed: int = 0,
         download: bool = False,
-        feature_cache: str | os.PathLike[str] | None = None,
         reuse_frames: bool = True,
-        rgb_model: Any = None,
-        use_group_norm: Any = None,
-        share_rgb_model: Any = None,
-        imagenet_norm: Any = None,
     ) -> None:
         super().__init__()
-        if rgb_model is not None:
-            warnings.warn("SAM2ObsEncoder ignores rgb_model: the SAM 2 trunk is the vision model", stacklevel=2)
-        self.rgb_shapes, self.low_dim_shapes = parse_shape_meta(shape_meta)
+        self.rgb_shapes = _check_cameras(cameras)
+        self.low_dim_shapes = {k: tuple(int(d) for d in low_dim[k]) for k in sorted(low_dim or {})}
         self.levels = (levels,) if isinstance(levels, str) else tuple(levels)
         unknown = [lv for lv in self.levels if lv not in LEVELS]
         if unknown or not self.levels:
@@ -187,9 +143,11 @@ class SAM2ObsEncoder(nn.Module):
         channels = sum(shapes[lv][0] for lv in self.levels)
         _, height, width = shapes[self.levels[-1]]
         self.feature_shape = (channels, height, width)
-        if feature_cache is not None:
-            self._check_cache(feature_cache)
         kwargs = dict(pool_kwargs or {})
+        if pool == "spatial_softmax":
+            kwargs.setdefault("num_keypoints", num_keypoints)
+        projected = {"output_dim": feature_dim} if feature_dim and pool != "spatial_softmax" else {}
+        check_pool_options(pool, {**kwargs, **projected})
 
         def make_head() -> nn.Module:
             if pool == "spatial_softmax":  # keypoint coordinates, optionally projected
@@ -206,7 +164,7 @@ class SAM2ObsEncoder(nn.Module):
         self._compiled = None
 
     # ----------------------------------------------------------------------------------------
-    # Diffusion Policy API
+    # encoder API
     # ----------------------------------------------------------------------------------------
 
     @property
@@ -233,9 +191,9 @@ class SAM2ObsEncoder(nn.Module):
         """Encode a batch of observations.
 
         Args:
-            obs_dict: ``{key: (N, *shape)}`` for every key of ``shape_meta.obs`` (extra keys are
-                ignored); images float in ``input_range``, or, for cached cameras, features of
-                shape ``(N, *feature_shape)``.
+            obs_dict: ``{key: (N, *shape)}`` for every camera and low-dim key (extra keys are
+                ignored); images float in ``input_range``, or, for cameras with precomputed
+                features, ``(N, *feature_shape)``.
 
         Returns:
             ``(N, D)``: per row, each camera's head output (keys sorted), then the low-dim
@@ -316,7 +274,7 @@ class SAM2ObsEncoder(nn.Module):
             )
         return groups
 
-    def train(self, mode: bool = True) -> SAM2ObsEncoder:
+    def train(self, mode: bool = True) -> MultiCameraEncoder:
         """Set train mode (the frozen trunk stays in eval) and forget remembered frames."""
         self._memo.clear()
         return super().train(mode)
@@ -373,19 +331,6 @@ class SAM2ObsEncoder(nn.Module):
         if self.crop_shape is not None:
             x = self._crop(x)
         return t.finish(x)
-
-    def _check_cache(self, path: str | os.PathLike[str]) -> None:
-        from .feature_cache import FeatureCache
-
-        if self.crop_shape is not None or self.resize_shape is not None:
-            raise ValueError(
-                "feature_cache cannot be combined with crop_shape/resize_shape: cached features are computed "
-                "from whole frames, so live inference must not crop either"
-            )
-        if not find_local_path(path).exists():
-            warnings.warn(f"feature cache {path} not found: not checked (inference needs no cache)", stacklevel=3)
-            return
-        FeatureCache(path).check_compatible(self.encoder, self.levels)
 
     def _check_crop(self) -> None:
         if self.crop_shape is None:
@@ -505,3 +450,16 @@ class _Projected(nn.Module):
 
 def _module_key(key: str) -> str:
     return key.replace(".", "_")
+
+
+def _check_cameras(cameras: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, int, int]]:
+    """``{key: (3, H, W)}`` in sorted key order, or one clear error."""
+    if not cameras:
+        raise ValueError("at least one camera is needed: cameras={key: (3, H, W)}")
+    out: dict[str, tuple[int, int, int]] = {}
+    for key in sorted(cameras):
+        shape = tuple(int(s) for s in cameras[key])
+        if len(shape) != 3 or shape[0] != 3 or min(shape) < 1:
+            raise ValueError(f"camera {key!r}: shape must be [3, H, W], got {list(shape)}")
+        out[key] = shape  # type: ignore[assignment]
+    return out

@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from .common import CLIError, add_model_args, build_model, non_negative_int
 
-__all__ = ["iter_frames", "main_track", "register"]
+if TYPE_CHECKING:
+    import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-OVERLAY_COLOR = np.array([255, 40, 40], dtype=np.float32)
+__all__ = ["overlay", "register", "run"]
+
+OVERLAY_COLOR = (255, 40, 40)
 
 
 def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
@@ -51,7 +51,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         subparsers: The object returned by ``ArgumentParser.add_subparsers()``.
 
     Returns:
-        The ``track`` parser (its ``func`` default is :func:`main_track`).
+        The ``track`` parser (its ``func`` default is :func:`run`).
     """
     p = subparsers.add_parser(
         "track",
@@ -76,113 +76,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="click on the background in the first frame (repeatable)",
     )
     p.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="box around the object in the first frame")
-    p.add_argument("--variant", default="sam2.1_hiera_tiny", help="released model name (default: %(default)s)")
-    p.add_argument(
-        "--checkpoint",
-        default=None,
-        help="Meta .pt / safetensors / HF folder / URL / variant name / hub id; omitted: seeded random weights",
-    )
-    p.add_argument("--image-size", type=int, default=1024, help="encoder input side, multiple of 32 (default 1024)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_model_args(p, image_size=1024)
     p.add_argument("--out", default=None, help="output folder (default: <input>_track next to the input)")
-    p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: all)")
+    p.add_argument("--max-frames", type=non_negative_int, default=0, help="stop after this many frames (0: all)")
     p.add_argument("--no-overlay", action="store_true", help="write the masks only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=main_track)
+    p.set_defaults(func=run)
     return p
-
-
-# --------------------------------------------------------------------------------------------
-# frame input
-# --------------------------------------------------------------------------------------------
-
-
-def _natural_key(path: Path) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
-def _as_rgb(array: np.ndarray, source: str) -> np.ndarray:
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise SystemExit(f"{source}: expected an (H, W, 3) frame, got shape {array.shape}")
-    if array.dtype != np.uint8:
-        raise SystemExit(f"{source}: expected uint8 pixels, got {array.dtype}")
-    array = array[..., :3]
-    # a writable, contiguous copy where needed (decoded images and memory maps are read-only)
-    return array if array.flags.writeable and array.flags.c_contiguous else np.array(array, order="C")
-
-
-def read_image(path: Path) -> np.ndarray:
-    """One frame as ``(H, W, 3)`` uint8 RGB: .npy, or any image format Pillow reads."""
-    if path.suffix == ".npy":
-        return _as_rgb(np.load(path), str(path))
-    try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise SystemExit(f"reading {path} needs Pillow: pip install pillow (or use .npy frames)") from e
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))
-
-
-def _video_frames(path: Path) -> tuple[Iterator[np.ndarray], int | None]:
-    try:
-        import av
-    except ImportError:
-        av = None
-    if av is not None:
-        container = av.open(str(path))
-        stream = container.streams.video[0]
-
-        def decode() -> Iterator[np.ndarray]:
-            with container:
-                for frame in container.decode(stream):
-                    yield frame.to_ndarray(format="rgb24")
-
-        return decode(), (stream.frames or None)
-    try:
-        import imageio.v3 as iio
-    except ImportError as e:
-        raise SystemExit(
-            f"reading the video {path} needs PyAV or imageio: pip install 'sam2-encoder[video]' (or pip install av); "
-            "or pass a folder of frames"
-        ) from e
-    return (_as_rgb(np.asarray(f), str(path)) for f in iio.imiter(path)), None
-
-
-def iter_frames(source: str | Path) -> tuple[Iterator[np.ndarray], int | None]:
-    """The frames of a folder, ``.npy`` stack or video file, as ``(H, W, 3)`` uint8 RGB.
-
-    Args:
-        source: A folder of image / ``.npy`` frames (natural sort order: ``2.png`` before
-            ``10.png``), a ``(T, H, W, 3)`` ``.npy`` file, or a video file.
-
-    Returns:
-        ``(frames, count)``: a frame iterator and the number of frames when known.
-
-    Raises:
-        SystemExit: If the source is missing, empty or unreadable (with the reason).
-    """
-    path = Path(source)
-    if not path.exists():
-        raise SystemExit(f"input not found: {path}")
-    if path.is_dir():
-        files = sorted(
-            (p for p in path.iterdir() if p.suffix.lower() in (*IMAGE_SUFFIXES, ".npy")),
-            key=_natural_key,
-        )
-        if not files:
-            raise SystemExit(f"{path} holds no frames ({', '.join(IMAGE_SUFFIXES)} or .npy)")
-        return (read_image(p) for p in files), len(files)
-    if path.suffix == ".npy":
-        stack = np.load(path, mmap_mode="r")
-        if stack.ndim != 4:
-            raise SystemExit(f"{path}: expected a (T, H, W, 3) frame stack, got shape {stack.shape}")
-        return (_as_rgb(np.asarray(f), str(path)) for f in stack), len(stack)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return iter([read_image(path)]), 1
-    return _video_frames(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,8 +101,10 @@ def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     Returns:
         ``(H, W, 3)`` uint8.
     """
+    import numpy as np
+
     out = frame.astype(np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * OVERLAY_COLOR
+    out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(OVERLAY_COLOR, dtype=np.float32)
     return out.round().astype(np.uint8)
 
 
@@ -212,24 +114,28 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
-def main_track(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``sam2-encoder track`` with parsed arguments.
 
     Returns:
-        The exit status (0 on success, 2 for a missing prompt).
+        The exit status (0 on success).
+
+    Raises:
+        CLIError: For a missing prompt, an unreadable input or a prompt that does not fit the frame.
     """
+    import numpy as np
     import torch
     from tqdm.auto import tqdm
 
-    from .streaming import StreamingPredictor
+    from ..streaming import StreamingPredictor
+    from .frames import iter_frames
 
     if not args.point and not args.box:
-        print("error: give at least one --point X,Y (or a --box X0,Y0,X1,Y1) on the first frame", file=sys.stderr)
-        return 2
+        raise CLIError("give at least one --point X,Y (or a --box X0,Y0,X1,Y1) on the first frame")
     try:
         import PIL  # noqa: F401
     except ImportError:  # pragma: no cover - depends on the environment
-        raise SystemExit("writing mask PNGs needs Pillow: pip install pillow") from None
+        raise CLIError("writing mask PNGs needs Pillow: pip install pillow") from None
     frames, count = iter_frames(args.input)
     if args.max_frames > 0:
         count = min(count, args.max_frames) if count else args.max_frames
@@ -238,8 +144,6 @@ def main_track(args: argparse.Namespace) -> int:
     (out / "masks").mkdir(parents=True, exist_ok=True)
     if not args.no_overlay:
         (out / "overlay").mkdir(parents=True, exist_ok=True)
-
-    from .cli import build_model
 
     predictor = build_model(StreamingPredictor, args, "masks", device=args.device, dtype=getattr(torch, args.dtype))
     points = [*args.point, *args.negative]
@@ -258,7 +162,7 @@ def main_track(args: argparse.Namespace) -> int:
             else:
                 result = predictor.track(frame)
         except (ValueError, TypeError) as e:
-            raise SystemExit(f"frame {index}: {e}") from e
+            raise CLIError(f"{args.input}: frame {index}: {e}") from e
         mask = result.mask(1).cpu().numpy()
         areas.append(float(mask.mean()))
         _save_png(mask.astype(np.uint8) * 255, out / "masks" / f"{index:06d}.png")
@@ -267,7 +171,7 @@ def main_track(args: argparse.Namespace) -> int:
     bar.close()
     seconds = time.perf_counter() - start
     if not areas:
-        raise SystemExit(f"{args.input}: no frames were read")
+        raise CLIError(f"{args.input}: no frames were read")
     report = {
         "input": str(source),
         "frames": len(areas),

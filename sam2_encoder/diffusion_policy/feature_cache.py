@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import zarr
 
-from .checkpoints import find_local_path
-from .image_encoder import LEVELS, SAM2ImageEncoder
+from .. import __version__
+from ..checkpoints import find_local_path
+from ..image_encoder import LEVELS, SAM2ImageEncoder
+from ..pooling import fuse_levels
+from .zarr_io import create_array, open_group, read_all
 
 __all__ = [
     "CacheError",
@@ -40,12 +41,9 @@ __all__ = [
     "FeatureCache",
     "build_cache",
     "default_cache_path",
-    "fuse_levels",
-    "open_group",
 ]
 
 FORMAT = 1
-_ZARR3 = int(zarr.__version__.split(".")[0]) >= 3
 
 
 class CacheError(RuntimeError):
@@ -53,44 +51,8 @@ class CacheError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# zarr 2 / zarr 3
-# --------------------------------------------------------------------------------------------
-
-
-def open_group(path: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
-    """Open a zarr group in the zarr-2 format with either zarr 2.18 or zarr 3."""
-    if _ZARR3:
-        return zarr.open_group(str(path), mode=mode, zarr_format=2)
-    return zarr.open_group(str(path), mode=mode)
-
-
-def _create_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, fill):
-    if _ZARR3:
-        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
-    return group.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
-
-
-def _read_all(array) -> np.ndarray:
-    return np.asarray(array[...])
-
-
-# --------------------------------------------------------------------------------------------
 # features
 # --------------------------------------------------------------------------------------------
-
-
-def fuse_levels(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Average-pool finer maps to the last (coarsest) map's grid and concatenate channels.
-
-    Args:
-        maps: ``(M, C_i, h_i, w_i)`` maps, finest first.
-
-    Returns:
-        ``(M, sum C_i, h, w)`` at the last map's resolution (the single map itself if only one).
-    """
-    target = maps[-1].shape[-2:]
-    maps = [m if m.shape[-2:] == target else F.adaptive_avg_pool2d(m, target) for m in maps]
-    return maps[0] if len(maps) == 1 else torch.cat(list(maps), dim=1)
 
 
 def default_cache_path(replay: str | os.PathLike[str], variant: str, image_size: int) -> Path:
@@ -109,8 +71,6 @@ def _spec(
     chunk: int,
     source: str,
 ) -> dict[str, Any]:
-    from . import __version__
-
     t = encoder.transforms
     return {
         "format": FORMAT,
@@ -225,7 +185,7 @@ def build_cache(
         done += 1
     sync()
     if rank == 0:
-        flags = [_read_all(group["progress"][key]) for key in keys]
+        flags = [read_all(group["progress"][key]) for key in keys]
         if all(f.all() for f in flags):
             attrs = dict(group.attrs["sam2_encoder"])
             attrs["complete"] = True  # written last: readers only trust complete caches
@@ -254,10 +214,10 @@ def _prepare(out: Path, spec: dict, keys, levels, shapes, n_chunks: int) -> None
     for key in keys:
         for level in levels:
             c, h, w = shapes[level]
-            _create_array(
+            create_array(
                 group, f"features/{key}/{level}", (spec["n_frames"], c, h, w), (chunk, c, h, w), spec["dtype"], 0
             )
-        _create_array(group, f"progress/{key}", (n_chunks,), (1,), "bool", False)
+        create_array(group, f"progress/{key}", (n_chunks,), (1,), "bool", False)
     os.replace(tmp, out)  # the cache appears whole, with every array declared
 
 

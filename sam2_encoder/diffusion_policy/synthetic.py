@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .feature_cache import _create_array, open_group, sequence_frames
+from .feature_cache import sequence_frames
+from .zarr_io import create_array, open_group
 
 __all__ = [
     "ReplayImageDataset",
@@ -69,9 +70,9 @@ def write_replay_buffer(
     root = open_group(path, mode="w")
     arrays = {**frames, "agent_pos": positions + 0.01, "action": positions}
     for key, value in arrays.items():
-        _create_array(root, f"data/{key}", value.shape, (min(n, 64), *value.shape[1:]), str(value.dtype), 0)[:] = value
+        create_array(root, f"data/{key}", value.shape, (min(n, 64), *value.shape[1:]), str(value.dtype), 0)[:] = value
     ends = np.arange(1, episodes + 1, dtype=np.int64) * steps
-    _create_array(root, "meta/episode_ends", ends.shape, ends.shape, "int64", 0)[:] = ends
+    create_array(root, "meta/episode_ends", ends.shape, ends.shape, "int64", 0)[:] = ends
     return path
 
 

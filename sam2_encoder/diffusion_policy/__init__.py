@@ -1,0 +1,30 @@
+"""Diffusion Policy host: obs encoder, feature cache, synthetic data and Hydra configs.
+
+The observation encoder, the zarr feature cache and its dataset wrapper, synthetic DP data, and the
+Hydra configs (``pkg://sam2_encoder.diffusion_policy.config``).
+
+Imported lazily: ``SAM2ObsEncoder`` needs torch only; the cache needs zarr.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SAM2ObsEncoder": "obs_encoder",
+    "parse_shape_meta": "obs_encoder",
+    "CacheError": "feature_cache",
+    "CachedFeatureDataset": "feature_cache",
+    "FeatureCache": "feature_cache",
+    "build_cache": "feature_cache",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sam2_encoder.diffusion_policy' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
