@@ -189,7 +189,7 @@ class SAM2ImageEncoder(nn.Module):
                 )
             else:
                 path = resolve_checkpoint(checkpoint, download_missing=download)
-                self.load_sam2_weights(load_checkpoint(path), source=str(path))
+                self.load_sam2_weights(load_checkpoint(path, variant=self.variant), source=str(path))
                 self.checkpoint_path = str(path)
         self._fpn_mode, self._fpn_fuse = _fpn_settings(self.vision_encoder.config)
         if dtype is not None:

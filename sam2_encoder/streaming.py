@@ -163,7 +163,7 @@ class StreamingPredictor:
             )
             return model
         path = resolve_checkpoint(checkpoint, download_missing=download)
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, variant=self.variant)
         check_state_dict(state, model.state_dict(), self.variant, source=str(path))
         model.load_state_dict(state, strict=True)
         return model

@@ -344,10 +344,6 @@ def test_a_checkpoint_of_the_other_family_is_refused(full_files) -> None:
     assert checkpoint_family(image_only) is None  # the image encoders of both families are alike: undetectable
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs SAM2ImageEncoder to pass its variant: load_checkpoint(path, variant=self.variant) (image_encoder.py)",
-)
 def test_image_encoder_refuses_a_checkpoint_of_the_other_family(full_files) -> None:
     with pytest.raises(CheckpointError, match="is a SAM 2.1 "):
         SAM2ImageEncoder("sam2_hiera_tiny", checkpoint=str(full_files["sam2.1_hiera_tiny"]), image_size=64)
