@@ -201,6 +201,8 @@ class MultiCameraEncoder(nn.Module):
         """
         lead, n = self._batch_dims(obs_dict)
         memo = self._memo if self.reuse_frames and not self.training and not torch.is_grad_enabled() else None
+        if memo is not None and not memo.tie(self):  # forgets remembered outputs of other weights
+            memo = None
         outputs: dict[str, torch.Tensor] = {}
         pending: list[tuple[str, torch.Tensor, _Lookup | None]] = []
         for key in self.rgb_keys:
@@ -393,6 +395,9 @@ class _FrameMemo:
     """The frames of the previous inference call per camera, with their head outputs.
 
     Rows are matched by a random projection fingerprint, then confirmed by exact equality.
+    Remembered outputs are tied to the weights they were computed with (:meth:`tie`): any change
+    of a parameter or buffer of the module (in place, by ``load_state_dict``, an optimizer step,
+    ``.to()`` or a replaced ``Parameter``) forgets them.
     """
 
     def __init__(self) -> None:
@@ -400,11 +405,34 @@ class _FrameMemo:
         self.outputs: dict[str, torch.Tensor] = {}
         self.prints: dict[str, torch.Tensor] = {}
         self._weights: dict[str, torch.Tensor] = {}
+        self._stamp: tuple[tuple[int, int, int], ...] | None = None
 
     def clear(self) -> None:
         self.frames.clear()
         self.outputs.clear()
         self.prints.clear()
+        self._stamp = None
+
+    def tie(self, module: nn.Module) -> bool:
+        """Forget remembered frames if any parameter or buffer of ``module`` changed since the last call.
+
+        The stamp of a tensor is its identity, storage address and version counter (which every
+        in-place operation increments, ``load_state_dict``'s copies included); reading it costs
+        about a microsecond per tensor.
+
+        Returns:
+            ``False`` when the weights cannot be stamped (inference-mode tensors have no version
+            counter): the memo is then not used for this call.
+        """
+        try:
+            stamp = tuple((id(t), t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+        except RuntimeError:  # inference tensors do not track versions
+            self.clear()
+            return False
+        if stamp != self._stamp:
+            self.clear()
+            self._stamp = stamp
+        return True
 
     def _fingerprint(self, key: str, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(len(x), -1)

@@ -343,6 +343,74 @@ def test_frame_reuse_encodes_each_frame_once_with_identical_outputs() -> None:
     assert not copy.deepcopy(enc)._memo.frames, "copies start with an empty memory"
 
 
+@pytest.mark.parametrize(
+    "change",
+    ["load_state_dict", "heads in place", "trunk in place", "optimizer step", "replaced parameter", "buffer"],
+)
+def test_frame_memo_is_tied_to_the_weights(change: str) -> None:
+    """After any weight change, the same observation gives the NEW weights' output, not the remembered one."""
+    enc = make(image_size=32).eval()
+    other = make(image_size=32, seed=1).eval()
+    obs = dp_batch(n=2, seed=5)
+    with torch.no_grad():
+        before = enc(obs)
+        assert torch.equal(enc(obs), before) and enc._memo.frames, "remembered"
+        if change == "load_state_dict":
+            enc.load_state_dict(other.state_dict())
+        elif change == "heads in place":
+            for p in enc.heads.parameters():
+                p.add_(1)
+        elif change == "trunk in place":
+            enc.encoder.vision_encoder.backbone.patch_embed.projection.weight.mul_(1.5)
+        elif change == "replaced parameter":
+            head = enc.head_for("camera_0")
+            name, param = next(iter(head.named_parameters()))
+            module = head.get_submodule(name.rpartition(".")[0]) if "." in name else head
+            setattr(module, name.rpartition(".")[2], torch.nn.Parameter(param.detach() + 1))
+    if change == "optimizer step":
+        enc.train()
+        loss = enc(obs).square().sum()
+        loss.backward()
+        torch.optim.SGD(enc.param_groups(lr=0.5), lr=0.5).step()
+        enc.eval()
+        with torch.no_grad():
+            enc(obs)  # remembered with the stepped weights
+            for p in enc.heads.parameters():
+                p.grad = None
+            torch.optim.SGD(enc.param_groups(lr=0.5), lr=0.5, momentum=0.0).step()  # no grads: no change
+            for p in enc.heads.parameters():
+                p.add_(0.25)
+    if change == "buffer":
+        saved = enc.state_dict()
+        buffers = [b for n, b in enc.named_buffers() if n in saved and b.is_floating_point()]
+        assert buffers, "the encoder has float buffers in its state dict (the heads' temperature)"
+        with torch.no_grad():
+            buffers[0].add_(1)
+    fresh = make(image_size=32, reuse_frames=False).eval()
+    fresh.load_state_dict(enc.state_dict())
+    with torch.no_grad():
+        after, expected = enc(obs), fresh(obs)
+    assert torch.equal(after, expected), change
+    assert not torch.equal(after, before), f"{change}: the change must alter the output"
+
+
+def test_frame_memo_still_reuses_while_the_weights_stay() -> None:
+    enc = make(image_size=32).eval()
+    obs = dp_batch(n=2, seed=6)
+    rows = []
+    hook = enc.encoder.vision_encoder.backbone.patch_embed.register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+    try:
+        with torch.no_grad():
+            enc(obs)
+            enc(obs)
+            enc.load_state_dict(enc.state_dict())  # copies in place: the weights' versions move
+            enc(obs)
+            enc(obs)
+    finally:
+        hook.remove()
+    assert rows == [4, 4], "encoded on the first call and once after load_state_dict"
+
+
 def test_compiled_encoder_pass_matches_eager() -> None:
     """compile=True: torch.compile of the SAM 2 pass (static shapes) gives the eager outputs."""
     eager = make(image_size=32).eval()
