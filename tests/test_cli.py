@@ -1,15 +1,22 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from sam2_encoder import variants
 from sam2_encoder.checkpoints import sha256sum
-from sam2_encoder.cli import main, synthetic_scene
+from sam2_encoder.cli import main
+from sam2_encoder.scene import synthetic_scene
+
+FIXTURES = Path(__file__).parent / "fixtures"
+if str(FIXTURES) not in sys.path:
+    sys.path.insert(0, str(FIXTURES))
 
 
 def test_encode_on_the_embedded_default(capsys) -> None:
@@ -34,28 +41,60 @@ def test_encode_files_and_save(tmp_path: Path, capsys) -> None:
     torch.testing.assert_close(saved["s16"], expected)
 
 
-def test_download_pins_and_verifies(tmp_path: Path, http_server, capsys) -> None:
-    payload = b"not really a checkpoint" * 100
-    (http_server.root / "sam2.1_hiera_tiny.pt").write_bytes(payload)
+@pytest.fixture(scope="module")
+def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Meta's complete sam2.1_hiera_tiny.pt layout with seeded weights (a real, verifiable checkpoint)."""
+    from meta_weights import meta_state_dict_from_manifest
+    from safetensors import safe_open
+
+    with safe_open(str(FIXTURES / "meta_golden.safetensors"), "pt") as f:
+        manifest = json.loads(f.metadata()["golden"])["manifests"]["sam2.1_hiera_tiny"]
+    path = tmp_path_factory.mktemp("tiny") / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": meta_state_dict_from_manifest(manifest, 0)}, path)
+    return path
+
+
+def test_download_pins_and_verifies(tmp_path: Path, http_server, tiny_pt: Path, capsys) -> None:
+    shutil.copyfile(tiny_pt, http_server.root / "sam2.1_hiera_tiny.pt")
     target = tmp_path / "ckpts"
     args = ["download", "sam2.1_hiera_tiny", "--dir", str(target), "--base-url", http_server.url, "--quiet"]
     assert main(args) == 0
-    assert "pinned" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sam2.1_hiera_tiny: downloaded" in out and "every key and shape" in out and "pinned in" in out
     digest = sha256sum(target / "sam2.1_hiera_tiny.pt")
+    assert digest == sha256sum(tiny_pt)
     assert (target / "SHA256SUMS").read_text() == f"{digest}  sam2.1_hiera_tiny.pt\n"
-    # the local file is altered: the pinned hash catches it
+    # present and intact: verified against the pin, nothing fetched
+    n = len(http_server.requests)
+    assert main(args) == 0
+    assert "present" in capsys.readouterr().out and len(http_server.requests) == n
+    # the local file is altered: it fails verification and is replaced by a verified download
     (target / "sam2.1_hiera_tiny.pt").write_bytes(b"tampered")
-    assert main(args) == 1
-    assert "expected " + digest in capsys.readouterr().err
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "sam2.1_hiera_tiny: replaced" in out and "note: the file that was present failed verification" in out
+    assert sha256sum(target / "sam2.1_hiera_tiny.pt") == digest
+    assert (target / "SHA256SUMS").read_text() == f"{digest}  sam2.1_hiera_tiny.pt\n"
     # --force downloads again and verifies against the pin
     assert main([*args, "--force"]) == 0
-    assert "verified against the pinned" in capsys.readouterr().out
+    assert "matches the pin" in capsys.readouterr().out
+    assert sorted(p.name for p in target.iterdir()) == ["SHA256SUMS", "sam2.1_hiera_tiny.pt"]
+
+
+def test_download_refuses_what_is_not_the_checkpoint(tmp_path: Path, http_server, capsys) -> None:
+    (http_server.root / "sam2.1_hiera_tiny.pt").write_bytes(b"<!DOCTYPE html><html>sign in</html>" * 50)
+    target = tmp_path / "ckpts"
+    args = ["download", "sam2.1_hiera_tiny", "--dir", str(target), "--base-url", http_server.url, "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: sam2.1_hiera_tiny: ") and "HTML page" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in target.iterdir()) == []  # nothing placed, nothing pinned, no .part
 
 
 def test_download_errors(tmp_path: Path, http_server, capsys) -> None:
-    assert main(["download", "sam9_hiera_huge", "--dir", str(tmp_path)]) == 1
+    assert main(["download", "sam9_hiera_huge", "--dir", str(tmp_path)]) == 2
     assert "known variants" in capsys.readouterr().err
-    assert main(["download", "sam2_hiera_tiny", "--dir", str(tmp_path), "--base-url", http_server.url, "--quiet"]) == 1
+    assert main(["download", "sam2_hiera_tiny", "--dir", str(tmp_path), "--base-url", http_server.url, "--quiet"]) == 2
     assert "HTTP 404" in capsys.readouterr().err
     assert main(["download"]) == 2
 
