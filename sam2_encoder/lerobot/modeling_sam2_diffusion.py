@@ -1,0 +1,309 @@
+"""``SAM2DiffusionPolicy``: LeRobot's Diffusion Policy with SAM 2 as the vision backbone.
+
+Built directly (no ResNet is ever constructed): a ``MultiCameraEncoder`` (SAM 2 trunk shared by
+all cameras, one pooling head per camera, state vectors appended) turns ``n_obs_steps``
+observations into the global condition of a 1-D conditional UNet (LeRobot's
+``DiffusionConditionalUnet1d``), which denoises an action sequence with a diffusers DDPM / DDIM
+scheduler, as in LeRobot's ``diffusion`` policy.
+
+Checkpoints are self-contained: ``model.safetensors`` holds the SAM 2 weights next to the heads
+and the UNet, and :meth:`SAM2DiffusionPolicy.from_pretrained` builds the model without reading
+``sam2_checkpoint`` (no SAM 2 file, no network) and loads every weight strictly.
+"""
+
+import builtins
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from lerobot.configs import FeatureType, PreTrainedConfig
+from lerobot.policies.diffusion.modeling_diffusion import DiffusionConditionalUnet1d
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.policies.utils import populate_queues
+from lerobot.utils.constants import ACTION, OBS_STATE
+from torch import Tensor
+
+from ..camera_encoder import MultiCameraEncoder
+from .configuration_sam2_diffusion import SAM2DiffusionConfig
+
+__all__ = ["SAM2DiffusionPolicy"]
+
+T = TypeVar("T", bound="SAM2DiffusionPolicy")
+
+
+class SAM2DiffusionPolicy(PreTrainedPolicy):
+    """Diffusion Policy whose cameras are encoded by SAM 2 (LeRobot policy type ``sam2_diffusion``).
+
+    Args:
+        config: The policy configuration, with input / output features filled in (LeRobot's
+            ``make_policy`` does this from the dataset or environment).
+        load_sam2_checkpoint: Read ``config.sam2_checkpoint`` (building from scratch). ``False``
+            builds SAM 2 with seeded random weights that the caller then overwrites from a
+            saved state dict (:meth:`from_pretrained` does this).
+        **kwargs: Accepted and ignored (LeRobot's factory passes ``dataset_stats`` and
+            ``dataset_meta``; normalisation lives in the processors).
+
+    Shapes (``B`` batch, ``To`` = ``n_obs_steps``, ``A`` action size):
+        ``forward(batch)``: cameras ``(B, To, 3, H, W)`` float in [0, 1], ``observation.state``
+        ``(B, To, S)``, ``action`` ``(B, horizon, A)``, ``action_is_pad`` ``(B, horizon)`` ->
+        scalar loss. ``select_action(obs)``: cameras ``(B, 3, H, W)``, state ``(B, S)`` -> ``(B, A)``.
+    """
+
+    config_class = SAM2DiffusionConfig
+    name = "sam2_diffusion"
+
+    def __init__(self, config: SAM2DiffusionConfig, *, load_sam2_checkpoint: bool = True, **kwargs: Any) -> None:
+        super().__init__(config)
+        config.validate_features()
+        self.config = config
+        self.camera_keys = list(config.image_features)
+        self.low_dim_keys = [
+            key
+            for key, ft in (config.input_features or {}).items()
+            if (ft.type is FeatureType.STATE and key == OBS_STATE) or ft.type is FeatureType.ENV
+        ]
+        self.obs_keys = self.camera_keys + self.low_dim_keys
+        with warnings.catch_warnings():
+            if not load_sam2_checkpoint:  # random weights on purpose: model.safetensors replaces them
+                warnings.filterwarnings("ignore", message=r".*has no checkpoint.*")
+            self.encoder = MultiCameraEncoder(
+                cameras={key: tuple(config.image_features[key].shape) for key in self.camera_keys},
+                low_dim={key: tuple(config.input_features[key].shape) for key in self.low_dim_keys},
+                variant=config.sam2_variant,
+                checkpoint=config.sam2_checkpoint if load_sam2_checkpoint else None,
+                image_size=config.sam2_image_size,
+                levels=tuple(config.levels),
+                pool=config.pool,
+                num_keypoints=config.num_keypoints,
+                pool_kwargs=dict(config.pool_kwargs),
+                feature_dim=config.feature_dim,
+                share_heads=config.share_heads,
+                freeze=config.freeze,
+                finetune=config.finetune,
+                finetune_blocks=config.finetune_blocks,
+                lora_rank=config.lora_rank,
+                lora_alpha=config.lora_alpha,
+                trunk_lr_scale=config.trunk_lr_scale,
+                input_range=(0.0, 1.0),  # LeRobot's float images; VISUAL normalisation is IDENTITY
+                resize_shape=config.resize_shape,
+                crop_shape=config.crop_shape,
+                random_crop=config.crop_is_random,
+                compile=config.sam2_compile,
+                fast_attention=config.sam2_fast_attention,
+                seed=config.sam2_seed,
+                download=config.sam2_download and load_sam2_checkpoint,
+                reuse_frames=config.reuse_frames,
+            )
+        self.obs_feature_dim = self.encoder.output_shape()[0]
+        self.global_cond_dim = self.obs_feature_dim * config.n_obs_steps
+        self.unet = DiffusionConditionalUnet1d(config, global_cond_dim=self.global_cond_dim)
+        if config.compile_model:
+            self.unet = torch.compile(self.unet, mode=config.compile_mode)
+        scheduler = DDPMScheduler if config.noise_scheduler_type == "DDPM" else DDIMScheduler
+        self.noise_scheduler = scheduler(
+            num_train_timesteps=config.num_train_timesteps,
+            beta_start=config.beta_start,
+            beta_end=config.beta_end,
+            beta_schedule=config.beta_schedule,
+            clip_sample=config.clip_sample,
+            clip_sample_range=config.clip_sample_range,
+            prediction_type=config.prediction_type,
+        )
+        self.num_inference_steps = config.num_inference_steps or config.num_train_timesteps
+        self._queues: dict[str, deque] = {}
+        self.reset()
+
+    # ----------------------------------------------------------------------------------------
+    # LeRobot API
+    # ----------------------------------------------------------------------------------------
+
+    def get_optim_params(self) -> list[dict[str, Any]]:
+        """Trainable parameters only, as optimizer groups.
+
+        Returns:
+            ``[{"params": UNet + pooling heads}, {"params": trainable SAM 2 weights, "lr":
+            optimizer_lr * trunk_lr_scale}]``; the first group takes the optimizer's lr, the
+            trunk group is present only when SAM 2 is fine-tuned (``freeze=False``).
+        """
+        groups = self.encoder.param_groups(self.config.optimizer_lr, self.config.optimizer_weight_decay)
+        heads = [g for g in groups if g["name"] != "trunk"]
+        trunk = [g for g in groups if g["name"] == "trunk"]
+        main = [p for p in self.unet.parameters() if p.requires_grad]
+        main += [p for g in heads for p in g["params"]]
+        out: list[dict[str, Any]] = [{"params": main, "name": "policy"}]
+        for group in trunk:
+            out.append({"params": group["params"], "lr": group["lr"], "name": "sam2_trunk"})
+        return out
+
+    def reset(self) -> None:
+        """Clear the observation and action queues and the encoder's remembered frames (new episode)."""
+        n_obs, n_act = self.config.n_obs_steps, self.config.n_action_steps
+        self._queues = {key: deque(maxlen=n_obs) for key in self.obs_keys}
+        self._queues[ACTION] = deque(maxlen=n_act)
+        self.encoder.train(self.encoder.training)  # train() forgets remembered frames, mode unchanged
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, None]:
+        """Diffusion training loss on a batch of LeRobot samples.
+
+        Args:
+            batch: Cameras ``(B, To, 3, H, W)`` (or ``(B, 3, H, W)`` when ``To == 1``), low-dim
+                ``(B, To, S)``, ``action`` ``(B, horizon, A)`` and ``action_is_pad`` ``(B, horizon)``.
+
+        Returns:
+            ``(loss, None)``: the mean squared error of the noise (or sample) prediction.
+        """
+        for key in (ACTION, "action_is_pad"):
+            if key not in batch:
+                raise KeyError(f"sam2_diffusion.forward: batch is missing {key!r}; got keys {sorted(batch)}")
+        obs = self._stack_steps(batch)
+        actions = batch[ACTION]
+        if actions.dim() != 3 or actions.shape[1] != self.config.horizon:
+            raise ValueError(
+                f"sam2_diffusion.forward: batch['action'] has shape {tuple(actions.shape)}; expected "
+                f"(B, horizon={self.config.horizon}, {self.config.action_feature.shape[0]})"
+            )
+        cond = self._global_cond(obs)
+        noise = torch.randn(actions.shape, device=actions.device, dtype=actions.dtype)
+        steps = torch.randint(0, self.config.num_train_timesteps, (actions.shape[0],), device=actions.device).long()
+        noisy = self.noise_scheduler.add_noise(actions, noise, steps)
+        pred = self.unet(noisy, steps, global_cond=cond)
+        target = noise if self.config.prediction_type == "epsilon" else actions
+        loss = F.mse_loss(pred, target, reduction="none")
+        if self.config.do_mask_loss_for_padding:
+            valid = (~batch["action_is_pad"]).unsqueeze(-1).to(loss.dtype)
+            return (loss * valid).sum() / (valid.sum() * loss.shape[-1]).clamp_min(1), None
+        return loss.mean(), None
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
+        """The next ``n_action_steps`` actions.
+
+        Args:
+            batch: With queues filled by :meth:`select_action`: ignored beyond its keys, the queued
+                ``n_obs_steps`` observations are used. Otherwise (offline): ``(B, To, ...)`` inputs.
+            noise: Optional initial noise ``(B, horizon, A)``.
+
+        Returns:
+            ``(B, n_action_steps, A)`` normalised actions.
+        """
+        if any(len(self._queues[key]) for key in self.obs_keys):
+            obs = {key: torch.stack(list(self._queues[key]), dim=1) for key in self.obs_keys}
+        else:
+            obs = self._stack_steps(batch)
+        return self._generate(obs, noise)
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
+        """One action per control step, from a queue refilled every ``n_action_steps`` steps.
+
+        The last ``n_obs_steps`` observations are queued (the first one repeated at the start of an
+        episode). With ``reuse_frames``, the encoder only encodes frames it has not encoded in
+        the previous prediction.
+
+        Args:
+            batch: Cameras ``(B, 3, H, W)`` float in [0, 1], low-dim ``(B, S)`` (normalised by
+                the preprocessor).
+            noise: Optional initial noise for a prediction made at this step.
+
+        Returns:
+            ``(B, A)`` normalised action.
+        """
+        missing = [key for key in self.obs_keys if key not in batch]
+        if missing:
+            raise KeyError(f"sam2_diffusion.select_action: missing {missing}; got keys {sorted(batch)}")
+        self._queues = populate_queues(self._queues, {key: batch[key] for key in self.obs_keys})
+        if not self._queues[ACTION]:
+            actions = self.predict_action_chunk(batch, noise=noise)
+            self._queues[ACTION].extend(actions.transpose(0, 1))
+        return self._queues[ACTION].popleft()
+
+    @classmethod
+    def from_pretrained(
+        cls: builtins.type[T],
+        pretrained_name_or_path: str | Path,
+        *,
+        config: PreTrainedConfig | None = None,
+        force_download: bool = False,
+        resume_download: bool | None = None,
+        proxies: dict | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        strict: bool = True,
+        **kwargs: Any,
+    ) -> T:
+        """Reload a saved policy from ``model.safetensors``, strictly, without the SAM 2 checkpoint.
+
+        Same arguments as LeRobot's ``PreTrainedPolicy.from_pretrained``, except that ``strict``
+        defaults to ``True`` (every key present, none extra). SAM 2 is built with placeholder
+        weights (``sam2_checkpoint`` is not read) and filled from the saved state dict.
+        """
+        hub = {
+            "force_download": force_download,
+            "resume_download": resume_download,
+            "proxies": proxies,
+            "token": token,
+            "cache_dir": cache_dir,
+            "local_files_only": local_files_only,
+            "revision": revision,
+        }
+        if config is None:
+            config = PreTrainedConfig.from_pretrained(pretrained_name_or_path, **hub)
+        if not isinstance(config, SAM2DiffusionConfig):
+            raise TypeError(
+                f"{pretrained_name_or_path} holds a {type(config).__name__} ({config.type!r}), not sam2_diffusion"
+            )
+        kwargs["load_sam2_checkpoint"] = False
+        return super().from_pretrained(pretrained_name_or_path, config=config, strict=strict, **hub, **kwargs)
+
+    # ----------------------------------------------------------------------------------------
+    # internals
+    # ----------------------------------------------------------------------------------------
+
+    def _stack_steps(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``{key: (B, To, *shape)}`` for every observation key, checked."""
+        obs = {}
+        for key in self.obs_keys:
+            if key not in batch:
+                raise KeyError(
+                    f"sam2_diffusion: batch is missing {key!r}; expected {self.obs_keys}, got {sorted(batch)}"
+                )
+            x = batch[key]
+            ndim = len(self.config.input_features[key].shape)
+            if x.dim() == ndim + 1 and self.config.n_obs_steps == 1:
+                x = x.unsqueeze(1)
+            if x.dim() != ndim + 2 or x.shape[1] != self.config.n_obs_steps:
+                raise ValueError(
+                    f"sam2_diffusion: batch[{key!r}] has shape {tuple(x.shape)}; expected (B, n_obs_steps="
+                    f"{self.config.n_obs_steps}, {', '.join(map(str, self.config.input_features[key].shape))})"
+                )
+            obs[key] = x
+        return obs
+
+    def _global_cond(self, obs: dict[str, Tensor]) -> Tensor:
+        """``(B, To * D)``: every camera and step through SAM 2 in one pass, per-step features concatenated."""
+        return self.encoder(obs).flatten(start_dim=1)
+
+    def _generate(self, obs: dict[str, Tensor], noise: Tensor | None) -> Tensor:
+        cond = self._global_cond(obs)
+        batch_size = cond.shape[0]
+        shape = (batch_size, self.config.horizon, self.config.action_feature.shape[0])
+        if noise is None:
+            sample = torch.randn(shape, dtype=cond.dtype, device=cond.device)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"sam2_diffusion: noise has shape {tuple(noise.shape)}; expected {shape}")
+        else:
+            sample = noise.to(device=cond.device, dtype=cond.dtype)
+        self.noise_scheduler.set_timesteps(self.num_inference_steps)
+        for t in self.noise_scheduler.timesteps:
+            steps = torch.full((batch_size,), int(t), dtype=torch.long, device=cond.device)
+            out = self.unet(sample, steps, global_cond=cond)
+            sample = self.noise_scheduler.step(out, t, sample).prev_sample
+        start = self.config.n_obs_steps - 1
+        return sample[:, start : start + self.config.n_action_steps]
