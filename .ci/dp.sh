@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# CI for the Diffusion Policy integration: a venv built with exactly the pip lines of
+# integration/diffusion_policy/README.md (tests/dp_upstream/test_guide.py checks that every
+# `pip install` line below is in the guide and vice versa), then the tests that run upstream DP's
+# own train.py. DP's source: $SAM2_DP_SRC, else ../shared/third_party/diffusion_policy.
+# Nothing may be skipped here (SAM2_DP_REQUIRED=1 turns a missing piece into a failure).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+"${PYTHON:-python3.11}" -m venv .ci/venv-dp
+source .ci/venv-dp/bin/activate
+export PIP_QUIET=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# guide, step 2: torch + torchvision first (PyPI's CUDA wheels; they run on CPU)
+pip install torch==2.11.0 torchvision==0.26.0
+pip install -e ".[dp]"
+pip install "zarr==2.18.7" "numcodecs<0.16" diffusers numba dill pandas "wandb<0.25"
+# guide: real-robot dataset extras
+pip install opencv-python-headless av imagecodecs threadpoolctl
+# guide: pusht simulator extras
+pip install "pip<24.1" "setuptools==65.5.0" "wheel<0.40"
+pip install --no-build-isolation "gym==0.21.0"
+pip install pygame "pymunk==6.2.1" shapely scikit-image opencv-python-headless av
+python -m pip install pytest pyyaml  # CI only: the test runner
+echo "dp venv ready in $(( $(date +%s) - start )) s: $(du -sh .ci/venv-dp | cut -f1)"
+
+SAM2_DP_REQUIRED=1 OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider tests/dp_upstream
+echo "dp.sh done in $(( $(date +%s) - start )) s"
