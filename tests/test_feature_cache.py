@@ -307,3 +307,171 @@ def test_cached_workspace_preset_composes_and_builds(replay: Path, encoder, tmp_
     obs = {k: v[None, :2].reshape(2, *v.shape[1:]) for k, v in item["obs"].items()}
     assert obs["image"].shape == (2, 256, 2, 2)
     assert encoder_(obs).shape == (2, encoder_.output_shape()[0])
+
+
+# --------------------------------------------------------------------------------------------
+# integrity: per-chunk checksums, --verify, zarr-3 replay buffers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def whole_cache(replay: Path, encoder, tmp_path_factory) -> Path:
+    """A complete cache: 36 frames in 5 chunks of 8, levels s8 and s16, float16."""
+    out = tmp_path_factory.mktemp("whole") / "c.zarr"
+    return build_cache(replay, ["img"], encoder, out=out, levels=["s8", "s16"], progress=False, chunk_frames=8)
+
+
+def _copy(cache: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(cache, tmp_path / cache.name))
+
+
+def test_missing_and_damaged_chunks_are_named_on_first_read(whole_cache: Path, tmp_path: Path) -> None:
+    from sam2_encoder.diffusion_policy.zarr_io import chunk_path
+
+    path = _copy(whole_cache, tmp_path)
+    intact = FeatureCache(whole_cache)
+    chunk_path(path, "features/img/s16", (2, 0, 0, 0)).unlink()  # zarr alone reads zeros here
+    s8 = chunk_path(path, "features/img/s8", (3, 0, 0, 0))
+    s8.write_bytes(s8.read_bytes()[: s8.stat().st_size // 2])  # zarr alone decodes garbage here
+    one = chunk_path(path, "features/img/s16", (1, 0, 0, 0))
+    one.write_bytes(chunk_path(path, "features/img/s16", (0, 0, 0, 0)).read_bytes())  # another chunk's bytes
+    cache = FeatureCache(path)
+    torch.testing.assert_close(cache.fused("img", [0, 7, 35]), intact.fused("img", [0, 7, 35]), rtol=0, atol=0)
+    with pytest.raises(CacheError, match=r"features/img/s16 chunk 2 \(frames 16-23\): the chunk file .* is missing"):
+        cache.fused("img", [3, 17])
+    damaged = r"features/img/s8 chunk 3 \(frames 24-31\): (damaged|the chunk file .* cannot be decoded)"
+    with pytest.raises(CacheError, match=damaged):
+        cache.fused("img", [30])
+    with pytest.raises(CacheError, match=r"features/img/s16 chunk 1 \(frames 8-15\): damaged, CRC-32 .* differs"):
+        cache.fused("img", [8])
+    with pytest.raises(IndexError, match=r"frame 36 is outside feature cache .* \(36 frames\)"):
+        cache.fused("img", [36])
+
+
+def test_verify_reports_every_bad_chunk(whole_cache: Path, tmp_path: Path, capsys) -> None:
+    from sam2_encoder.cli import main
+    from sam2_encoder.diffusion_policy.feature_cache import verify_cache
+    from sam2_encoder.diffusion_policy.zarr_io import chunk_path
+
+    assert main(["cache", "--verify", str(whole_cache)]) == 0
+    assert "every chunk matches its checksum" in capsys.readouterr().out
+    path = _copy(whole_cache, tmp_path)
+    chunk_path(path, "features/img/s16", (4, 0, 0, 0)).unlink()
+    chunk_path(path, "checksums/img/s8", (0,)).unlink()
+    bad = chunk_path(path, "features/img/s8", (2, 0, 0, 0))
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    problems = verify_cache(path)
+    assert len(problems) == 3, problems
+    assert main(["cache", "--verify", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "features/img/s8 chunk 0 (frames 0-7): no checksum was recorded" in err[0]
+    assert "features/img/s8 chunk 2 (frames 16-23)" in err[1]
+    assert "features/img/s16 chunk 4 (frames 32-35): the chunk file" in err[2] and "is missing" in err[2]
+    assert err[3].endswith("3 problem(s); delete the cache and rebuild it")
+    assert main(["cache", "--verify", str(tmp_path / "none.zarr")]) == 2
+    assert "feature cache not found" in capsys.readouterr().err
+
+
+def test_metadata_damage_and_old_formats_are_refused(whole_cache: Path, tmp_path: Path) -> None:
+    import json
+
+    path = _copy(whole_cache, tmp_path)
+    meta = path / "features" / "img" / "s16" / ".zarray"
+    spec = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**spec, "dtype": "<f4"}))
+    with pytest.raises(CacheError, match="features/img/s16 is stored as float32, the cache metadata says float16"):
+        FeatureCache(path)
+    meta.write_text(json.dumps(spec))
+    attrs = json.loads((path / ".zattrs").read_text())
+    attrs["sam2_encoder"]["format"] = 1
+    (path / ".zattrs").write_text(json.dumps(attrs))
+    with pytest.raises(CacheError, match="has layout format 1; this version reads format 2 .*rebuild it"):
+        FeatureCache(path)
+    with pytest.raises(ValueError, match="is not a zarr group"):
+        FeatureCache(tmp_path)
+
+
+def test_a_chunk_damaged_between_runs_is_caught_before_the_cache_is_complete(replay: Path, encoder, tmp_path) -> None:
+    from sam2_encoder.diffusion_policy.zarr_io import chunk_path
+
+    reference = build_cache(replay, ["img"], encoder, out=tmp_path / "ref.zarr", progress=False, chunk_frames=8)
+    out = tmp_path / "c.zarr"
+    build_cache(replay, ["img"], encoder, out=out, progress=False, chunk_frames=8, stop_after_chunks=2)
+    chunk_path(out, "features/img/s16", (1, 0, 0, 0)).unlink()  # a done chunk lost before the rerun
+    with pytest.raises(CacheError, match=r"1 chunk\(s\) failed the read-back check .*chunk 1 \(frames 8-15\)"):
+        build_cache(replay, ["img"], encoder, out=out, progress=False, chunk_frames=8)
+    with pytest.raises(CacheError, match="incomplete"):
+        FeatureCache(out)
+    build_cache(replay, ["img"], encoder, out=out, progress=False, chunk_frames=8)  # re-encodes chunk 1
+    a, b = cache_arrays(reference), cache_arrays(out)
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_a_failed_first_run_leaves_nothing_behind(replay: Path, encoder, tmp_path: Path) -> None:
+    class Failing(torch.nn.Module):  # fault injection: the encoder breaks on the first chunk
+        def __init__(self, inner: SAM2ImageEncoder) -> None:
+            super().__init__()
+            self.inner = inner
+            self.variant, self.weights_id, self.image_size = inner.variant, inner.weights_id, inner.image_size
+            self.transforms = inner.transforms
+
+        def feature_shapes(self):
+            return self.inner.feature_shapes()
+
+        def forward(self, frames):
+            raise RuntimeError("out of memory (injected)")
+
+    out = tmp_path / "c.zarr"
+    with pytest.raises(RuntimeError, match="injected"):
+        build_cache(replay, ["img"], Failing(encoder), out=out, progress=False, chunk_frames=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    for bad, match in (
+        (dict(keys="img"), "keys must be a non-empty list"),
+        (dict(keys=["img"], levels=["s32"]), r"levels must be a non-empty subset .* got \['s32'\]"),
+        (dict(keys=["img"], chunk_frames=0), "chunk_frames must be a whole number >= 1, got 0"),
+        (dict(keys=["agent_pos"]), r"data/agent_pos of .* is float32 \(36, 2\); expected \(36, H, W, 3\) uint8"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            build_cache(replay, encoder=encoder, out=out, progress=False, **bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_zarr3_format_replay_buffers_are_read_or_refused_by_name(replay: Path, encoder, tmp_path: Path) -> None:
+    import zarr
+
+    from sam2_encoder.diffusion_policy.zarr_io import ZARR3
+
+    if not ZARR3:
+        pytest.skip("needs zarr 3 to write a zarr-3-format store")
+    v3 = tmp_path / "replay_v3.zarr"
+    root = zarr.open_group(str(v3), mode="w", zarr_format=3)
+    frames = np.asarray(open_group(replay)["data"]["img"][:])
+    root.create_array("data/img", shape=frames.shape, chunks=(8, *frames.shape[1:]), dtype="uint8")[:] = frames
+    root.create_array("meta/episode_ends", shape=(3,), dtype="int64")[:] = [12, 24, 36]
+    ours = build_cache(v3, ["img"], encoder, out=tmp_path / "v3.zarr", progress=False, chunk_frames=8)
+    ref = build_cache(replay, ["img"], encoder, out=tmp_path / "v2.zarr", progress=False, chunk_frames=8)
+    assert cache_arrays(ours)["img/s16"].tobytes() == cache_arrays(ref)["img/s16"].tobytes()
+    assert (ours / ".zgroup").is_file(), "the cache itself is zarr-2 format"
+    if _zarr2_path() is None:
+        return
+    check = (
+        "import sys\n"
+        "from sam2_encoder.diffusion_policy.zarr_io import ZarrFormatError, open_group\n"
+        "try:\n"
+        "    open_group(sys.argv[1])\n"
+        "except ZarrFormatError as e:\n"
+        "    print(e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(v3)],
+        check=True,
+        env={**ENV, "PYTHONPATH": _zarr2_path()},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert "is in the zarr-3 on-disk format (zarr.json), which the installed zarr 2.18" in done.stdout

@@ -4,17 +4,31 @@ With a frozen trunk every epoch re-encodes the same frames; encoding them once m
 training many times faster. Layout (zarr-2 format, readable by zarr 2.18 and zarr 3)::
 
     CACHE.zarr/
-      .zattrs                 {"sam2_encoder": {format, variant, weights, image_size, levels, dtype,
-                               keys, n_frames, chunk_frames, transforms, version, source,
-                               complete}}
-      features/<key>/<level>  (N, C, h, w) float16 (or float32), chunked by chunk_frames frames
-      progress/<key>          (n_chunks,) bool, one zarr chunk per flag
+      .zattrs                   {"sam2_encoder": {format, variant, weights, image_size, levels, dtype,
+                                 keys, n_frames, chunk_frames, transforms, version, source,
+                                 complete}}
+      features/<key>/<level>    (N, C, h, w) float16 (or float32), chunked by chunk_frames frames
+      checksums/<key>/<level>   (n_chunks,) int64: CRC-32 of each chunk's values, -1 until written
+      progress/<key>            (n_chunks,) bool, one zarr chunk per flag
 
-Writing is resumable and safe to kill at any time: each chunk of frames is encoded, written, and
-only then flagged done; a rerun with the same arguments skips flagged chunks and recomputes the
-rest with the same batch composition, so the result is byte-identical to an uninterrupted run.
-``complete`` is set last; readers refuse a cache without it. Under ``torchrun`` chunks are shared
+Writing is resumable and safe to kill at any time: each chunk of frames is encoded, written, its
+checksums recorded, and only then flagged done; a rerun with the same arguments skips flagged
+chunks and recomputes the rest with the same batch composition, so the result is byte-identical to
+an uninterrupted run. When every chunk is flagged, the whole cache is read back and checked against
+its checksums; only then is ``complete`` set (last). Under ``torchrun`` chunks are shared
 round-robin across ranks.
+
+What is verified when:
+
+* opening (:class:`FeatureCache`): the attributes exist, the format is this version's, the cache is
+  complete, and every feature array has the recorded dtype, frame count and chunking;
+* reading (:meth:`FeatureCache.fused`): the first time a chunk is read (per process), all of it is
+  decoded and its CRC-32 compared with the recorded one; a missing chunk file (which zarr would
+  silently read as zeros), a truncated or altered one, or a missing checksum raises
+  :class:`CacheError` naming the array, chunk and frames. Later reads of that chunk are not
+  re-checked;
+* :func:`verify_cache` (``sam2-encoder cache --verify CACHE``): every chunk of every array, plus
+  the progress flags, reporting each problem.
 """
 
 from __future__ import annotations
@@ -22,6 +36,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +49,7 @@ from .. import __version__
 from ..checkpoints import find_local_path
 from ..image_encoder import LEVELS, SAM2ImageEncoder
 from ..pooling import fuse_levels
-from .zarr_io import create_array, open_group, read_all
+from .zarr_io import chunk_path, create_array, open_group, read_all, store_format
 
 __all__ = [
     "CacheError",
@@ -41,13 +57,22 @@ __all__ = [
     "FeatureCache",
     "build_cache",
     "default_cache_path",
+    "verify_cache",
 ]
 
-FORMAT = 1
+FORMAT = 2
+"""Cache layout version: 2 added per-chunk checksums (format-1 caches are refused: rebuild them)."""
+
+_NO_CHECKSUM = -1
 
 
 class CacheError(RuntimeError):
-    """A feature cache is incomplete, or disagrees with the encoder or the arguments."""
+    """A feature cache is incomplete, damaged, or disagrees with the encoder or the arguments."""
+
+
+def _checksum(block: np.ndarray) -> int:
+    """CRC-32 of an array's values (C order, its stored dtype)."""
+    return zlib.crc32(np.ascontiguousarray(block).view(np.uint8).reshape(-1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,7 +81,7 @@ class CacheError(RuntimeError):
 
 
 def default_cache_path(replay: str | os.PathLike[str], variant: str, image_size: int) -> Path:
-    """``REPLAY.zarr`` -> ``REPLAY.sam2_<variant>_<size>.zarr`` beside it."""
+    """``REPLAY.zarr`` -> ``REPLAY.<variant>_<size>.features.zarr`` beside it."""
     replay = Path(replay)
     stem = replay.name.removesuffix(".zarr")
     return replay.with_name(f"{stem}.{variant}_{image_size}.features.zarr")
@@ -94,6 +119,29 @@ def _spec(
     }
 
 
+def _replay_frames(replay: str | os.PathLike[str], keys: Sequence[str]) -> tuple[Any, int]:
+    """``(data group, n_frames)`` of a replay buffer, every key checked to be (N, H, W, 3) uint8."""
+    source = open_group(replay)
+    if "data" not in source:
+        raise KeyError(f"replay buffer {replay} has no data/ group; it has {sorted(source.keys())}")
+    data = source["data"]
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise KeyError(f"replay buffer {replay} has no data/{missing[0]}; it has {sorted(data.keys())}")
+    n_frames = data[keys[0]].shape[0]
+    for key in keys:
+        array = data[key]
+        shape = tuple(array.shape)
+        if len(shape) != 4 or shape[-1] != 3 or shape[0] != n_frames or np.dtype(array.dtype) != np.uint8:
+            raise ValueError(
+                f"data/{key} of {replay} is {np.dtype(array.dtype)} {shape}; "
+                f"expected ({n_frames}, H, W, 3) uint8 frames"
+            )
+    if n_frames == 0:
+        raise ValueError(f"replay buffer {replay}: data/{keys[0]} holds no frames")
+    return data, n_frames
+
+
 def build_cache(
     replay: str | os.PathLike[str],
     keys: Sequence[str],
@@ -112,7 +160,7 @@ def build_cache(
 
     Args:
         replay: Diffusion Policy replay buffer (``data/<key>`` (N, H, W, 3) uint8,
-            ``meta/episode_ends``).
+            ``meta/episode_ends``), zarr-2 format (zarr-3 format is read with zarr 3 installed).
         keys: Image keys under ``data/`` to encode.
         encoder: The (frozen) image encoder; its device is used.
         out: Cache path (default: :func:`default_cache_path`).
@@ -131,34 +179,36 @@ def build_cache(
         The cache path.
 
     Raises:
-        CacheError: If an existing cache at ``out`` was built with other arguments.
+        CacheError: If an existing cache at ``out`` was built with other arguments, or a chunk
+            fails the final read-back check (its flag is cleared: rerun to re-encode it).
         KeyError: If a key is not in the replay buffer.
+        ValueError: For bad arguments or frames that are not (N, H, W, 3) uint8.
     """
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    if isinstance(keys, str) or not keys:
+        raise ValueError(f"keys must be a non-empty list of replay-buffer keys, got {keys!r}")
+    if isinstance(levels, str):
+        levels = [levels]
+    unknown = [lv for lv in levels if lv not in LEVELS]
     levels = [lv for lv in LEVELS if lv in levels]
-    if not levels:
-        raise ValueError(f"levels must be a non-empty subset of {LEVELS}")
+    if unknown or not levels:
+        raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {unknown or list(levels)}")
+    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int | np.integer) or chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be a whole number >= 1, got {chunk_frames!r}")
+    chunk_frames = int(chunk_frames)
     if world_size > 1 and barrier is None:
         raise ValueError("world_size > 1 needs a barrier (torch.distributed.barrier)")
     sync = barrier or (lambda: None)
     out = Path(out) if out is not None else default_cache_path(replay, encoder.variant.name, encoder.image_size[0])
-    source = open_group(replay)
-    data = source["data"]
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise KeyError(f"replay buffer {replay} has no data/{missing[0]}; it has {sorted(data.keys())}")
-    n_frames = data[keys[0]].shape[0]
-    for key in keys:
-        shape = tuple(data[key].shape)
-        if len(shape) != 4 or shape[-1] != 3 or shape[0] != n_frames:
-            raise ValueError(f"data/{key} has shape {shape}; expected ({n_frames}, H, W, 3) uint8 frames")
+    data, n_frames = _replay_frames(replay, keys)
     spec = _spec(encoder, keys, levels, dtype, n_frames, chunk_frames, source=str(Path(replay).resolve()))
     shapes = encoder.feature_shapes()
     n_chunks = math.ceil(n_frames / chunk_frames)
 
+    created = False
     if rank == 0:
-        _prepare(out, spec, keys, levels, shapes, n_chunks)
+        created = _prepare(out, spec, keys, levels, shapes, n_chunks)
     sync()
     group = open_group(out, mode="r+")
     if group.attrs["sam2_encoder"].get("complete"):
@@ -172,21 +222,34 @@ def build_cache(
     from tqdm.auto import tqdm
 
     done = 0
-    for key, i in tqdm(todo, desc=f"cache {out.name}", disable=not progress or rank != 0, unit="chunk"):
-        if stop_after_chunks is not None and done >= stop_after_chunks:
-            return out
-        start, stop = i * chunk_frames, min((i + 1) * chunk_frames, n_frames)
-        frames = torch.from_numpy(np.asarray(data[key][start:stop]))
-        with torch.inference_mode():
-            pyramid = encoder(frames)
-        for level in levels:
-            group["features"][key][level][start:stop] = pyramid[level].float().cpu().numpy().astype(dtype)
-        group["progress"][key][i] = True  # only after the data is written
-        done += 1
+    try:
+        for key, i in tqdm(todo, desc=f"cache {out.name}", disable=not progress or rank != 0, unit="chunk"):
+            if stop_after_chunks is not None and done >= stop_after_chunks:
+                return out
+            start, stop = i * chunk_frames, min((i + 1) * chunk_frames, n_frames)
+            frames = torch.from_numpy(np.asarray(data[key][start:stop]))
+            with torch.inference_mode():
+                pyramid = encoder(frames)
+            for level in levels:
+                block = pyramid[level].float().cpu().numpy().astype(dtype)
+                group["features"][key][level][start:stop] = block
+                group["checksums"][key][level][i] = _checksum(block)
+            group["progress"][key][i] = True  # only after the data and its checksums are written
+            done += 1
+    except Exception:
+        if created and done == 0 and world_size == 1:  # nothing of this run worth keeping
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     sync()
     if rank == 0:
         flags = [read_all(group["progress"][key]) for key in keys]
         if all(f.all() for f in flags):
+            problems = _verify_chunks(out, group, spec, clear_bad=True)
+            if problems:
+                raise CacheError(
+                    f"feature cache {out}: {len(problems)} chunk(s) failed the read-back check and were unflagged "
+                    f"(rerun the same command to re-encode them): " + "; ".join(problems[:5])
+                )
             attrs = dict(group.attrs["sam2_encoder"])
             attrs["complete"] = True  # written last: readers only trust complete caches
             group.attrs["sam2_encoder"] = attrs
@@ -194,7 +257,8 @@ def build_cache(
     return out
 
 
-def _prepare(out: Path, spec: dict, keys, levels, shapes, n_chunks: int) -> None:
+def _prepare(out: Path, spec: dict, keys, levels, shapes, n_chunks: int) -> bool:
+    """Check an existing cache's settings, or create an empty one atomically; ``True`` if created."""
     if out.exists():
         group = open_group(out, mode="r+")
         existing = dict(group.attrs.get("sam2_encoder", {}))
@@ -206,19 +270,141 @@ def _prepare(out: Path, spec: dict, keys, levels, shapes, n_chunks: int) -> None
                 + ", ".join(f"{k}: {old!r} there vs {new!r} now" for k, (old, new) in diff.items())
                 + "; delete it or pass another --out"
             )
-        return
+        return False
     tmp = out.with_name(out.name + ".tmp")
-    group = open_group(tmp, mode="w")
-    group.attrs["sam2_encoder"] = {**spec, "complete": False}
-    chunk = spec["chunk_frames"]
-    for key in keys:
-        for level in levels:
-            c, h, w = shapes[level]
-            create_array(
-                group, f"features/{key}/{level}", (spec["n_frames"], c, h, w), (chunk, c, h, w), spec["dtype"], 0
-            )
-        create_array(group, f"progress/{key}", (n_chunks,), (1,), "bool", False)
-    os.replace(tmp, out)  # the cache appears whole, with every array declared
+    shutil.rmtree(tmp, ignore_errors=True)  # a previous run killed while creating it
+    try:
+        group = open_group(tmp, mode="w")
+        group.attrs["sam2_encoder"] = {**spec, "complete": False}
+        chunk = spec["chunk_frames"]
+        for key in keys:
+            for level in levels:
+                c, h, w = shapes[level]
+                create_array(
+                    group, f"features/{key}/{level}", (spec["n_frames"], c, h, w), (chunk, c, h, w), spec["dtype"], 0
+                )
+                create_array(group, f"checksums/{key}/{level}", (n_chunks,), (1,), "int64", _NO_CHECKSUM)
+            create_array(group, f"progress/{key}", (n_chunks,), (1,), "bool", False)
+        os.replace(tmp, out)  # the cache appears whole, with every array declared
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# checking
+# --------------------------------------------------------------------------------------------
+
+
+def _chunk_problem(root: Path, group: Any, spec: Mapping[str, Any], key: str, level: str, i: int) -> str | None:
+    """What is wrong with chunk ``i`` of ``features/<key>/<level>``, or ``None`` when it checks out."""
+    name = f"features/{key}/{level}"
+    chunk = int(spec["chunk_frames"])
+    start, stop = i * chunk, min((i + 1) * chunk, int(spec["n_frames"]))
+    where = f"{name} chunk {i} (frames {start}-{stop - 1})"
+    try:
+        expected = int(group["checksums"][key][level][i])
+    except Exception as e:  # noqa: BLE001 - any failure to read the checksum is reported
+        return f"{where}: its checksum cannot be read ({type(e).__name__}: {e})"
+    array = group["features"][key][level]
+    file = chunk_path(root, name, (i, 0, 0, 0))
+    if not file.exists():
+        return f"{where}: the chunk file {file} is missing"
+    if expected == _NO_CHECKSUM:
+        return f"{where}: no checksum was recorded for it (checksums/{key}/{level}[{i}] is missing)"
+    try:
+        block = np.asarray(array[start:stop])
+    except Exception as e:  # noqa: BLE001 - a chunk that cannot be decoded is damaged
+        return f"{where}: the chunk file {file} cannot be decoded ({type(e).__name__}: {e})"
+    actual = _checksum(block)
+    if actual != expected:
+        return f"{where}: damaged, CRC-32 {actual:08x} of its values differs from the recorded {expected:08x} ({file})"
+    return None
+
+
+def _check_arrays(root: Path, group: Any, spec: Mapping[str, Any]) -> list[str]:
+    """Every feature array present, with the recorded dtype, frame count and chunking."""
+    problems = []
+    for key in spec["keys"]:
+        for level in spec["levels"]:
+            name = f"features/{key}/{level}"
+            try:
+                array = group["features"][key][level]
+                group["checksums"][key][level]
+            except Exception as e:  # noqa: BLE001 - missing or unreadable metadata
+                problems.append(f"{name} or checksums/{key}/{level} cannot be opened ({type(e).__name__}: {e})")
+                continue
+            if np.dtype(array.dtype) != np.dtype(spec["dtype"]):
+                problems.append(f"{name} is stored as {np.dtype(array.dtype)}, the cache metadata says {spec['dtype']}")
+            if array.shape[0] != spec["n_frames"] or array.chunks[0] != spec["chunk_frames"]:
+                problems.append(
+                    f"{name} has {array.shape[0]} frames in chunks of {array.chunks[0]}, the cache metadata says "
+                    f"{spec['n_frames']} in chunks of {spec['chunk_frames']}"
+                )
+    return problems
+
+
+def _verify_chunks(root: Path, group: Any, spec: Mapping[str, Any], clear_bad: bool = False) -> list[str]:
+    problems = _check_arrays(root, group, spec)
+    if problems:
+        return problems
+    n_chunks = math.ceil(int(spec["n_frames"]) / int(spec["chunk_frames"]))
+    for key in spec["keys"]:
+        for i in range(n_chunks):
+            bad = [p for level in spec["levels"] if (p := _chunk_problem(root, group, spec, key, level, i))]
+            problems += bad
+            if bad and clear_bad:
+                group["progress"][key][i] = False
+    return problems
+
+
+def _open_spec(path: Path) -> tuple[Any, dict[str, Any]]:
+    if not path.exists():
+        raise FileNotFoundError(f"feature cache not found: {path}; build it with `sam2-encoder cache`")
+    group = open_group(path)
+    spec = group.attrs.get("sam2_encoder")
+    if spec is None:
+        raise CacheError(f"{path} is not a sam2_encoder feature cache (no 'sam2_encoder' attributes)")
+    if spec.get("format") != FORMAT:
+        raise CacheError(
+            f"feature cache {path} has layout format {spec.get('format')!r}; this version reads format {FORMAT} "
+            "(with per-chunk checksums): delete it and rebuild it with `sam2-encoder cache`"
+        )
+    return group, dict(spec)
+
+
+def verify_cache(path: str | os.PathLike[str]) -> list[str]:
+    """Check a whole feature cache: attributes, completeness, progress flags, every chunk's checksum.
+
+    Args:
+        path: The cache folder.
+
+    Returns:
+        One line per problem found (empty when the cache is whole).
+
+    Raises:
+        FileNotFoundError: If there is no such folder.
+        CacheError: If it is not a sam2_encoder cache of this format.
+    """
+    root = Path(path)
+    group, spec = _open_spec(root)
+    if store_format(root) != 2:
+        return [f"{root} is not in the zarr-2 format this package writes"]
+    problems = []
+    if not spec.get("complete"):
+        problems.append(f"{root} is incomplete (an interrupted run?): rerun the same `sam2-encoder cache` command")
+    n_chunks = math.ceil(int(spec["n_frames"]) / int(spec["chunk_frames"]))
+    for key in spec["keys"]:
+        try:
+            flags = read_all(group["progress"][key])
+        except Exception as e:  # noqa: BLE001 - report and go on
+            problems.append(f"progress/{key} cannot be read ({type(e).__name__}: {e})")
+            continue
+        undone = [i for i in range(n_chunks) if i >= len(flags) or not flags[i]]
+        if undone and spec.get("complete"):
+            problems.append(f"progress/{key}: chunks {undone[:10]} are not flagged done in a complete cache")
+    return problems + _verify_chunks(root, group, spec)
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,31 +413,32 @@ def _prepare(out: Path, spec: dict, keys, levels, shapes, n_chunks: int) -> None
 
 
 class FeatureCache:
-    """Read access to a complete feature cache.
+    """Read access to a complete feature cache, checking each chunk the first time it is read.
 
     Args:
         path: The cache folder.
 
     Raises:
-        CacheError: If the folder is not a sam2_encoder cache or is incomplete.
+        FileNotFoundError: If there is no such folder.
+        CacheError: If the folder is not a sam2_encoder cache of this format, is incomplete, or a
+            feature array's dtype, frame count or chunking disagrees with the metadata.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = find_local_path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"feature cache not found: {self.path}; build it with `sam2-encoder cache`")
-        group = open_group(self.path)
-        spec = group.attrs.get("sam2_encoder")
-        if spec is None:
-            raise CacheError(f"{self.path} is not a sam2_encoder feature cache (no 'sam2_encoder' attributes)")
+        group, spec = _open_spec(self.path)
         if not spec.get("complete"):
             raise CacheError(
                 f"feature cache {self.path} is incomplete (an interrupted run?); "
                 "rerun the same `sam2-encoder cache` command to finish it"
             )
-        self.spec: dict[str, Any] = dict(spec)
+        problems = _check_arrays(self.path, group, spec)
+        if problems:
+            raise CacheError(f"feature cache {self.path} is damaged: " + "; ".join(problems))
+        self.spec: dict[str, Any] = spec
         self._group = group
         self._arrays: dict[tuple[str, str], Any] = {}
+        self._verified: set[tuple[str, str, int]] = set()
 
     @property
     def keys(self) -> list[str]:
@@ -267,31 +454,65 @@ class FeatureCache:
         return int(self.spec["n_frames"])
 
     def array(self, key: str, level: str):
-        """The zarr array ``features/<key>/<level>``, shape ``(N, C, h, w)``."""
+        """The zarr array ``features/<key>/<level>``, shape ``(N, C, h, w)`` (not checked: see :meth:`fused`)."""
         if key not in self.keys or level not in self.levels:
             raise KeyError(f"cache has keys {self.keys} and levels {self.levels}; asked for {key!r} / {level!r}")
         if (key, level) not in self._arrays:
             self._arrays[(key, level)] = self._group["features"][key][level]
         return self._arrays[(key, level)]
 
+    def check_chunks(self, key: str, level: str, chunks: Sequence[int]) -> None:
+        """Verify chunks not yet verified by this object against their recorded CRC-32.
+
+        Raises:
+            CacheError: Naming the array, chunk, frames and what is wrong (missing file, no
+                checksum, undecodable, or changed values).
+        """
+        for i in chunks:
+            if (key, level, int(i)) in self._verified:
+                continue
+            problem = _chunk_problem(self.path, self._group, self.spec, key, level, int(i))
+            if problem is not None:
+                raise CacheError(
+                    f"feature cache {self.path}: {problem}; check it with `sam2-encoder cache --verify {self.path}` "
+                    "and rebuild it"
+                )
+            self._verified.add((key, level, int(i)))
+
     def fused(self, key: str, frames: np.ndarray | Sequence[int], levels: Sequence[str] | None = None) -> torch.Tensor:
         """Features of some frames, levels fused like ``SAM2ObsEncoder`` does.
 
+        Each chunk is verified against its checksum the first time it is read (:meth:`check_chunks`).
+
         Args:
             key: Replay-buffer key.
-            frames: Frame indices (any order, repeats allowed).
+            frames: Frame indices in ``[0, len(self))`` (any order, repeats allowed).
             levels: Levels to fuse (default: all stored).
 
         Returns:
             ``(len(frames), C, h, w)`` float32.
+
+        Raises:
+            IndexError: For a frame index outside the cache.
+            CacheError: For a missing or damaged chunk.
         """
-        frames = np.asarray(frames, dtype=np.int64)
+        frames = np.asarray(frames)
+        if frames.ndim != 1 or not (np.issubdtype(frames.dtype, np.integer) or frames.size == 0):
+            raise TypeError(
+                f"frames must be a 1-D sequence of integer frame indices, got {frames.dtype} {frames.shape}"
+            )
+        frames = frames.astype(np.int64)
+        if frames.size and (frames.min() < 0 or frames.max() >= len(self)):
+            bad = int(frames.min()) if frames.min() < 0 else int(frames.max())
+            raise IndexError(f"frame {bad} is outside feature cache {self.path} ({len(self)} frames)")
         unique, inverse = np.unique(frames, return_inverse=True)
+        chunks = np.unique(unique // int(self.spec["chunk_frames"]))
         maps = []
         for level in levels or self.levels:
             array = self.array(key, level)
+            self.check_chunks(key, level, chunks)
             block = np.asarray(array.get_orthogonal_selection((unique,)))
-            maps.append(torch.from_numpy(block.astype(np.float32))[torch.from_numpy(inverse)])
+            maps.append(torch.from_numpy(block.astype(np.float32))[torch.from_numpy(inverse.reshape(-1))])
         return fuse_levels(maps)
 
     def check_compatible(self, encoder: SAM2ImageEncoder, levels: Sequence[str]) -> None:
