@@ -107,3 +107,280 @@ def test_console_script_is_installed() -> None:
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "encode" in out and "download" in out
     assert variants.get_variant("sam2.1_hiera_tiny")
+
+
+# --------------------------------------------------------------------------------------------
+# user errors: one `error: ...` line naming the option / file / value, exit status 2, nothing left
+# --------------------------------------------------------------------------------------------
+
+
+def _png(path: Path, seed: int = 0, size: tuple[int, int] = (48, 64)) -> Path:
+    from PIL import Image
+
+    Image.fromarray(synthetic_scene(*size, seed=seed)).save(path)
+    return path
+
+
+def _truncated_png(path: Path) -> Path:
+    data = _png(path).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _frames(folder: Path, n: int = 3, bad: int | None = None) -> Path:
+    folder.mkdir()
+    for i in range(n):
+        (_truncated_png if i == bad else _png)(folder / f"{i}.png")
+    return folder
+
+
+def _replay(path: Path) -> Path:
+    from sam2_encoder.diffusion_policy.synthetic import write_replay_buffer
+
+    return write_replay_buffer(path, episodes=1, steps=4, size=32)
+
+
+SMALL = ["--image-size", "64"]
+USER_ERRORS = [
+    # (id, argv builder(tmp_path), message fragment)
+    (
+        "encode batch 0",
+        lambda t: ["encode", "--batch-size", "0"],
+        "argument --batch-size: expected a whole number >= 1, got 0",
+    ),
+    (
+        "encode threads -1",
+        lambda t: ["encode", "--threads", "-1"],
+        "argument --threads: expected a whole number >= 0, got -1",
+    ),
+    (
+        "encode repeat 0",
+        lambda t: ["encode", "--repeat", "0"],
+        "argument --repeat: expected a whole number >= 1, got 0",
+    ),
+    (
+        "encode repeat text",
+        lambda t: ["encode", "--repeat", "two"],
+        "argument --repeat: expected a whole number >= 1, got 'two'",
+    ),
+    (
+        "encode image size 100",
+        lambda t: ["encode", "--image-size", "100"],
+        "expected a positive multiple of 32, got 100 (nearest valid: 96)",
+    ),
+    (
+        "encode image size 0",
+        lambda t: ["encode", "--image-size", "0"],
+        "argument --image-size: expected a positive multiple of 32, got 0",
+    ),
+    ("encode truncated png", lambda t: ["encode", str(_truncated_png(t / "cut.png")), *SMALL], "cut.png: "),
+    ("encode missing file", lambda t: ["encode", str(t / "nope.png"), *SMALL], "nope.png: no such file"),
+    (
+        "encode float npy",
+        lambda t: ["encode", str(_npy(t / "f.npy", np.zeros((8, 8, 3), np.float32))), *SMALL],
+        "f.npy: expected uint8 pixels, got float32",
+    ),
+    (
+        "encode 2-channel npy",
+        lambda t: ["encode", str(_npy(t / "c.npy", np.zeros((8, 8, 2), np.uint8))), *SMALL],
+        "c.npy: expected an (H, W, 3) frame, got shape (8, 8, 2)",
+    ),
+    ("encode out folder missing", lambda t: ["encode", "--out", str(t / "no" / "f.safetensors"), *SMALL], "the folder"),
+    (
+        "encode out not safetensors",
+        lambda t: ["encode", "--out", str(t / "f.pt"), *SMALL],
+        "f.pt: expected a .safetensors file name",
+    ),
+    (
+        "encode unknown variant",
+        lambda t: ["encode", "--variant", "sam9_hiera_huge", *SMALL],
+        "--variant 'sam9_hiera_huge': unknown SAM 2 variant",
+    ),
+    ("encode device typo", lambda t: ["encode", "--device", "gpu0", *SMALL], "--device 'gpu0' is not a torch device"),
+    (
+        "encode missing checkpoint",
+        lambda t: ["encode", "--checkpoint", str(t / "w.pt"), *SMALL],
+        "checkpoint not found: ",
+    ),
+    ("encode bad dtype", lambda t: ["encode", "--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+    ("track no prompt", lambda t: ["track", str(_frames(t / "f")), *SMALL], "give at least one --point X,Y"),
+    (
+        "track empty folder",
+        lambda t: ["track", str(_mkdir(t / "empty")), "--point", "1,1", *SMALL],
+        "empty holds no frames",
+    ),
+    ("track missing input", lambda t: ["track", str(t / "none"), "--point", "1,1", *SMALL], "input not found: "),
+    (
+        "track max frames -1",
+        lambda t: ["track", "x", "--point", "1,1", "--max-frames", "-1"],
+        "argument --max-frames: expected a whole number >= 0, got -1",
+    ),
+    (
+        "track point outside",
+        lambda t: ["track", str(_frames(t / "f")), "--point", "70,5", *SMALL],
+        "--point 70,5: frame 0: point (70, 5) lies outside the 64x48 (W x H) frame of",
+    ),
+    (
+        "track negative outside",
+        lambda t: ["track", str(_frames(t / "f")), "--point", "3,3", "--negative=-1,5", *SMALL],
+        "--negative -1,5: frame 0: point (-1, 5) lies outside",
+    ),
+    (
+        "track point nan",
+        lambda t: ["track", "x", "--point", "nan,1"],
+        "a point (X,Y) must be 2 comma-separated finite numbers, got 'nan,1'",
+    ),
+    ("track point 3 numbers", lambda t: ["track", "x", "--point", "1,2,3"], "got '1,2,3'"),
+    (
+        "track box inverted",
+        lambda t: ["track", str(_frames(t / "f")), "--box", "10,10,5,5", *SMALL],
+        "--box 10,10,5,5 must have X1 > X0 and Y1 > Y0",
+    ),
+    (
+        "track box outside",
+        lambda t: ["track", str(_frames(t / "f")), "--box", "0,0,65,10", *SMALL],
+        "--box 0,0,65,10: frame 0: the box reaches outside the 64x48",
+    ),
+    (
+        "track out not ours",
+        lambda t: [
+            "track",
+            str(_frames(t / "f")),
+            "--point",
+            "3,3",
+            "--out",
+            str(_mkdir(t / "mine", "notes.txt")),
+            *SMALL,
+        ],
+        "exists and is not the output of an earlier",
+    ),
+    (
+        "track truncated frame",
+        lambda t: ["track", str(_frames(t / "f", bad=1)), "--point", "3,3", "--out", str(t / "o"), *SMALL],
+        "1.png: ",
+    ),
+    (
+        "track empty npy stack",
+        lambda t: ["track", str(_npy(t / "s.npy", np.zeros((0, 8, 8, 3), np.uint8))), "--point", "1,1"],
+        "s.npy holds no frames",
+    ),
+    ("cache nothing given", lambda t: ["cache"], "give the replay buffer to encode"),
+    ("cache no keys", lambda t: ["cache", str(t / "r.zarr")], "name the image keys of"),
+    ("cache replay missing", lambda t: ["cache", str(t / "r.zarr"), "--keys", "img"], "replay buffer not found: "),
+    (
+        "cache replay not zarr",
+        lambda t: ["cache", str(_mkdir(t / "r.zarr")), "--keys", "img", *SMALL],
+        "r.zarr is not a zarr group",
+    ),
+    (
+        "cache unknown key",
+        lambda t: ["cache", str(_replay(t / "r.zarr")), "--keys", "cam", "--out", str(t / "c.zarr"), *SMALL, "--quiet"],
+        "has no data/cam; it has ['action', 'agent_pos', 'img']",
+    ),
+    (
+        "cache low-dim key",
+        lambda t: [
+            "cache",
+            str(_replay(t / "r.zarr")),
+            "--keys",
+            "agent_pos",
+            "--out",
+            str(t / "c.zarr"),
+            *SMALL,
+            "--quiet",
+        ],
+        "data/agent_pos of",
+    ),
+    (
+        "cache batch 0",
+        lambda t: ["cache", "r.zarr", "--keys", "img", "--batch-size", "0"],
+        "argument --batch-size: expected a whole number >= 1, got 0",
+    ),
+    (
+        "cache verify and build",
+        lambda t: ["cache", "r.zarr", "--verify", "c.zarr"],
+        "--verify CACHE checks an existing cache",
+    ),
+    ("cache verify missing", lambda t: ["cache", "--verify", str(t / "c.zarr")], "feature cache not found: "),
+    ("download nothing", lambda t: ["download"], "name at least one variant, or --all"),
+    (
+        "download unknown",
+        lambda t: ["download", "sam2.1_hiera_tiny", "sam9", "--dir", str(t / "d")],
+        "unknown SAM 2 variant 'sam9'",
+    ),
+    ("download dir is a file", lambda t: ["download", "sam2.1_hiera_tiny", "--dir", str(_touch(t / "f"))], "--dir"),
+    ("unknown command", lambda t: ["decode"], "argument command: invalid choice: 'decode'"),
+]
+
+
+def _npy(path: Path, array: np.ndarray) -> Path:
+    np.save(path, array)
+    return path
+
+
+def _mkdir(path: Path, *files: str) -> Path:
+    path.mkdir()
+    for name in files:
+        (path / name).write_text("mine")
+    return path
+
+
+def _touch(path: Path) -> Path:
+    path.write_text("")
+    return path
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("case", USER_ERRORS, ids=[c[0] for c in USER_ERRORS])
+def test_user_errors_are_one_line_exit_2_and_leave_nothing(case, tmp_path: Path, capsys, monkeypatch) -> None:
+    _, build, fragment = case
+    monkeypatch.chdir(tmp_path)
+    argv = build(tmp_path)
+    before = _tree(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
+    assert errors[0].startswith("error: ") and fragment in errors[0], errors[0]
+    assert _tree(tmp_path) == before, "a failed run left files behind"
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from sam2_encoder.cli.common import CLIError
+
+    with pytest.raises(CLIError, match="no such file"):
+        main(["--debug", "encode", str(tmp_path / "nope.png")])
+    assert main(["--help"]) == 0
+
+
+def test_cache_without_zarr_says_how_to_install_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    for name in [m for m in sys.modules if m == "zarr" or m.startswith("sam2_encoder.diffusion_policy.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "zarr", None)  # what `import zarr` does when it is not installed
+    _mkdir(tmp_path / "r.zarr")
+    assert main(["cache", str(tmp_path / "r.zarr"), "--keys", "img"]) == 2
+    assert "the cache command needs zarr: pip install 'sam2-encoder[dp]'" in capsys.readouterr().err
+    assert main(["cache", "--verify", str(tmp_path / "c.zarr")]) == 2
+    assert "pip install 'sam2-encoder[dp]'" in capsys.readouterr().err
+
+
+def test_track_writes_only_when_done_and_replaces_its_own_output(tmp_path: Path, capsys) -> None:
+    frames = _frames(tmp_path / "f")
+    out = tmp_path / "o"
+    args = ["track", str(frames), "--point", "20,20", "--out", str(out), *SMALL, "--quiet"]
+    assert main(args) == 0
+    assert _tree(out) == [
+        "masks",
+        *[f"masks/00000{i}.png" for i in range(3)],
+        "overlay",
+        *[f"overlay/00000{i}.png" for i in range(3)],
+        "track.json",
+    ]
+    assert main([*args, "--no-overlay", "--max-frames", "2"]) == 0  # an earlier output is replaced whole
+    assert _tree(out) == ["masks", "masks/000000.png", "masks/000001.png", "track.json"]
+    assert json.loads((out / "track.json").read_text())["frames"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "o"]

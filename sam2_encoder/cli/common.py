@@ -11,7 +11,7 @@ import sys
 import warnings
 from typing import Any
 
-__all__ = ["CLIError", "add_model_args", "build_model", "positive_int", "non_negative_int"]
+__all__ = ["CLIError", "add_model_args", "build_model", "image_side", "non_negative_int", "positive_int"]
 
 
 class CLIError(Exception):
@@ -40,16 +40,32 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def image_side(text: str) -> int:
+    """Argparse type: an encoder input side, a positive multiple of 32 (Hiera's window tiling)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of 32, got {text!r}") from None
+    if value < 32 or value % 32:
+        nearest = max(32, 32 * round(value / 32))
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of 32, got {value} (nearest valid: {nearest})")
+    return value
+
+
 def add_model_args(p: argparse.ArgumentParser, image_size: int, model_dtype: bool = True) -> None:
-    """``--variant``, ``--checkpoint``, ``--image-size``, ``--device`` (and ``--dtype``)."""
+    """``--variant``, ``--checkpoint``, ``--image-size``, ``--device`` (and ``--dtype``).
+
+    ``--variant`` and ``--device`` are checked by :func:`build_model` (checking them here would
+    import transformers and torch for ``--help``).
+    """
     p.add_argument("--variant", default="sam2.1_hiera_tiny", help="released model name (default: %(default)s)")
     p.add_argument(
         "--checkpoint",
         default=None,
         help="Meta .pt / safetensors / HF folder / URL / variant name / hub id; omitted: seeded random weights",
     )
-    p.add_argument("--image-size", type=positive_int, default=image_size, help="encoder input side, multiple of 32")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--image-size", type=image_side, default=image_size, help="encoder input side, multiple of 32")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     if model_dtype:
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
@@ -60,9 +76,42 @@ def build_model(cls: type, args: argparse.Namespace, what: str, announce: bool =
     Without ``--checkpoint`` the model has seeded random weights: say so once on stderr (when
     ``announce``) instead of the library's warning.
     """
+    check_model_args(args)
     with warnings.catch_warnings():
         if args.checkpoint is None:
             warnings.simplefilter("ignore")
             if announce:
                 print(f"no --checkpoint: seeded random weights ({what} are not meaningful)", file=sys.stderr)
         return cls(args.variant, checkpoint=args.checkpoint, image_size=args.image_size, **kwargs)
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """``--variant`` is a released model and ``--device`` exists here.
+
+    Raises:
+        CLIError: Naming the option and the value, with the choices.
+    """
+    import torch
+
+    from ..variants import get_variant
+
+    try:
+        get_variant(args.variant)
+    except ValueError as e:
+        raise CLIError(f"--variant {args.variant!r}: {e}") from None
+    device = getattr(args, "device", None)
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise CLIError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {device}: no CUDA device is visible to torch {torch.__version__}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {device}: MPS is not available here")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise CLIError(f"--device {device}: only cpu, cuda and mps are supported")

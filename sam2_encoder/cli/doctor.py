@@ -69,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
             or f"none in {', '.join(map(str, folders))} (sam2-encoder download VARIANT)"
         )
     )
-    visible = hydra_plugin_visible()
+    try:
+        visible = hydra_plugin_visible()
+    except Exception as e:  # noqa: BLE001 - a broken plugin anywhere in the environment: report it
+        print(f"hydra plugin  NOT visible: plugin discovery failed ({type(e).__name__}: {e})")
+        return 1
     if visible is None:
         print("hydra plugin  Hydra not installed (pip install 'sam2-encoder[dp]' for Diffusion Policy)")
         return 0

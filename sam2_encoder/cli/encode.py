@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_args, build_model, non_negative_int, positive_int
+from .common import CLIError, add_model_args, build_model, non_negative_int, positive_int
 
 __all__ = ["register", "run"]
 
@@ -28,6 +29,18 @@ def register(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _check_out(text: str) -> Path:
+    """``--out``: a ``.safetensors`` file name in an existing folder (checked before encoding)."""
+    out = Path(text)
+    if out.suffix != ".safetensors":
+        raise CLIError(f"--out {out}: expected a .safetensors file name")
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a folder; give a .safetensors file name")
+    if not out.parent.is_dir():
+        raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``sam2-encoder encode`` with parsed arguments; returns the exit status."""
     import numpy as np
@@ -38,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..scene import synthetic_scene
     from .frames import read_image
 
+    out = _check_out(args.out) if args.out else None
     if args.threads:
         torch.set_num_threads(args.threads)
     images = [read_image(Path(p)) for p in args.images] or [synthetic_scene()]
@@ -73,11 +87,10 @@ def run(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
     }
-    if args.out:
+    if out is not None:
         from safetensors.torch import save_file
 
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         try:
             save_file({k: v.float().contiguous().cpu() for k, v in pyramid.as_dict().items()}, str(tmp))
             tmp.replace(out)

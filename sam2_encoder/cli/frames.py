@@ -64,13 +64,24 @@ def _video_frames(path: Path) -> tuple[Iterator[np.ndarray], int | None]:
     except ImportError:
         av = None
     if av is not None:
-        container = av.open(str(path))
+        try:
+            container = av.open(str(path))
+        except Exception as e:  # noqa: BLE001 - PyAV raises its own types for unreadable files
+            raise CLIError(f"cannot read the video {path}: {e}") from e
+        if not container.streams.video:
+            container.close()
+            raise CLIError(f"{path} has no video stream")
         stream = container.streams.video[0]
 
         def decode() -> Iterator[np.ndarray]:
+            index = 0
             with container:
-                for frame in container.decode(stream):
-                    yield frame.to_ndarray(format="rgb24")
+                try:
+                    for frame in container.decode(stream):
+                        yield frame.to_ndarray(format="rgb24")
+                        index += 1
+                except Exception as e:  # noqa: BLE001 - a damaged stream, named with the frame
+                    raise CLIError(f"{path}: cannot decode frame {index}: {e}") from e
 
         return decode(), (stream.frames or None)
     try:
@@ -80,7 +91,19 @@ def _video_frames(path: Path) -> tuple[Iterator[np.ndarray], int | None]:
             f"reading the video {path} needs PyAV or imageio: pip install 'sam2-encoder[video]' (or pip install av); "
             "or pass a folder of frames"
         ) from e
-    return (_as_rgb(np.asarray(f), str(path)) for f in iio.imiter(path)), None
+
+    def imiter() -> Iterator[np.ndarray]:
+        index = 0
+        try:
+            for f in iio.imiter(path):
+                yield _as_rgb(np.asarray(f), str(path))
+                index += 1
+        except CLIError:
+            raise
+        except Exception as e:  # noqa: BLE001 - imageio raises many types for unreadable files
+            raise CLIError(f"{path}: cannot decode frame {index}: {e}") from e
+
+    return imiter(), None
 
 
 def iter_frames(source: str | Path) -> tuple[Iterator[np.ndarray], int | None]:
@@ -107,8 +130,13 @@ def iter_frames(source: str | Path) -> tuple[Iterator[np.ndarray], int | None]:
         if not files:
             raise CLIError(f"{path} holds no frames ({', '.join(IMAGE_SUFFIXES)} or .npy)")
         return (read_image(p) for p in files), len(files)
-    if path.suffix == ".npy":
-        stack = np.load(path, mmap_mode="r")
+    if path.suffix.lower() == ".npy":
+        try:
+            stack = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise CLIError(f"cannot read {path}: {e}") from e
+        if stack.ndim == 3:  # one (H, W, 3) frame
+            return iter([_as_rgb(np.asarray(stack), str(path))]), 1
         if stack.ndim != 4:
             raise CLIError(f"{path}: expected a (T, H, W, 3) frame stack, got shape {stack.shape}")
         return (_as_rgb(np.asarray(f), str(path)) for f in stack), len(stack)

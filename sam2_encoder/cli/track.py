@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import re
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +35,8 @@ def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
         values = tuple(float(p) for p in parts)
     except ValueError:
         values = ()
-    if len(values) != count:
-        raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, got {text!r}")
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated finite numbers, got {text!r}")
     return values
 
 
@@ -114,14 +118,45 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
+def _check_prompts(args: argparse.Namespace, frame: np.ndarray) -> None:
+    """Every ``--point`` / ``--negative`` / ``--box`` inside the first frame, the box not empty."""
+    height, width = frame.shape[:2]
+    where = f"the {width}x{height} (W x H) frame of {args.input}"
+    for option, points in (("--point", args.point), ("--negative", args.negative)):
+        for x, y in points:
+            if not (0 <= x <= width and 0 <= y <= height):
+                raise CLIError(f"{option} {x:g},{y:g}: frame 0: point ({x:g}, {y:g}) lies outside {where}")
+    if args.box is not None:
+        x0, y0, x1, y1 = args.box
+        given = f"--box {x0:g},{y0:g},{x1:g},{y1:g}"
+        if not (x1 > x0 and y1 > y0):
+            raise CLIError(f"{given} must have X1 > X0 and Y1 > Y0")
+        if not (0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height):
+            raise CLIError(f"{given}: frame 0: the box reaches outside {where}")
+
+
+def _check_out(out: Path) -> None:
+    """An output folder we may (re)place: absent, empty, or an earlier ``track`` output."""
+    if out.is_file():
+        raise CLIError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "track.json").is_file():
+        raise CLIError(f"--out {out} exists and is not the output of an earlier `sam2-encoder track`; choose another")
+    if not out.parent.is_dir():
+        raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``sam2-encoder track`` with parsed arguments.
+
+    Everything is written into a temporary folder beside ``--out`` that replaces it only when
+    every frame was tracked; a failed run leaves nothing behind.
 
     Returns:
         The exit status (0 on success).
 
     Raises:
-        CLIError: For a missing prompt, an unreadable input or a prompt that does not fit the frame.
+        CLIError: For a missing prompt, an unreadable or empty input, a prompt that does not fit
+            the frame, or an output folder that is not ours to replace.
     """
     import numpy as np
     import torch
@@ -136,56 +171,75 @@ def run(args: argparse.Namespace) -> int:
         import PIL  # noqa: F401
     except ImportError:  # pragma: no cover - depends on the environment
         raise CLIError("writing mask PNGs needs Pillow: pip install pillow") from None
-    frames, count = iter_frames(args.input)
-    if args.max_frames > 0:
-        count = min(count, args.max_frames) if count else args.max_frames
     source = Path(args.input)
     out = Path(args.out) if args.out else source.parent / f"{source.stem}_track"
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    if not args.no_overlay:
-        (out / "overlay").mkdir(parents=True, exist_ok=True)
+    _check_out(out)
+    frames, count = iter_frames(args.input)
+    if count == 0:
+        raise CLIError(f"{args.input} holds no frames")
+    if args.max_frames > 0:
+        count = min(count, args.max_frames) if count else args.max_frames
+    try:
+        first = next(frames)
+    except StopIteration:
+        raise CLIError(f"{args.input} holds no frames") from None
+    _check_prompts(args, first)
 
     predictor = build_model(StreamingPredictor, args, "masks", device=args.device, dtype=getattr(torch, args.dtype))
     points = [*args.point, *args.negative]
     labels = [1] * len(args.point) + [0] * len(args.negative)
     areas: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(frames, total=count, desc="track", unit="frame", disable=args.quiet)
-    for index, frame in enumerate(bar):
-        if args.max_frames and index >= args.max_frames:
-            break
-        try:
-            if index == 0:
-                result = predictor.add_prompt(
-                    frame, obj_id=1, points=points or None, labels=labels or None, box=args.box
-                )
-            else:
-                result = predictor.track(frame)
-        except (ValueError, TypeError) as e:
-            raise CLIError(f"{args.input}: frame {index}: {e}") from e
-        mask = result.mask(1).cpu().numpy()
-        areas.append(float(mask.mean()))
-        _save_png(mask.astype(np.uint8) * 255, out / "masks" / f"{index:06d}.png")
-        if not args.no_overlay:
-            _save_png(overlay(frame, mask), out / "overlay" / f"{index:06d}.png")
-    bar.close()
-    seconds = time.perf_counter() - start
-    if not areas:
-        raise CLIError(f"{args.input}: no frames were read")
-    report = {
-        "input": str(source),
-        "frames": len(areas),
-        "variant": predictor.variant.name,
-        "image_size": predictor.image_size,
-        "seconds": round(seconds, 3),
-        "ms_per_frame": round(1000 * seconds / len(areas), 2),
-        "state_bytes": predictor.state_nbytes(),
-        "mask_area_fraction": [round(a, 5) for a in areas],
-        "out": str(out),
-    }
-    (out / "track.json").write_text(json.dumps(report, indent=1))
+    work = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "masks").mkdir(parents=True)
+    if not args.no_overlay:
+        (work / "overlay").mkdir()
+    try:
+        start = time.perf_counter()
+        bar = tqdm(_chain(first, frames), total=count, desc="track", unit="frame", disable=args.quiet)
+        for index, frame in enumerate(bar):
+            if args.max_frames and index >= args.max_frames:
+                break
+            try:
+                if index == 0:
+                    result = predictor.add_prompt(
+                        frame, obj_id=1, points=points or None, labels=labels or None, box=args.box
+                    )
+                else:
+                    result = predictor.track(frame)
+            except (ValueError, TypeError) as e:
+                raise CLIError(f"{args.input}: frame {index}: {e}") from e
+            mask = result.mask(1).cpu().numpy()
+            areas.append(float(mask.mean()))
+            _save_png(mask.astype(np.uint8) * 255, work / "masks" / f"{index:06d}.png")
+            if not args.no_overlay:
+                _save_png(overlay(frame, mask), work / "overlay" / f"{index:06d}.png")
+        bar.close()
+        seconds = time.perf_counter() - start
+        report = {
+            "input": str(source),
+            "frames": len(areas),
+            "variant": predictor.variant.name,
+            "image_size": predictor.image_size,
+            "seconds": round(seconds, 3),
+            "ms_per_frame": round(1000 * seconds / len(areas), 2),
+            "state_bytes": predictor.state_nbytes(),
+            "mask_area_fraction": [round(a, 5) for a in areas],
+            "out": str(out),
+        }
+        (work / "track.json").write_text(json.dumps(report, indent=1))
+        if out.exists():
+            shutil.rmtree(out)  # an earlier track output (checked above)
+        os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(
         f"tracked {len(areas)} frames in {seconds:.1f} s ({report['ms_per_frame']} ms/frame); "
         f"masks in {out / 'masks'}" + ("" if args.no_overlay else f", overlays in {out / 'overlay'}")
     )
     return 0
+
+
+def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest
