@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .finetune import configure_finetuning
+from .heads import CameraHead
 from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder, build_seeded
-from .pooling import build_pool, check_pool_options, fuse_levels
+from .object_tokens import ObjectTokens, check_masks, object_mask_keys
+from .pooling import CoarseToFine, build_pool, check_pool_options, coarse_to_fine_shape, fuse_levels, pack_pyramid
 
 __all__ = ["MultiCameraEncoder"]
 
@@ -47,6 +49,21 @@ class MultiCameraEncoder(nn.Module):
         feature_dim: Output size per camera (``None``: the head's natural size, e.g.
             ``2 * num_keypoints`` for spatial softmax).
         share_heads: One head for all cameras instead of one per camera.
+        fuse: How the pyramid reaches the head: ``"pool"`` (``levels`` average-pooled to the
+            coarsest selected grid) or ``"coarse_to_fine"`` (s16 upsampled x2 and fused with s8,
+            then with s4, see :class:`~sam2_encoder.pooling.CoarseToFine`; ``levels`` is then all
+            three and the head's input is the packed pyramid ``(1024, S/16, S/16)``).
+        fuse_stride: Stride of the map the readout sees with ``"coarse_to_fine"``: 8 or 4.
+        fuse_channels: ``(C_8, C_4)`` widths of the coarse-to-fine maps.
+        object_masks_key: Obs key of per-frame object masks ``(N, K, H, W)`` (bool or float in
+            [0, 1], the camera's ``H, W``): a key (one camera) or ``{camera: key}``. Each camera
+            with masks gets ``num_objects`` tokens, see :mod:`sam2_encoder.object_tokens`.
+        num_objects: ``K``, the objects per camera.
+        object_level: Pyramid level the tokens pool (``"s4"``, ``"s8"``, ``"s16"``); with
+            ``fuse="pool"`` it must be the coarsest of ``levels``.
+        object_tokens: ``"append"`` (after the camera's readout) or ``"replace"`` (tokens only).
+        object_token_dim: Project each token to this size (``None``: the level's channels).
+        object_absent: Token of an empty mask: ``"learned"`` embedding or ``"zero"``.
         freeze: Keep the SAM 2 weights frozen (default). ``False`` fine-tunes them (see ``finetune``).
         finetune: With ``freeze=False``: ``"all"`` (default), ``"last_blocks"`` or ``"lora"``.
         finetune_blocks: Trainable Hiera blocks for ``"last_blocks"``.
@@ -91,6 +108,15 @@ class MultiCameraEncoder(nn.Module):
         pool_kwargs: Mapping[str, Any] | None = None,
         feature_dim: int | None = None,
         share_heads: bool = False,
+        fuse: str = "pool",
+        fuse_stride: int = 8,
+        fuse_channels: Sequence[int] = (64, 32),
+        object_masks_key: str | Mapping[str, str] | None = None,
+        num_objects: int = 1,
+        object_level: str = "s16",
+        object_tokens: str = "append",
+        object_token_dim: int | None = None,
+        object_absent: str = "learned",
         freeze: bool = True,
         finetune: str | None = None,
         finetune_blocks: int = 2,
@@ -110,16 +136,49 @@ class MultiCameraEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.rgb_shapes = _check_cameras(cameras)
-        self.low_dim_shapes = {k: tuple(int(d) for d in low_dim[k]) for k in sorted(low_dim or {})}
+        self.low_dim_shapes = {k: _dims(low_dim[k], f"low_dim[{k!r}]") for k in sorted(low_dim or {})}
         self.levels = (levels,) if isinstance(levels, str) else tuple(levels)
         unknown = [lv for lv in self.levels if lv not in LEVELS]
         if unknown or not self.levels:
             raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {list(self.levels)}")
         self.levels = tuple(lv for lv in LEVELS if lv in self.levels)  # finest first
+        if fuse not in ("pool", "coarse_to_fine"):
+            raise ValueError(f"fuse must be 'pool' or 'coarse_to_fine', got {fuse!r}")
+        if fuse == "coarse_to_fine":
+            if self.levels not in (("s16",), LEVELS):
+                raise ValueError(
+                    f"fuse='coarse_to_fine' reads s4, s8 and s16 itself; got levels={list(self.levels)} "
+                    "(leave levels at its default or give all three)"
+                )
+            self.levels = LEVELS
+        self.fuse = fuse
+        self.object_masks = object_mask_keys(object_masks_key, self.rgb_shapes, self.low_dim_shapes)
+        if self.object_masks:
+            if object_level not in LEVELS:
+                raise ValueError(f"object_level must be one of {LEVELS}, got {object_level!r}")
+            if fuse == "pool" and object_level != self.levels[-1]:
+                raise ValueError(
+                    f"object_level={object_level!r} with fuse='pool' needs it to be the coarsest of levels "
+                    f"{list(self.levels)} (finer levels are pooled away); use object_level={self.levels[-1]!r} "
+                    "or fuse='coarse_to_fine', which keeps every level"
+                )
+            if object_tokens not in ("append", "replace"):
+                raise ValueError(f"object_tokens must be 'append' or 'replace', got {object_tokens!r}")
+            if share_heads and set(self.object_masks) != set(self.rgb_shapes):
+                raise ValueError(
+                    f"share_heads=True needs object masks for every camera {list(self.rgb_shapes)}, "
+                    f"got them for {list(self.object_masks)}"
+                )
+        self.num_objects = int(num_objects)
+        self.object_level = object_level
         if freeze and finetune is not None:
             raise ValueError(f"finetune={finetune!r} needs freeze=False")
-        self.resize_shape = tuple(resize_shape) if resize_shape is not None else None
-        self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
+        self.resize_shape = _dims(resize_shape, "resize_shape", 2) if resize_shape is not None else None
+        self.crop_shape = _dims(crop_shape, "crop_shape", 2) if crop_shape is not None else None
+        if not (isinstance(trunk_lr_scale, int | float) and math.isfinite(trunk_lr_scale) and trunk_lr_scale >= 0):
+            raise ValueError(f"trunk_lr_scale must be a finite number >= 0, got {trunk_lr_scale!r}")
+        if feature_dim is not None:
+            _dims([feature_dim], "feature_dim")
         self.random_crop = random_crop
         self.trunk_lr_scale = trunk_lr_scale
         self.use_compile = compile
@@ -143,21 +202,47 @@ class MultiCameraEncoder(nn.Module):
         channels = sum(shapes[lv][0] for lv in self.levels)
         _, height, width = shapes[self.levels[-1]]
         self.feature_shape = (channels, height, width)
+        # the packed pyramid: each level folded onto the s16 grid (see pooling.pack_pyramid)
+        layout = tuple((lv, shapes[lv][0], shapes[lv][1] // shapes["s16"][1]) for lv in LEVELS)
+        if fuse == "coarse_to_fine":
+            self.feature_shape = (sum(c * f * f for _, c, f in layout), height, width)
+            channels, height, width = coarse_to_fine_shape(height, width, fuse_stride, fuse_channels)
         kwargs = dict(pool_kwargs or {})
         if pool == "spatial_softmax":
             kwargs.setdefault("num_keypoints", num_keypoints)
+            _dims([kwargs["num_keypoints"]], "num_keypoints")
         projected = {"output_dim": feature_dim} if feature_dim and pool != "spatial_softmax" else {}
         check_pool_options(pool, {**kwargs, **projected})
 
-        def make_head() -> nn.Module:
+        def make_readout() -> nn.Module:
             if pool == "spatial_softmax":  # keypoint coordinates, optionally projected
                 head = build_pool(pool, channels, height, width, **kwargs)
                 return _Projected(head, feature_dim) if feature_dim else head
             extra = {"output_dim": feature_dim} if feature_dim else {}
             return build_pool(pool, channels, height, width, **kwargs, **extra)
 
-        names = ["shared"] if share_heads else [_module_key(k) for k in self.rgb_shapes]
-        self.heads = build_seeded(lambda: nn.ModuleDict({n: make_head() for n in names}), seed)
+        def make_head(with_objects: bool) -> nn.Module:
+            if fuse == "pool" and not with_objects:
+                return make_readout()  # the plain head (state-dict keys as before these options)
+            readout = None if with_objects and object_tokens == "replace" else make_readout()
+            level_channels = shapes[object_level][0]
+            upsample = readout is not None and fuse == "coarse_to_fine"
+            k = self.num_objects
+            return CameraHead(
+                readout,
+                CoarseToFine([c for _, c, _ in layout], fuse_stride, fuse_channels) if upsample else None,
+                ObjectTokens(level_channels, k, object_token_dim, object_absent) if with_objects else None,
+                object_level=object_level,
+                object_channels=level_channels,
+                packed=fuse == "coarse_to_fine",
+                layout=layout,
+            )
+
+        if share_heads:
+            names = {"shared": bool(self.object_masks)}
+        else:
+            names = {_module_key(k): k in self.object_masks for k in self.rgb_shapes}
+        self.heads = build_seeded(lambda: nn.ModuleDict({n: make_head(o) for n, o in names.items()}), seed)
         self.share_heads = share_heads
         self.reuse_frames = reuse_frames
         self._memo = _FrameMemo()
@@ -200,29 +285,33 @@ class MultiCameraEncoder(nn.Module):
             values flattened (keys sorted).
         """
         lead, n = self._batch_dims(obs_dict)
+        masks = self._object_masks(obs_dict, lead, n)  # {camera: (n, K, H, W) float}
         memo = self._memo if self.reuse_frames and not self.training and not torch.is_grad_enabled() else None
         if memo is not None and not memo.tie(self):  # forgets remembered outputs of other weights
             memo = None
         outputs: dict[str, torch.Tensor] = {}
-        pending: list[tuple[str, torch.Tensor, _Lookup | None]] = []
+        pending: list[tuple[str, torch.Tensor, torch.Tensor | None, _Lookup | None]] = []
         for key in self.rgb_keys:
             x = obs_dict[key]
             x = x.reshape(n, *x.shape[len(lead) :])
-            if tuple(x.shape[1:]) == self.feature_shape:  # precomputed by `sam2-encoder cache`
-                outputs[key] = self.head_for(key)(x)
-            else:
-                pending.append((key, x, memo.lookup(key, x) if memo is not None else None))
-        todo = [(key, x if hit is None else x[hit.missing]) for key, x, hit in pending]
-        images = [self._preprocess(key, x) for key, x in todo if len(x)]
-        if images:  # every camera and time step still to encode in ONE trunk pass: (M, 3, S, S)
-            maps = iter(self.encode_pixels(torch.cat(images, dim=0)).split([len(x) for _, x in todo if len(x)]))
-        for (key, x, hit), (_, rows) in zip(pending, todo):
-            fresh = self.head_for(key)(next(maps)) if len(rows) else None
+            m = masks.get(key)
+            if tuple(x.shape[1:]) == self.feature_shape:  # precomputed by `sam2-encoder cache` or a tracker
+                outputs[key] = self._head(key, x, m)
+            else:  # a remembered row must match the frame and, with object tokens, its masks
+                pending.append((key, x, m, memo.lookup(key, _with_masks(x, m)) if memo is not None else None))
+        todo = [(key, *_rows((x, m), None if hit is None else hit.missing)) for key, x, m, hit in pending]
+        inputs = [self._preprocess(key, x, m) for key, x, m in todo if len(x)]
+        if inputs:  # every camera and time step still to encode in ONE trunk pass: (M, 3, S, S)
+            pixels = torch.cat([p for p, _ in inputs], dim=0)
+            maps = iter(self.encode_pixels(pixels).split([len(p) for p, _ in inputs]))
+            fitted = iter([fm for _, fm in inputs])  # the masks, resized and cropped like the images
+        for (key, x, m, hit), (_, rows, _) in zip(pending, todo):
+            fresh = self._head(key, next(maps), next(fitted)) if len(rows) else None
             if hit is None:
                 outputs[key] = fresh
             else:
                 outputs[key] = hit.merge(fresh)
-                memo.store(key, x, outputs[key], hit)
+                memo.store(key, _with_masks(x, m), outputs[key], hit)
         parts = [outputs[key] for key in self.rgb_keys]
         parts += [obs_dict[key].reshape(n, -1).to(parts[0].dtype) for key in self.low_dim_keys]
         return torch.cat(parts, dim=-1).reshape(*lead, -1)
@@ -243,14 +332,22 @@ class MultiCameraEncoder(nn.Module):
         return self.fuse_levels(self.encoder.encode(pixels))
 
     def fuse_levels(self, pyramid: FeaturePyramid) -> torch.Tensor:
-        """Select the configured levels; pool finer ones to the coarsest grid and concatenate.
+        """The heads' input from a pyramid: what a camera input of ``feature_shape`` holds.
+
+        With ``fuse="pool"``: the configured levels, finer ones average-pooled to the coarsest
+        grid, concatenated. With ``"coarse_to_fine"``: the packed pyramid
+        (:func:`~sam2_encoder.pooling.pack_pyramid`). Pass a tracker's pyramid
+        (``StreamingPredictor.track(frame, return_features=True).features``) through this to feed
+        the policy without a second encoder pass.
 
         Args:
-            pyramid: The encoder output.
+            pyramid: The encoder output (``M`` frames).
 
         Returns:
-            ``(M, C, h, w)`` at the coarsest selected level's resolution.
+            ``(M, *feature_shape)``.
         """
+        if self.fuse == "coarse_to_fine":
+            return pack_pyramid([pyramid[lv] for lv in LEVELS])
         return fuse_levels([pyramid[lv] for lv in self.levels])
 
     # ----------------------------------------------------------------------------------------
@@ -317,7 +414,37 @@ class MultiCameraEncoder(nn.Module):
         assert lead is not None
         return lead, math.prod(lead)
 
-    def _preprocess(self, key: str, x: torch.Tensor) -> torch.Tensor:
+    def _head(self, key: str, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        head = self.head_for(key)
+        return head(x) if masks is None else head(x, masks)
+
+    def _object_masks(
+        self, obs_dict: Mapping[str, torch.Tensor], lead: tuple[int, ...], n: int
+    ) -> dict[str, torch.Tensor]:
+        """``{camera: (n, K, H, W) float}`` for the cameras with object masks, checked."""
+        out = {}
+        for camera, key in self.object_masks.items():
+            if key not in obs_dict:
+                raise KeyError(
+                    f"obs_dict is missing {key!r}, the object masks of camera {camera!r}; got keys {sorted(obs_dict)}"
+                )
+            _, h, w = self.rgb_shapes[camera]
+            value = obs_dict[key]
+            if isinstance(value, torch.Tensor) and tuple(value.shape) == (*lead, self.num_objects, h, w):
+                value = value.reshape(n, self.num_objects, h, w)
+            elif isinstance(value, torch.Tensor):
+                expected = ", ".join(map(str, (*lead, self.num_objects, h, w)))
+                raise ValueError(
+                    f"obs_dict[{key!r}] (object masks of camera {camera!r}) has shape {tuple(value.shape)}; expected "
+                    f"({expected}): the batch dims, num_objects={self.num_objects}, then the camera's H, W"
+                )
+            out[camera] = check_masks(value, key, (self.num_objects, h, w))
+        return out
+
+    def _preprocess(
+        self, key: str, x: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images to SAM 2 pixels ``(M, 3, S, S)``; object masks through the same resize and crop."""
         if not x.is_floating_point():
             raise TypeError(
                 f"obs_dict[{key!r}] is {x.dtype}; expected float images in input_range "
@@ -328,11 +455,15 @@ class MultiCameraEncoder(nn.Module):
             x = t.to_rgb_unit(x)
         except ValueError as e:
             raise ValueError(f"obs_dict[{key!r}]: {e}") from e
+        if masks is not None:  # one tensor through resize and crop: the masks get the images' crops
+            x = torch.cat([x, masks.to(x.dtype)], dim=1)
         if self.resize_shape is not None and tuple(x.shape[-2:]) != self.resize_shape:
             x = F.interpolate(x, size=self.resize_shape, mode="bilinear", align_corners=False, antialias=True)
         if self.crop_shape is not None:
             x = self._crop(x)
-        return t.finish(x)
+        if masks is not None:
+            x, masks = x[:, :3].contiguous(), x[:, 3:]
+        return t.finish(x), masks
 
     def _check_crop(self) -> None:
         if self.crop_shape is None:
@@ -476,6 +607,23 @@ class _Projected(nn.Module):
         return self.proj(self.head(x))
 
 
+def _with_masks(x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+    """What a frame memo entry must match: the frame, and its object masks when there are any."""
+    if masks is None:
+        return x
+    dtype = torch.promote_types(x.dtype, masks.dtype)
+    return torch.cat([x.reshape(len(x), -1).to(dtype), masks.reshape(len(masks), -1).to(dtype)], dim=1)
+
+
+def _rows(
+    tensors: tuple[torch.Tensor, torch.Tensor | None], rows: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``tensors`` restricted to ``rows`` (all rows when ``None``); ``None`` entries stay ``None``."""
+    if rows is None:
+        return tensors
+    return tuple(t if t is None else t[rows] for t in tensors)  # type: ignore[return-value]
+
+
 def _module_key(key: str) -> str:
     return key.replace(".", "_")
 
@@ -486,8 +634,33 @@ def _check_cameras(cameras: Mapping[str, Sequence[int]]) -> dict[str, tuple[int,
         raise ValueError("at least one camera is needed: cameras={key: (3, H, W)}")
     out: dict[str, tuple[int, int, int]] = {}
     for key in sorted(cameras):
-        shape = tuple(int(s) for s in cameras[key])
-        if len(shape) != 3 or shape[0] != 3 or min(shape) < 1:
+        shape = _dims(cameras[key], f"camera {key!r}: shape")
+        if len(shape) != 3 or shape[0] != 3:
             raise ValueError(f"camera {key!r}: shape must be [3, H, W], got {list(shape)}")
         out[key] = shape  # type: ignore[assignment]
     return out
+
+
+def _dims(value: object, what: str, length: int | None = None) -> tuple[int, ...]:
+    """A shape given as whole numbers >= 1 (Python or numpy integers, or integral floats like 32.0).
+
+    Raises:
+        ValueError: Naming ``what`` and the value, for anything else (a bare number, a string,
+            bools, fractions, zero or negative sizes, or a length other than ``length``).
+    """
+    import numbers
+
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | torch.Size) and not hasattr(value, "tolist"):
+        raise ValueError(f"{what} must be a list of whole numbers >= 1, got {value!r}")
+    items = value.tolist() if hasattr(value, "tolist") else list(value)
+    if not isinstance(items, list):
+        raise ValueError(f"{what} must be a list of whole numbers >= 1, got {value!r}")
+    out = []
+    for item in items:
+        whole = isinstance(item, numbers.Integral) or isinstance(item, float) and item.is_integer()
+        if isinstance(item, bool) or not whole or item < 1:
+            raise ValueError(f"{what} must be whole numbers >= 1, got {list(items)!r}")
+        out.append(int(item))
+    if length is not None and len(out) != length:
+        raise ValueError(f"{what} must be {length} whole numbers (H, W), got {list(items)!r}")
+    return tuple(out)
