@@ -26,13 +26,33 @@ from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
 from .transforms import ImageInput, SAM2Transforms
 from .variants import Variant, check_image_size, get_variant
 
-__all__ = ["LEVELS", "FeaturePyramid", "SAM2ImageEncoder", "build_seeded"]
+__all__ = [
+    "LEVELS",
+    "MICRO_BATCH_TOKENS",
+    "PRECISIONS",
+    "SKIP_PADDING_MIN_SIDE",
+    "FeaturePyramid",
+    "SAM2ImageEncoder",
+    "bf16_support",
+    "build_seeded",
+]
 
 log = logging.getLogger(__name__)
 
 LEVELS = ("s4", "s8", "s16")
 _STRIDES = {"s4": 4, "s8": 8, "s16": 16}
 _CHANNELS = {"s4": 32, "s8": 64, "s16": 256}
+
+PRECISIONS = ("fp32", "bf16")
+# micro_batch="auto" on CPU encodes chunks of max(1, MICRO_BATCH_TOKENS // tokens-per-image) images,
+# tokens = stride-4 patches, (H/4)(W/4): 4096 at 256 px. Measured fastest on the 2-core Intel Xeon of
+# benchmarks/results (benchmarks/encoder.py, micro-batch section); the outputs equal transformers'
+# encoding of the same chunks and stay within its own batch-composition variance (tests/test_numerics.py).
+MICRO_BATCH_TOKENS = 4096
+# skip_padding="auto" skips the window padding's projections on CPU when both sides are at least this:
+# bit-identical to transformers there (tests/test_numerics.py); at 64-96 px the skipped matmuls are so
+# small that BLAS picks other kernels and rounds differently (up to 2.7e-5 on values up to 30).
+SKIP_PADDING_MIN_SIDE = 128
 
 
 @dataclass
@@ -123,7 +143,20 @@ class SAM2ImageEncoder(nn.Module):
             transformers' own trunk forward.
         skip_padding: With ``fast_attention``, skip the projections of the zero tokens that pad
             attention windows (faster where windows do not tile the map, e.g. 256 px; the same
-            values, but BLAS may round differently for the smaller matmuls: opt-in).
+            values, but BLAS may round differently for the smaller matmuls). ``"auto"`` (default):
+            on CPU when both sides are at least ``SKIP_PADDING_MIN_SIDE`` (128), where it was
+            measured bit-identical to transformers; ``True`` / ``False`` force it.
+        micro_batch: Encode a batch in chunks of this many images (the outputs are concatenated).
+            ``"auto"`` (default): on CPU, chunks of ``max(1, MICRO_BATCH_TOKENS // ((H/4)(W/4)))``
+            images (1 at 256 px), which keeps the activations in cache; one pass elsewhere.
+            ``None``: always one pass; an ``int >= 1``: that chunk size everywhere. The outputs
+            equal transformers' encoding of the same chunks; against one pass of the whole batch
+            they differ by transformers' own batch-composition variance (up to ~1e-5 on values
+            up to ~15, see ``tests/test_numerics.py``).
+        precision: ``"fp32"`` (default) or ``"bf16"``: run the Hiera trunk under bfloat16 autocast
+            (weights, neck and outputs stay float32). Needs native bf16 (CUDA with bf16, a CPU
+            with AVX512-BF16 or AMX; see :func:`bf16_support`), else ``ValueError`` when encoding.
+            Features move by ~1e-2 (cosine >= 0.999 per level, ``benchmarks/fidelity.py``).
         channel_order: ``"RGB"`` or ``"BGR"`` for the built-in transforms.
         input_range: Range of float inputs for the built-in transforms.
         seed: Seed of the random initialisation when ``checkpoint`` is ``None``.
@@ -148,7 +181,9 @@ class SAM2ImageEncoder(nn.Module):
         freeze: bool = True,
         with_pos_enc: bool = False,
         fast_attention: bool = True,
-        skip_padding: bool = False,
+        skip_padding: bool | str = "auto",
+        micro_batch: int | str | None = "auto",
+        precision: str = "fp32",
         channel_order: str = "RGB",
         input_range: tuple[float, float] = (0.0, 1.0),
         seed: int = 0,
@@ -161,7 +196,9 @@ class SAM2ImageEncoder(nn.Module):
         self.image_size = check_image_size(image_size)
         self.with_pos_enc = with_pos_enc
         self.fast_attention = fast_attention
-        self.skip_padding = skip_padding
+        self.skip_padding = _check_choice("skip_padding", skip_padding, (True, False, "auto"))
+        self.micro_batch = _check_micro_batch(micro_batch)
+        self.precision = _check_choice("precision", precision, PRECISIONS)
         self.transforms = SAM2Transforms(self.image_size, channel_order=channel_order, input_range=input_range)
         self.seed = seed
         self.checkpoint_path: str | None = None
@@ -196,6 +233,7 @@ class SAM2ImageEncoder(nn.Module):
             self.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         if device is not None:
             self.to(device)
+            self.check_precision(torch.device(device))
         if freeze:
             self.freeze()
 
@@ -322,11 +360,90 @@ class SAM2ImageEncoder(nn.Module):
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
         check_image_size(tuple(pixel_values.shape[-2:]))
+        self.check_precision(pixel_values.device)
+        if pixel_values.shape[0] == 0:
+            return self._empty(pixel_values)
+        chunk = self.micro_batch_size(pixel_values.shape[0], pixel_values.shape[-2:], pixel_values.device)
+        if chunk >= pixel_values.shape[0]:
+            return self._encode(pixel_values)
+        parts = [self._encode(part) for part in pixel_values.split(chunk)]
+        pos = parts[0].pos_enc
+        if pos is not None:
+            pos = tuple(torch.cat(level) for level in zip(*(p.pos_enc for p in parts)))
+        return FeaturePyramid(
+            *(torch.cat(level) for level in zip(*parts)),
+            pos_enc=pos,  # type: ignore[arg-type]
+            s16_neck=torch.cat([p.s16_neck for p in parts]),
+        )
+
+    def _empty(self, pixel_values: torch.Tensor) -> FeaturePyramid:
+        """The pyramid of an empty batch (the trunk cannot reshape zero tokens)."""
+        h, w = pixel_values.shape[-2:]
+        dtype = self.no_memory_embedding.dtype
+        maps = [
+            pixel_values.new_zeros((0, _CHANNELS[n], h // _STRIDES[n], w // _STRIDES[n]), dtype=dtype) for n in LEVELS
+        ]
+        pos = None
+        if self.with_pos_enc:
+            pos = tuple(pixel_values.new_zeros((0, 256, *m.shape[-2:]), dtype=dtype) for m in maps)
+        return FeaturePyramid(*maps, pos_enc=pos, s16_neck=maps[2].new_zeros((0, 256, h // 16, w // 16)))
+
+    def micro_batch_size(self, batch: int, hw: tuple[int, int] | torch.Size, device: torch.device) -> int:
+        """How many images :meth:`encode` runs at once (see ``micro_batch``).
+
+        Args:
+            batch: Number of images ``B``.
+            hw: Encoder input size ``(H, W)``.
+            device: Where the pixels are.
+
+        Returns:
+            The chunk size, ``>= 1``; ``>= batch`` means one pass.
+        """
+        if self.micro_batch is None or batch <= 1:
+            return max(batch, 1)
+        if self.micro_batch != "auto":
+            return int(self.micro_batch)
+        if torch.device(device).type != "cpu":
+            return batch
+        return max(1, MICRO_BATCH_TOKENS // ((int(hw[0]) // 4) * (int(hw[1]) // 4)))
+
+    def skips_padding(self, hw: tuple[int, int] | torch.Size, device: torch.device) -> bool:
+        """Whether the trunk skips the window padding's projections for this input size and device."""
+        if self.skip_padding == "auto":
+            return torch.device(device).type == "cpu" and min(int(hw[0]), int(hw[1])) >= SKIP_PADDING_MIN_SIDE
+        return bool(self.skip_padding)
+
+    def check_precision(self, device: torch.device) -> None:
+        """Refuse ``precision="bf16"`` on a device without native bf16 (see :func:`bf16_support`).
+
+        Raises:
+            ValueError: Naming the device and what it lacks.
+        """
+        if self.precision != "bf16":
+            return
+        device = torch.device(device)
+        checked = self.__dict__.setdefault("_bf16_checked", set())
+        if device.type in checked:
+            return
+        ok, reason = bf16_support(device)
+        if not ok:
+            raise ValueError(
+                f"precision='bf16' needs native bfloat16 on {device.type}: {reason}; use precision='fp32' "
+                "(emulated bf16 is slower than fp32 and changes the features)"
+            )
+        checked.add(device.type)
+
+    def _encode(self, pixel_values: torch.Tensor) -> FeaturePyramid:
         with self._grad_context():
             weight = self.vision_encoder.backbone.patch_embed.projection.weight
             if not torch.is_autocast_enabled(pixel_values.device.type):
                 pixel_values = pixel_values.to(weight.dtype)
-            stages = self.trunk(pixel_values)
+            if self.precision == "bf16":
+                with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
+                    stages = self.trunk(pixel_values)
+                stages = [s.to(weight.dtype) for s in stages]
+            else:
+                stages = self.trunk(pixel_values)
             s4, s8, neck16 = self.neck(stages)
             s4 = self.conv_s0(s4)
             s8 = self.conv_s1(s8)
@@ -340,11 +457,12 @@ class SAM2ImageEncoder(nn.Module):
         if not self.fast_attention:
             return list(backbone(pixel_values).intermediate_hidden_states)
         blocks, stage_ends = hiera_blocks(backbone)
+        skip = self.skips_padding(pixel_values.shape[-2:], pixel_values.device)
         x = backbone.patch_embed(pixel_values)
         x = x + hiera_pos_embed(backbone, x.shape[1:3])
         outputs = []
         for i, block in enumerate(blocks):
-            x = _block_forward(block, x, self.skip_padding)
+            x = _block_forward(block, x, skip)
             if i in stage_ends:
                 outputs.append(x)
         return outputs
@@ -387,7 +505,70 @@ class SAM2ImageEncoder(nn.Module):
         return tuple(encoding(m.shape, m.device, m.dtype).to(m.dtype) for m in maps)  # type: ignore[return-value]
 
     def extra_repr(self) -> str:
-        return f"variant={self.variant.name!r}, image_size={self.image_size}, frozen={self.frozen}"
+        return (
+            f"variant={self.variant.name!r}, image_size={self.image_size}, frozen={self.frozen}, "
+            f"precision={self.precision!r}, micro_batch={self.micro_batch!r}, skip_padding={self.skip_padding!r}"
+        )
+
+
+def bf16_support(device: str | torch.device = "cpu") -> tuple[bool, str]:
+    """Whether ``device`` computes bfloat16 natively (what ``precision="bf16"`` needs).
+
+    CUDA: ``torch.cuda.is_bf16_supported`` without emulation (Ampere or newer). x86 CPUs:
+    AVX512-BF16 or AMX tiles (torch's CPU capability checks). ARM CPUs: the ``bf16`` feature in
+    ``/proc/cpuinfo``. Other devices: no.
+
+    Args:
+        device: A device or its name.
+
+    Returns:
+        ``(supported, reason)``: the reason says what was found, e.g. ``"AVX512-BF16"`` or
+        ``"this CPU has neither AVX512-BF16 nor AMX"``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False, "CUDA is not available"
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return True, f"{torch.cuda.get_device_name(device)} has bf16"
+        return False, f"{torch.cuda.get_device_name(device)} has no native bf16 (needs compute capability >= 8.0)"
+    if device.type != "cpu":
+        return False, f"bf16 support on {device.type} is not checked by this package"
+    import platform
+
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i686", "x86"):
+        cpu = torch.cpu
+        found = [
+            name
+            for name, check in (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
+            if getattr(cpu, check, lambda: False)()
+        ]
+        if found:
+            return True, " and ".join(found)
+        return False, "this CPU has neither AVX512-BF16 nor AMX"
+    if machine in ("aarch64", "arm64"):
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = {w for line in f if line.lower().startswith("features") for w in line.split(":", 1)[1].split()}
+        except OSError:
+            return False, "cannot read /proc/cpuinfo to check the ARM bf16 feature"
+        return ("bf16" in flags, "ARM bf16" if "bf16" in flags else "this ARM CPU lacks the bf16 feature")
+    return False, f"bf16 support on {machine} CPUs is not checked by this package"
+
+
+def _check_choice(name: str, value: object, choices: tuple) -> object:
+    if not any(value is c or (isinstance(c, str) and isinstance(value, str) and value == c) for c in choices):
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _check_micro_batch(value: object) -> int | str | None:
+    if value is None or value == "auto":
+        return value  # type: ignore[return-value]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"micro_batch must be 'auto', None or an int >= 1, got {value!r}")
+    return value
 
 
 FPN_INTERPOLATION_MODES = ("nearest", "bilinear")
