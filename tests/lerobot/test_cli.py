@@ -150,3 +150,16 @@ def test_strict_reload_of_the_trained_policy(trained, monkeypatch: pytest.Monkey
     assert set(saved) == set(state)
     for key, value in saved.items():
         assert torch.equal(state[key], value), key
+
+
+def test_lerobot_train_resumes_without_the_sam2_file(trained, offline_env) -> None:
+    """``--resume=true`` rebuilds the policy from the checkpoint (strict reload) and restores the optimizer groups."""
+    train_config = trained["model"] / "train_config.json"
+    run(
+        [str(BIN / "lerobot-train"), "--resume=true", f"--config_path={train_config}", "--steps=5"],
+        offline_env,
+        trained["work"] / "resume.log",
+    )
+    log = (trained["work"] / "resume.log").read_text()
+    assert "Resuming data order" in log and "step:5 " in log
+    assert (trained["work"] / "train" / "checkpoints" / "000005" / "pretrained_model" / "model.safetensors").is_file()
