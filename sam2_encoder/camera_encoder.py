@@ -79,6 +79,8 @@ class MultiCameraEncoder(nn.Module):
         random_crop: Random crops in train mode.
         compile: ``torch.compile`` the encoder pass (static shapes).
         fast_attention: See ``SAM2ImageEncoder``.
+        precision: ``"fp32"`` (default) or ``"bf16"``: the Hiera trunk under bfloat16 autocast where
+            the hardware has native bf16 (see ``SAM2ImageEncoder``); heads stay float32.
         seed: Seed of the random parts (heads, random SAM 2 weights).
         download: Allow downloading a remote checkpoint. Off by default so that a host's reload
             (which re-runs this constructor) never touches the network.
@@ -133,6 +135,7 @@ class MultiCameraEncoder(nn.Module):
         seed: int = 0,
         download: bool = False,
         reuse_frames: bool = True,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         self.rgb_shapes = _check_cameras(cameras)
@@ -194,6 +197,7 @@ class MultiCameraEncoder(nn.Module):
             input_range=tuple(input_range),
             seed=seed,
             download=download,
+            precision=precision,
         )
         if not freeze:
             configure_finetuning(self.encoder, finetune or "all", finetune_blocks, lora_rank, lora_alpha)

@@ -90,6 +90,9 @@ class StreamingPredictor:
             resized to it; masks come back at the frame's size.
         device: Where the model and the tracking state live.
         dtype: Weight and state dtype (``torch.float32`` by default).
+        precision: ``"fp32"`` (default) or ``"bf16"``: encode frames with the Hiera trunk under
+            bfloat16 autocast (see :class:`SAM2ImageEncoder`; needs native bf16, else
+            ``ValueError``); tracking itself stays in ``dtype``.
         channel_order: ``"RGB"`` or ``"BGR"`` (OpenCV frames).
         seed: Seed of the random initialisation when ``checkpoint`` is ``None``.
         download: Allow downloading a remote checkpoint that is not cached yet.
@@ -114,6 +117,7 @@ class StreamingPredictor:
         seed: int = 0,
         download: bool = True,
         model: Sam2VideoModel | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.variant = get_variant(variant)
         height, width = check_image_size(image_size)
@@ -140,6 +144,7 @@ class StreamingPredictor:
             device=self.device,
             freeze=True,
             channel_order=channel_order,
+            precision=precision,
         )
         # The session reads the position encoding of the coarsest level only (memory attention); it
         # depends on the shape alone, so it is computed once instead of per frame.

@@ -223,3 +223,37 @@ def test_bf16_cosine_per_level(meta_tiny_state: dict[str, torch.Tensor], monkeyp
         cos = F.cosine_similarity(a[level].flatten(1), b[level].flatten(1), dim=1)
         assert float(cos.min()) >= 0.999, (level, cos)
         assert not torch.equal(a[level], b[level])  # bf16 did run
+
+
+def test_precision_reaches_every_entry_point(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MultiCameraEncoder, StreamingPredictor and the CLI pass ``precision`` to the image encoder."""
+    from sam2_encoder.camera_encoder import MultiCameraEncoder
+    from sam2_encoder.cli import main
+    from sam2_encoder.streaming import StreamingPredictor
+
+    ok, reason = bf16_support("cpu")
+    with monkeypatch.context() as m:  # the plumbing, whatever this CPU has
+        m.setattr(image_encoder_module, "bf16_support", lambda device: (True, "assumed for this check"))
+        cams = MultiCameraEncoder({"cam": (3, 64, 64)}, image_size=64, precision="bf16")
+        assert cams.encoder.precision == "bf16"
+        assert StreamingPredictor(image_size=64, device="cpu", precision="bf16").encoder.precision == "bf16"
+    assert MultiCameraEncoder({"cam": (3, 64, 64)}, image_size=64).encoder.precision == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        StreamingPredictor(image_size=64, precision="half")
+    if not ok:
+        with pytest.raises(ValueError, match="needs native bfloat16 on cpu"):
+            StreamingPredictor(image_size=64, device="cpu", precision="bf16")
+
+    status = main(["encode", "--image-size", "64", "--repeat", "1", "--precision", "bf16", "--json"])
+    out, err = capsys.readouterr()
+    if ok:
+        assert status == 0 and json.loads(out.strip().splitlines()[-1])["precision"] == "bf16"
+    else:
+        assert status == 2
+        assert f"error: precision='bf16' needs native bfloat16 on cpu: {reason}" in err
+    assert main(["encode", "--image-size", "64", "--precision", "fp16"]) == 2
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+    assert main(["doctor"]) in (0, 1)  # 1 only for the Hydra plugin check
+    assert f"cpu bf16      {'yes' if ok else 'no'} ({reason})" in capsys.readouterr().out

@@ -35,17 +35,21 @@ def run(args: argparse.Namespace) -> int:
 
     from .._hf import TESTED_TRANSFORMERS
     from ..checkpoints import cache_dir
+    from ..image_encoder import bf16_support
 
     print(f"python        {platform.python_version()} ({platform.machine()})")
     for name in ("sam2-encoder", "torch", "transformers", "hydra-core", "omegaconf", "zarr", "numpy", "safetensors"):
         print(f"{name:<13} {_version(name)}")
     print(f"transformers  tested range {TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[1]}")
     print(f"torch threads {torch.get_num_threads()}")
+    cpu_bf16, why = bf16_support("cpu")
+    verdict = "available" if cpu_bf16 else "refused"
+    print(f"cpu bf16      {'yes' if cpu_bf16 else 'no'} ({why}): --precision bf16 {verdict} on cpu")
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         print(
             f"device        cuda: {props.name}, {props.total_memory / 2**30:.0f} GiB, bf16 "
-            f"{'yes' if torch.cuda.is_bf16_supported() else 'no'}"
+            f"{'yes' if bf16_support('cuda:0')[0] else 'no (--precision bf16 refused)'}"
         )
         backends = [
             n

@@ -22,6 +22,12 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--repeat", type=positive_int, default=3, help="timed repetitions (median reported)")
     p.add_argument("--channel-order", default="RGB", choices=["RGB", "BGR"])
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16: Hiera trunk under bfloat16 autocast (needs native bf16, see `sam2-encoder doctor`)",
+    )
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", help="save the pyramid to this .safetensors file")
     p.add_argument("--json", action="store_true", help="print one JSON line")
@@ -63,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=getattr(torch, args.dtype),
         channel_order=args.channel_order,
+        precision=args.precision,
     )
     batch = [images[i % len(images)] for i in range(max(args.batch_size, len(images)))]
     encoder(batch[:1])  # warm-up
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         "ms_per_image": round(per_image_ms, 2),
         "device": args.device,
         "dtype": args.dtype,
+        "precision": args.precision,
         "threads": torch.get_num_threads(),
     }
     if out is not None:

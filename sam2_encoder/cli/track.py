@@ -85,6 +85,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=non_negative_int, default=0, help="stop after this many frames (0: all)")
     p.add_argument("--no-overlay", action="store_true", help="write the masks only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16: encode frames with the Hiera trunk under bfloat16 autocast (needs native bf16)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -185,7 +191,14 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.input} holds no frames") from None
     _check_prompts(args, first)
 
-    predictor = build_model(StreamingPredictor, args, "masks", device=args.device, dtype=getattr(torch, args.dtype))
+    predictor = build_model(
+        StreamingPredictor,
+        args,
+        "masks",
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        precision=args.precision,
+    )
     points = [*args.point, *args.negative]
     labels = [1] * len(args.point) + [0] * len(args.negative)
     areas: list[float] = []
