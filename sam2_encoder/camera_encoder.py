@@ -181,7 +181,7 @@ class MultiCameraEncoder(nn.Module):
         if not (isinstance(trunk_lr_scale, int | float) and math.isfinite(trunk_lr_scale) and trunk_lr_scale >= 0):
             raise ValueError(f"trunk_lr_scale must be a finite number >= 0, got {trunk_lr_scale!r}")
         if feature_dim is not None:
-            _dims([feature_dim], "feature_dim")
+            _count(feature_dim, "feature_dim")
         self.random_crop = random_crop
         self.trunk_lr_scale = trunk_lr_scale
         self.use_compile = compile
@@ -214,7 +214,7 @@ class MultiCameraEncoder(nn.Module):
         kwargs = dict(pool_kwargs or {})
         if pool == "spatial_softmax":
             kwargs.setdefault("num_keypoints", num_keypoints)
-            _dims([kwargs["num_keypoints"]], "num_keypoints")
+            _count(kwargs["num_keypoints"], "num_keypoints")
         projected = {"output_dim": feature_dim} if feature_dim and pool != "spatial_softmax" else {}
         check_pool_options(pool, {**kwargs, **projected})
 
@@ -289,6 +289,10 @@ class MultiCameraEncoder(nn.Module):
             values flattened (keys sorted).
         """
         lead, n = self._batch_dims(obs_dict)
+        if n == 0:  # an empty batch: (*lead, D) with no rows, nothing encoded
+            return torch.zeros(
+                *lead, self.output_shape()[0], dtype=self._head_dtype(), device=obs_dict[self.rgb_keys[0]].device
+            )
         masks = self._object_masks(obs_dict, lead, n)  # {camera: (n, K, H, W) float}
         memo = self._memo if self.reuse_frames and not self.training and not torch.is_grad_enabled() else None
         if memo is not None and not memo.tie(self):  # forgets remembered outputs of other weights
@@ -405,6 +409,12 @@ class MultiCameraEncoder(nn.Module):
                 raise TypeError(f"obs_dict[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
             if key in self.rgb_shapes and tuple(value.shape[-3:]) == self.feature_shape:
                 shape = self.feature_shape
+                if value.dtype != self._head_dtype():
+                    raise TypeError(
+                        f"obs_dict[{key!r}] holds precomputed features {tuple(value.shape)} of dtype {value.dtype}; "
+                        f"the heads take {self._head_dtype()} (FeatureCache.fused returns float32): convert them with "
+                        f".to({self._head_dtype()})"
+                    )
             if value.dim() < len(shape) + 1 or tuple(value.shape[value.dim() - len(shape) :]) != shape:
                 expected = f"(N, {', '.join(map(str, shape))})"
                 if key in self.rgb_shapes:
@@ -417,6 +427,11 @@ class MultiCameraEncoder(nn.Module):
                 raise ValueError(f"obs_dict[{key!r}] has batch dims {this}, other keys have {lead}")
         assert lead is not None
         return lead, math.prod(lead)
+
+    def _head_dtype(self) -> torch.dtype:
+        """The dtype of the heads' weights (what precomputed features must be)."""
+        weight = next(self.heads.parameters(), None)
+        return weight.dtype if weight is not None else torch.get_default_dtype()
 
     def _head(self, key: str, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         head = self.head_for(key)
@@ -643,6 +658,15 @@ def _check_cameras(cameras: Mapping[str, Sequence[int]]) -> dict[str, tuple[int,
             raise ValueError(f"camera {key!r}: shape must be [3, H, W], got {list(shape)}")
         out[key] = shape  # type: ignore[assignment]
     return out
+
+
+def _count(value: object, what: str) -> int:
+    """``value`` as an int >= 1 (Python or numpy integers; bools, floats and strings refused)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what} must be a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def _dims(value: object, what: str, length: int | None = None) -> tuple[int, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -28,8 +29,8 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 16.0) -> None:
         super().__init__()
-        if rank <= 0:
-            raise ValueError(f"LoRA rank must be positive, got {rank}")
+        rank = _whole_number(rank, "LoRA rank (lora_rank)")
+        alpha = _lora_alpha(alpha)
         self.base = base.requires_grad_(False)
         self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype))
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype))
@@ -88,22 +89,48 @@ def configure_finetuning(
         alpha: LoRA alpha.
 
     Raises:
-        ValueError: For an unknown mode or a block count outside ``1..len(blocks)``.
+        ValueError: For an unknown mode, a block count outside ``1..len(blocks)``, a LoRA rank that
+            is not a whole number >= 1, or a LoRA alpha that is not a finite number > 0 (checked
+            before anything is changed).
     """
     if mode not in FINETUNE_MODES:
         raise ValueError(f"unknown finetune mode {mode!r}; choose one of {', '.join(FINETUNE_MODES)}")
+    blocks = encoder.vision_encoder.backbone.blocks
+    # every option checked before the encoder is touched: a refused call changes nothing
+    if mode == "lora":
+        rank = _whole_number(rank, "LoRA rank (lora_rank)")
+        alpha = _lora_alpha(alpha)
+    if mode == "last_blocks":
+        num_blocks = _whole_number(num_blocks, "finetune_blocks")
+        if num_blocks > len(blocks):
+            raise ValueError(
+                f"finetune_blocks must be in 1..{len(blocks)} for {encoder.variant.name}, got {num_blocks}"
+            )
     encoder.unfreeze()
     if mode == "all":
         return
     encoder.requires_grad_(False)
-    blocks = encoder.vision_encoder.backbone.blocks
     if mode == "lora":
         apply_lora(blocks, rank, alpha)
         return
-    if not 1 <= num_blocks <= len(blocks):
-        raise ValueError(f"finetune_blocks must be in 1..{len(blocks)} for {encoder.variant.name}, got {num_blocks}")
     for block in blocks[len(blocks) - num_blocks :]:
         block.requires_grad_(True)
     for module in (encoder.vision_encoder.neck, encoder.conv_s0, encoder.conv_s1):
         module.requires_grad_(True)
     encoder.no_memory_embedding.requires_grad_(True)
+
+
+def _whole_number(value: object, what: str) -> int:
+    """``value`` as an int >= 1 (Python or numpy integers; bools, floats and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be a whole number >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{what} must be a whole number >= 1, got {value}")
+    return int(value)
+
+
+def _lora_alpha(value: object) -> float:
+    """``value`` as a finite float > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"LoRA alpha (lora_alpha) must be a finite number > 0, got {value!r}")
+    return float(value)

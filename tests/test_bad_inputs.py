@@ -26,6 +26,7 @@ from sam2_encoder.checkpoints import (
     verify_checkpoint,
     write_pins,
 )
+from sam2_encoder.diffusion_policy.feature_cache import CacheError
 from sam2_encoder.transforms import SAM2Transforms
 from sam2_encoder.variants import check_image_size, get_variant
 
@@ -491,6 +492,535 @@ CASES: list[Bad] = [
 ]
 
 
+# ---- encoders, heads, fine-tuning, feature caches, prompts --------------------------------------
+
+_CAM = {"c": (3, 32, 32)}
+_RGB = {"shape": [3, 32, 32], "type": "rgb"}
+
+
+def _cams(**kwargs: object) -> object:
+    """``MultiCameraEncoder`` over one 32x32 camera at 32 px (seeded random weights)."""
+    from sam2_encoder.camera_encoder import MultiCameraEncoder
+
+    return MultiCameraEncoder(kwargs.pop("cameras", _CAM), image_size=32, **kwargs)
+
+
+def _dp(obs: object, **kwargs: object) -> object:
+    from sam2_encoder.diffusion_policy.obs_encoder import SAM2ObsEncoder
+
+    meta = {"obs": obs, "action": {"shape": [2]}} if obs is not None else {"action": {"shape": [2]}}
+    return SAM2ObsEncoder(meta, image_size=32, **kwargs)
+
+
+def _forward_features(dtype: torch.dtype) -> object:
+    enc = _cams().eval()
+    with torch.no_grad():
+        return enc({"c": torch.ones(2, *enc.feature_shape, dtype=dtype)})
+
+
+_PREDICTOR: list[object] = []
+_FRAME = np.zeros((48, 64, 3), np.uint8)
+
+
+def _prompt(frame: np.ndarray = _FRAME, **kwargs: object) -> object:
+    """``add_prompt`` on a fresh tracking state of one shared 64 px ``StreamingPredictor``."""
+    from sam2_encoder.streaming import StreamingPredictor
+
+    if not _PREDICTOR:
+        _PREDICTOR.append(StreamingPredictor("sam2.1_hiera_tiny", image_size=64))
+    predictor = _PREDICTOR[0]
+    predictor.reset()
+    kwargs.setdefault("obj_id", 1)
+    return predictor.add_prompt(frame, **kwargs)
+
+
+def _track_first() -> object:
+    _prompt(points=[[1, 1]])
+    _PREDICTOR[0].reset()
+    return _PREDICTOR[0].track(_FRAME)
+
+
+def _replay(path: Path) -> Path:
+    from sam2_encoder.diffusion_policy.synthetic import write_replay_buffer
+
+    return write_replay_buffer(path / "replay.zarr", episodes=1, steps=4, size=32)
+
+
+def _build(path: Path, **kwargs: object) -> object:
+    from sam2_encoder.diffusion_policy.feature_cache import build_cache
+    from sam2_encoder.image_encoder import SAM2ImageEncoder
+
+    kwargs.setdefault("keys", ["img"])
+    encoder = SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=32)
+    return build_cache(_replay(path), encoder=encoder, out=path / "c.zarr", progress=False, **kwargs)
+
+
+def _open_cache(path: Path) -> object:
+    from sam2_encoder.diffusion_policy.feature_cache import FeatureCache
+
+    return FeatureCache(path)
+
+
+def _plain_zarr(path: Path) -> Path:
+    from sam2_encoder.diffusion_policy.zarr_io import create_array, open_group
+
+    create_array(open_group(path, mode="w"), "x", (2,), (2,), "int64", 0)
+    return path
+
+
+MODEL_CASES: list[Bad] = [
+    # --- shape_meta forms (Diffusion Policy) ---
+    Bad(
+        "shape_meta no obs",
+        lambda t: _dp(None),
+        ValueError,
+        "shape_meta needs an 'obs' mapping of {key: {shape, type}}, got ['action']",
+    ),
+    Bad("shape_meta obs a list", lambda t: _dp([_RGB]), ValueError, "shape_meta needs an 'obs' mapping"),
+    Bad(
+        "shape_meta missing shape",
+        lambda t: _dp({"c": {"type": "rgb"}}),
+        ValueError,
+        "shape_meta.obs.c needs a 'shape' entry, got {'type': 'rgb'}",
+    ),
+    Bad(
+        "shape_meta shape a string",
+        lambda t: _dp({"c": {"shape": "3,32,32", "type": "rgb"}}),
+        ValueError,
+        "shape_meta.obs.c.shape must be a list of ints, got '3,32,32'",
+    ),
+    Bad(
+        "shape_meta shape None",
+        lambda t: _dp({"c": {"shape": None, "type": "rgb"}}),
+        ValueError,
+        "shape_meta.obs.c.shape must be a list of ints, got None",
+    ),
+    Bad(
+        "shape_meta rgb 4 channels",
+        lambda t: _dp({"c": {"shape": [4, 32, 32], "type": "rgb"}}),
+        ValueError,
+        "shape_meta.obs.c: rgb shape must be [3, H, W], got [4, 32, 32]",
+    ),
+    Bad(
+        "shape_meta rgb HWC",
+        lambda t: _dp({"c": {"shape": [32, 32, 3], "type": "rgb"}}),
+        ValueError,
+        "rgb shape must be [3, H, W], got [32, 32, 3]",
+    ),
+    Bad(
+        "shape_meta rgb 2-D",
+        lambda t: _dp({"c": {"shape": [32, 32], "type": "rgb"}}),
+        ValueError,
+        "rgb shape must be [3, H, W], got [32, 32]",
+    ),
+    Bad("shape_meta no rgb key", lambda t: _dp({"pos": {"shape": [2]}}), ValueError, "shape_meta.obs has no rgb key"),
+    Bad(
+        "shape_meta unknown type",
+        lambda t: _dp({"c": {"shape": [3, 32, 32], "type": "depth"}}),
+        ValueError,
+        "type must be 'rgb' or 'low_dim', got 'depth'",
+    ),
+    Bad(
+        "shape_meta low_dim negative",
+        lambda t: _dp({"c": _RGB, "pos": {"shape": [-1]}}),
+        ValueError,
+        "low_dim['pos'] must be whole numbers >= 1, got [-1]",
+    ),
+    Bad(
+        "shape_meta low_dim zero",
+        lambda t: _dp({"c": _RGB, "pos": {"shape": [0]}}),
+        ValueError,
+        "low_dim['pos'] must be whole numbers >= 1, got [0]",
+    ),
+    # --- cameras ---
+    Bad(
+        "cameras none",
+        lambda t: _cams(cameras={}),
+        ValueError,
+        "at least one camera is needed: cameras={key: (3, H, W)}",
+    ),
+    Bad(
+        "camera shape fraction",
+        lambda t: _cams(cameras={"c": (3, 32.5, 32)}),
+        ValueError,
+        "camera 'c': shape must be whole numbers >= 1, got [3, 32.5, 32]",
+    ),
+    Bad(
+        "camera shape 2 values",
+        lambda t: _cams(cameras={"c": (32, 32)}),
+        ValueError,
+        "camera 'c': shape must be [3, H, W], got [32, 32]",
+    ),
+    Bad(
+        "camera shape a number",
+        lambda t: _cams(cameras={"c": 32}),
+        ValueError,
+        "camera 'c': shape must be a list of whole numbers >= 1, got 32",
+    ),
+    Bad(
+        "camera shape bools",
+        lambda t: _cams(cameras={"c": (True, 32, 32)}),
+        ValueError,
+        "camera 'c': shape must be whole numbers >= 1, got [True, 32, 32]",
+    ),
+    # --- crop / resize shapes ---
+    Bad(
+        "crop larger than image",
+        lambda t: _cams(crop_shape=(40, 40)),
+        ValueError,
+        "crop_shape [40, 40] is larger than camera 'c' (32x32)",
+    ),
+    Bad(
+        "crop larger than resize",
+        lambda t: _cams(resize_shape=(24, 24), crop_shape=(28, 20)),
+        ValueError,
+        "crop_shape [28, 20] is larger than camera 'c' (24x24)",
+    ),
+    Bad(
+        "crop one value",
+        lambda t: _cams(crop_shape=(20,)),
+        ValueError,
+        "crop_shape must be 2 whole numbers (H, W), got [20]",
+    ),
+    Bad(
+        "crop three values",
+        lambda t: _cams(crop_shape=(20, 20, 3)),
+        ValueError,
+        "crop_shape must be 2 whole numbers (H, W), got [20, 20, 3]",
+    ),
+    Bad(
+        "crop zero",
+        lambda t: _cams(crop_shape=(0, 20)),
+        ValueError,
+        "crop_shape must be whole numbers >= 1, got [0, 20]",
+    ),
+    Bad(
+        "crop negative",
+        lambda t: _cams(crop_shape=(-4, 20)),
+        ValueError,
+        "crop_shape must be whole numbers >= 1, got [-4, 20]",
+    ),
+    Bad(
+        "crop fraction",
+        lambda t: _cams(crop_shape=(20.5, 20)),
+        ValueError,
+        "crop_shape must be whole numbers >= 1, got [20.5, 20]",
+    ),
+    Bad(
+        "crop a number",
+        lambda t: _cams(crop_shape=20),
+        ValueError,
+        "crop_shape must be a list of whole numbers >= 1, got 20",
+    ),
+    Bad(
+        "crop a string",
+        lambda t: _cams(crop_shape="20,20"),
+        ValueError,
+        "crop_shape must be a list of whole numbers >= 1, got '20,20'",
+    ),
+    Bad(
+        "resize zero",
+        lambda t: _cams(resize_shape=(0, 20)),
+        ValueError,
+        "resize_shape must be whole numbers >= 1, got [0, 20]",
+    ),
+    # --- fine-tuning: LoRA rank / alpha, blocks, modes ---
+    Bad(
+        "lora rank 0",
+        lambda t: _cams(freeze=False, finetune="lora", lora_rank=0),
+        ValueError,
+        "LoRA rank (lora_rank) must be a whole number >= 1, got 0",
+    ),
+    Bad(
+        "lora rank negative",
+        lambda t: _cams(freeze=False, finetune="lora", lora_rank=-2),
+        ValueError,
+        "LoRA rank (lora_rank) must be a whole number >= 1, got -2",
+    ),
+    Bad(
+        "lora rank float",
+        lambda t: _cams(freeze=False, finetune="lora", lora_rank=2.5),
+        ValueError,
+        "LoRA rank (lora_rank) must be a whole number >= 1, got 2.5",
+    ),
+    Bad(
+        "lora rank bool",
+        lambda t: _cams(freeze=False, finetune="lora", lora_rank=True),
+        ValueError,
+        "LoRA rank (lora_rank) must be a whole number >= 1, got True",
+    ),
+    Bad(
+        "lora rank string",
+        lambda t: _cams(freeze=False, finetune="lora", lora_rank="8"),
+        ValueError,
+        "LoRA rank (lora_rank) must be a whole number >= 1, got '8'",
+    ),
+    Bad(
+        "lora alpha nan",
+        lambda t: _cams(freeze=False, finetune="lora", lora_alpha=_NAN),
+        ValueError,
+        "LoRA alpha (lora_alpha) must be a finite number > 0, got nan",
+    ),
+    Bad(
+        "lora alpha zero",
+        lambda t: _cams(freeze=False, finetune="lora", lora_alpha=0),
+        ValueError,
+        "LoRA alpha (lora_alpha) must be a finite number > 0, got 0",
+    ),
+    Bad(
+        "finetune blocks 0",
+        lambda t: _cams(freeze=False, finetune="last_blocks", finetune_blocks=0),
+        ValueError,
+        "finetune_blocks must be a whole number >= 1, got 0",
+    ),
+    Bad(
+        "finetune blocks float",
+        lambda t: _cams(freeze=False, finetune="last_blocks", finetune_blocks=1.5),
+        ValueError,
+        "finetune_blocks must be a whole number >= 1, got 1.5",
+    ),
+    Bad(
+        "finetune blocks too many",
+        lambda t: _cams(freeze=False, finetune="last_blocks", finetune_blocks=13),
+        ValueError,
+        "finetune_blocks must be in 1..12 for sam2.1_hiera_tiny, got 13",
+    ),
+    Bad(
+        "finetune unknown mode",
+        lambda t: _cams(freeze=False, finetune="some"),
+        ValueError,
+        "unknown finetune mode 'some'; choose one of all, last_blocks, lora",
+    ),
+    Bad("finetune while frozen", lambda t: _cams(finetune="lora"), ValueError, "finetune='lora' needs freeze=False"),
+    Bad(
+        "trunk_lr_scale nan",
+        lambda t: _cams(trunk_lr_scale=_NAN),
+        ValueError,
+        "trunk_lr_scale must be a finite number >= 0, got nan",
+    ),
+    # --- pooling heads ---
+    Bad(
+        "pool unknown",
+        lambda t: _cams(pool="max"),
+        ValueError,
+        "unknown pool 'max'; choose one of spatial_softmax, attention, avg, conv",
+    ),
+    Bad(
+        "pool option not taken",
+        lambda t: _cams(pool="avg", pool_kwargs={"num_heads": 2}),
+        ValueError,
+        "pool 'avg' does not take num_heads; its options are output_dim",
+    ),
+    Bad(
+        "pool keypoints 0",
+        lambda t: _cams(num_keypoints=0),
+        ValueError,
+        "num_keypoints must be a whole number >= 1, got 0",
+    ),
+    Bad(
+        "pool keypoints float",
+        lambda t: _cams(num_keypoints=2.5),
+        ValueError,
+        "num_keypoints must be a whole number >= 1, got 2.5",
+    ),
+    Bad(
+        "pool keypoints via kwargs",
+        lambda t: _cams(pool_kwargs={"num_keypoints": -1}),
+        ValueError,
+        "num_keypoints must be a whole number >= 1, got -1",
+    ),
+    Bad("feature_dim 0", lambda t: _cams(feature_dim=0), ValueError, "feature_dim must be a whole number >= 1, got 0"),
+    Bad(
+        "feature_dim negative",
+        lambda t: _cams(feature_dim=-3),
+        ValueError,
+        "feature_dim must be a whole number >= 1, got -3",
+    ),
+    # --- pyramid levels ---
+    Bad(
+        "levels unknown",
+        lambda t: _cams(levels=("s32",)),
+        ValueError,
+        "levels must be a non-empty subset of ('s4', 's8', 's16'), got ['s32']",
+    ),
+    Bad(
+        "levels empty",
+        lambda t: _cams(levels=()),
+        ValueError,
+        "levels must be a non-empty subset of ('s4', 's8', 's16'), got []",
+    ),
+    Bad("levels comma string", lambda t: _cams(levels="s4,s8"), ValueError, "got ['s4,s8']"),
+    # --- cached features fed to the heads ---
+    Bad(
+        "cached features float16",
+        lambda t: _forward_features(torch.float16),
+        TypeError,
+        "obs_dict['c'] holds precomputed features (2, 256, 2, 2) of dtype torch.float16; the heads take torch.float32",
+    ),
+    Bad(
+        "cached features int64",
+        lambda t: _forward_features(torch.int64),
+        TypeError,
+        "of dtype torch.int64; the heads take torch.float32",
+    ),
+    Bad(
+        "obs images uint8",
+        lambda t: _cams().eval()({"c": torch.ones(2, 3, 32, 32, dtype=torch.uint8)}),
+        TypeError,
+        "obs_dict['c'] is torch.uint8; expected float images in input_range",
+    ),
+    Bad(
+        "obs missing key",
+        lambda t: _cams().eval()({"d": torch.rand(2, 3, 32, 32)}),
+        KeyError,
+        "obs_dict is missing 'c'; expected keys ['c'], got ['d']",
+    ),
+    Bad(
+        "obs wrong shape",
+        lambda t: _cams().eval()({"c": torch.rand(2, 3, 30, 32)}),
+        ValueError,
+        "obs_dict['c'] has shape (2, 3, 30, 32); expected (N, 3, 32, 32) or cached features",
+    ),
+    Bad(
+        "obs not a tensor",
+        lambda t: _cams().eval()({"c": np.zeros((2, 3, 32, 32))}),
+        TypeError,
+        "obs_dict['c'] must be a torch.Tensor, got ndarray",
+    ),
+    # --- feature caches ---
+    Bad(
+        "cache dtype bfloat16",
+        lambda t: _build(t, dtype="bfloat16"),
+        ValueError,
+        "dtype must be 'float16' or 'float32', got 'bfloat16'",
+    ),
+    Bad(
+        "cache chunk 0",
+        lambda t: _build(t, chunk_frames=0),
+        ValueError,
+        "chunk_frames must be a whole number >= 1, got 0",
+    ),
+    Bad(
+        "cache chunk float",
+        lambda t: _build(t, chunk_frames=2.0),
+        ValueError,
+        "chunk_frames must be a whole number >= 1, got 2.0",
+    ),
+    Bad(
+        "cache keys a string",
+        lambda t: _build(t, keys="img"),
+        ValueError,
+        "keys must be a non-empty list of replay-buffer keys, got 'img'",
+    ),
+    Bad(
+        "cache keys empty",
+        lambda t: _build(t, keys=[]),
+        ValueError,
+        "keys must be a non-empty list of replay-buffer keys, got []",
+    ),
+    Bad(
+        "cache levels unknown",
+        lambda t: _build(t, levels=["s2"]),
+        ValueError,
+        "levels must be a non-empty subset of ('s4', 's8', 's16'), got ['s2']",
+    ),
+    Bad(
+        "cache key not in replay",
+        lambda t: _build(t, keys=["cam"]),
+        KeyError,
+        "has no data/cam; it has ['action', 'agent_pos', 'img']",
+    ),
+    Bad("cache key not images", lambda t: _build(t, keys=["action"]), ValueError, "data/action of"),
+    Bad(
+        "cache is a file",
+        lambda t: _open_cache(_write(t / "x.zarr", b"")),
+        ValueError,
+        "x.zarr is not a zarr group (a file)",
+    ),
+    Bad("cache missing", lambda t: _open_cache(t / "none.zarr"), FileNotFoundError, "feature cache not found: "),
+    Bad(
+        "cache zarr without attributes",
+        lambda t: _open_cache(_plain_zarr(t / "p.zarr")),
+        CacheError,
+        "is not a sam2_encoder feature cache (no 'sam2_encoder' attributes)",
+    ),
+    # --- prompts (StreamingPredictor) and frames ---
+    Bad("prompt empty", lambda t: _prompt(), ValueError, "empty prompt for object 1: give points=[[x, y], ...]"),
+    Bad("prompt no points", lambda t: _prompt(points=np.zeros((0, 2))), ValueError, "empty prompt for object 1"),
+    Bad(
+        "prompt empty mask",
+        lambda t: _prompt(mask=np.zeros((48, 64), bool)),
+        ValueError,
+        "empty prompt: the mask for object 1 has no foreground pixels",
+    ),
+    Bad(
+        "prompt mask size",
+        lambda t: _prompt(mask=np.ones((10, 10), bool)),
+        ValueError,
+        "mask must be (H, W) = (48, 64) like the frame, got shape (10, 10)",
+    ),
+    Bad(
+        "prompt point outside",
+        lambda t: _prompt(points=[[100, 5]]),
+        ValueError,
+        "point (x, y) = (100.0, 5.0) lies outside the 64x48 (W x H) frame",
+    ),
+    Bad(
+        "prompt point negative",
+        lambda t: _prompt(points=[[-1, 5]]),
+        ValueError,
+        "point (x, y) = (-1.0, 5.0) lies outside the 64x48",
+    ),
+    Bad(
+        "prompt point nan", lambda t: _prompt(points=[[_NAN, 5]]), ValueError, "points must be finite, got [[nan, 5.0]]"
+    ),
+    Bad(
+        "prompt points shape",
+        lambda t: _prompt(points=[[1, 2, 3]]),
+        ValueError,
+        "points must be (K, 2) (x, y) pairs, got shape (1, 3)",
+    ),
+    Bad(
+        "prompt labels mismatch",
+        lambda t: _prompt(points=[[10, 5]], labels=[1, 0]),
+        ValueError,
+        "labels must have one entry per point: 1 points, labels [1, 0]",
+    ),
+    Bad(
+        "prompt label 2",
+        lambda t: _prompt(points=[[10, 5]], labels=[2]),
+        ValueError,
+        "labels must be 1 (object) or 0 (background), got [2]",
+    ),
+    Bad("prompt box inverted", lambda t: _prompt(box=[10, 10, 5, 5]), ValueError, "box must have x1 > x0 and y1 > y0"),
+    Bad(
+        "prompt box outside",
+        lambda t: _prompt(box=[0, 0, 70, 10]),
+        ValueError,
+        "box corner (x, y) = (70.0, 10.0) lies outside",
+    ),
+    Bad(
+        "prompt obj_id string",
+        lambda t: _prompt(obj_id="a", points=[[1, 1]]),
+        TypeError,
+        "obj_id must be an int, got 'a'",
+    ),
+    Bad(
+        "frame float",
+        lambda t: _prompt(np.zeros((48, 64, 3), np.float32), points=[[1, 1]]),
+        TypeError,
+        "frame must be uint8 (0..255), got float32",
+    ),
+    Bad(
+        "track before any prompt",
+        lambda t: _track_first(),
+        RuntimeError,
+        "track() needs at least one object: call add_prompt(",
+    ),
+]
+CASES += MODEL_CASES
+
+
 def _write_torch(path: Path, obj: object) -> Path:
     torch.save(obj, path)
     return path
@@ -509,3 +1039,21 @@ def test_bad_input(case: Bad, tmp_path: Path) -> None:
 
 def test_case_ids_are_unique() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_empty_batches_give_empty_outputs_of_the_right_shape() -> None:
+    """B=0 is not an error: every stage returns zero rows with the shape of one row."""
+    from sam2_encoder.image_encoder import SAM2ImageEncoder
+
+    assert SAM2Transforms(32)(torch.rand(0, 3, 20, 20)).shape == (0, 3, 32, 32)
+    pyramid = SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=32)(torch.rand(0, 3, 32, 32))
+    assert pyramid.shapes == {"s4": (0, 32, 8, 8), "s8": (0, 64, 4, 4), "s16": (0, 256, 2, 2)}
+    enc = _cams(low_dim={"pos": (2,)})
+    d = enc.output_shape()[0]
+    for train in (True, False):
+        enc.train(train)
+        assert enc({"c": torch.rand(0, 3, 32, 32), "pos": torch.rand(0, 2)}).shape == (0, d)
+        out = enc({"c": torch.rand(0, 2, 3, 32, 32), "pos": torch.rand(0, 2, 2)})  # (B, To) with B = 0
+        assert out.shape == (0, 2, d) and out.dtype == torch.float32
+    with torch.no_grad():
+        assert enc({"c": torch.rand(0, *enc.feature_shape), "pos": torch.rand(0, 2)}).shape == (0, d)
