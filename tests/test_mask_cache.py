@@ -1,0 +1,165 @@
+"""Offline tracker masks over a replay buffer: equal to tracking by hand, resumable, checked inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("zarr")
+
+from sam2_encoder.camera_encoder import MultiCameraEncoder  # noqa: E402
+from sam2_encoder.diffusion_policy.mask_cache import (  # noqa: E402
+    MaskCache,
+    MaskCacheError,
+    build_mask_cache,
+    load_prompts,
+    weights_identity,
+)
+from sam2_encoder.diffusion_policy.synthetic import write_replay_buffer  # noqa: E402
+from sam2_encoder.streaming import StreamingPredictor  # noqa: E402
+
+STEPS, SIZE = 4, 48
+PROMPTS = {
+    "objects": [1, 2],
+    "episodes": {
+        "0": {"1": {"points": [[24, 24]], "labels": [1]}, "2": {"box": [2, 2, 20, 20]}},
+        "1": {"2": {"box": [10, 10, 40, 40]}},  # object 1 not prompted: empty masks
+        "2": {},  # nothing to track in this episode
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_video_state, tmp_path_factory) -> Path:
+    from safetensors.torch import save_file
+
+    state = dict(tiny_video_state)
+    key = "mask_decoder.pred_obj_score_head.proj_out.bias"
+    state[key] = state[key] + 3.0  # random weights: keep objects present
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint) -> StreamingPredictor:
+    return StreamingPredictor("sam2.1_hiera_tiny", checkpoint=checkpoint, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory) -> Path:
+    return Path(write_replay_buffer(tmp_path_factory.mktemp("replay") / "replay.zarr", episodes=3, steps=STEPS))
+
+
+def by_hand(predictor: StreamingPredictor, frames: np.ndarray, prompts: dict) -> np.ndarray:
+    out = np.zeros((len(frames), 2, SIZE, SIZE), dtype=bool)
+    if not prompts:
+        return out
+    predictor.reset()
+    res = None
+    for i, (obj, prompt) in enumerate(sorted((int(o), p) for o, p in prompts.items())):
+        res = predictor.add_prompt(frames[0] if i == 0 else None, obj_id=obj, **prompt)
+    for t in range(len(frames)):
+        if t:
+            res = predictor.track(frames[t])
+        for i, obj in enumerate(res.obj_ids):
+            out[t, obj - 1] = res.masks[i].numpy()
+    return out
+
+
+def test_masks_equal_tracking_each_episode_by_hand(predictor, replay, checkpoint, tmp_path) -> None:
+    from sam2_encoder.diffusion_policy.zarr_io import open_group
+
+    weights = weights_identity(checkpoint)
+    assert weights.startswith("sha256:")
+    progress = []
+    out = tmp_path / "masks.zarr"
+    build_mask_cache(replay, "img", PROMPTS, out, predictor, weights, lambda d, t: progress.append((d, t)))
+    cache = MaskCache(out)
+    frames = np.asarray(open_group(replay)["data"]["img"][...])
+    assert cache.objects == [1, 2] and len(cache) == 3 * STEPS
+    all_masks = cache.masks(range(3 * STEPS))
+    assert all_masks.shape == (3 * STEPS, 2, SIZE, SIZE) and all_masks.dtype == bool
+    for e in range(3):
+        expected = by_hand(predictor, frames[e * STEPS : (e + 1) * STEPS], PROMPTS["episodes"][str(e)])
+        assert np.array_equal(all_masks[e * STEPS : (e + 1) * STEPS], expected), e
+    assert all_masks[:STEPS].any(axis=(0, 2, 3)).all(), "both objects tracked in episode 0"
+    assert not all_masks[STEPS : 2 * STEPS, 0].any() and all_masks[STEPS : 2 * STEPS, 1].any()
+    assert not all_masks[2 * STEPS :].any()
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    with pytest.raises(IndexError, match=r"frame 12 is outside mask cache"):
+        cache.masks([0, 12])
+
+    # the masks feed object tokens as they are
+    enc = MultiCameraEncoder({"img": (3, SIZE, SIZE)}, image_size=64, object_masks_key="img_masks", num_objects=2)
+    obs = {"img": torch.from_numpy(frames[:2]).permute(0, 3, 1, 2).float() / 255}
+    obs["img_masks"] = torch.from_numpy(cache.masks([0, 1]))
+    assert enc(obs).shape == (2, enc.output_shape()[0])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_an_interruption_gives_the_same_cache(predictor, replay, tmp_path) -> None:
+    full = MaskCache(build_mask_cache(replay, "img", PROMPTS, tmp_path / "full.zarr", predictor, "w"))
+
+    def stop_after_first(done: int, total: int) -> None:
+        if done == 1:
+            raise Interrupt
+
+    out = tmp_path / "resumed.zarr"
+    with pytest.raises(Interrupt):
+        build_mask_cache(replay, "img", PROMPTS, out, predictor, "w", lambda d, t: stop_after_first(d, t))
+    with pytest.raises(MaskCacheError, match=r"incomplete \(1 of 3 episodes\): rerun the same command"):
+        MaskCache(out)
+    tracked = []
+    original = predictor.track
+    predictor.track = lambda *a, **k: tracked.append(1) or original(*a, **k)
+    try:
+        build_mask_cache(replay, "img", PROMPTS, out, predictor, "w")
+    finally:
+        del predictor.track
+    assert len(tracked) == STEPS - 1, "only episode 1 was tracked again (episode 2 has no objects)"
+    assert np.array_equal(MaskCache(out).masks(range(3 * STEPS)), full.masks(range(3 * STEPS)))
+
+    other = json.loads(json.dumps(PROMPTS))
+    other["episodes"]["1"]["2"]["box"] = [11, 10, 40, 40]
+    with pytest.raises(MaskCacheError, match=r"built from other arguments \(prompts_sha256: cache"):
+        build_mask_cache(replay, "img", other, out, predictor, "w")
+    with pytest.raises(MaskCacheError, match=r"weights: cache 'w', now 'v'"):
+        build_mask_cache(replay, "img", PROMPTS, out, predictor, "v")
+    with pytest.raises(MaskCacheError, match=r"is not a mask cache"):
+        MaskCache(replay)
+
+
+@pytest.mark.parametrize(
+    "prompts, match",
+    [
+        ({"objects": [1]}, r"must be \{'objects': \[ids\], 'episodes'"),
+        ({"objects": [1, 1], "episodes": {}}, r"non-empty list of distinct integer ids"),
+        ({"objects": [1], "episodes": {"0": {}, "1": {}}}, r"episodes 2 have no prompts"),
+        ({"objects": [1], "episodes": {"0": {}, "1": {}, "2": {}, "3": {}}}, r"episode '3' is not an index of the 3"),
+        ({"objects": [1], "episodes": {"0": {"5": {"box": [0, 0, 4, 4]}}}}, r"prompts object '5', which is not in"),
+        ({"objects": [1], "episodes": {"0": {"1": {"labels": [1]}}}}, r"episode 0 object 1: give points or a box"),
+        ({"objects": [1], "episodes": {"0": {"1": {"mask": 1}}}}, r"a prompt is a mapping of"),
+    ],
+)
+def test_bad_prompts(prompts: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_prompts(prompts, 3)
+
+
+def test_prompt_outside_the_frame_names_the_episode(predictor, replay, tmp_path) -> None:
+    bad = {"objects": [1], "episodes": {"0": {}, "1": {"1": {"points": [[100, 5]]}}, "2": {}}}
+    with pytest.raises(ValueError, match=r"prompts: episode 1 object 1: "):
+        build_mask_cache(replay, "img", bad, tmp_path / "m.zarr", predictor, "w")
+    (tmp_path / "p.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"p.json is not valid JSON"):
+        build_mask_cache(replay, "img", tmp_path / "p.json", tmp_path / "n.zarr", predictor, "w")
+    with pytest.raises(KeyError, match=r"has no data/cam; it has \['action', 'agent_pos', 'img'\]"):
+        build_mask_cache(replay, "cam", PROMPTS, tmp_path / "k.zarr", predictor, "w")
