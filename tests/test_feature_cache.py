@@ -475,3 +475,31 @@ def test_zarr3_format_replay_buffers_are_read_or_refused_by_name(replay: Path, e
         cwd=REPO,
     )
     assert "is in the zarr-3 on-disk format (zarr.json), which the installed zarr 2.18" in done.stdout
+
+
+@pytest.mark.skipif(_zarr2_path() is None, reason="zarr 2.18 not staged (.ci/run stages it in .ci/zarr2)")
+def test_our_cache_code_runs_under_zarr2(replay: Path, tmp_path: Path) -> None:
+    """Diffusion Policy environments pin zarr 2: building, reading and verifying work there too."""
+    script = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "import zarr\n"
+        "assert zarr.__version__.startswith('2.18'), zarr.__version__\n"
+        "from sam2_encoder.diffusion_policy.feature_cache import FeatureCache, build_cache, verify_cache\n"
+        "from sam2_encoder.diffusion_policy.zarr_io import chunk_path\n"
+        "from sam2_encoder.image_encoder import SAM2ImageEncoder\n"
+        "enc = SAM2ImageEncoder('sam2.1_hiera_tiny', image_size=32)\n"
+        "out = build_cache(sys.argv[1], ['img'], enc, out=sys.argv[2], progress=False, chunk_frames=8)\n"
+        "assert verify_cache(out) == [] and FeatureCache(out).fused('img', [0, 35]).shape == (2, 256, 2, 2)\n"
+        "chunk_path(out, 'features/img/s16', (1, 0, 0, 0)).unlink()\n"
+        "print(verify_cache(out))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(replay), str(tmp_path / "c.zarr")],
+        check=True,
+        env={**ENV, "PYTHONPATH": _zarr2_path()},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert "features/img/s16 chunk 1 (frames 8-15): the chunk file" in done.stdout
