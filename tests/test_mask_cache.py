@@ -15,11 +15,12 @@ from sam2_encoder.camera_encoder import MultiCameraEncoder  # noqa: E402
 from sam2_encoder.diffusion_policy.mask_cache import (  # noqa: E402
     MaskCache,
     MaskCacheError,
+    MaskDataset,
     build_mask_cache,
     load_prompts,
     weights_identity,
 )
-from sam2_encoder.diffusion_policy.synthetic import write_replay_buffer  # noqa: E402
+from sam2_encoder.diffusion_policy.synthetic import ReplayImageDataset, write_replay_buffer  # noqa: E402
 from sam2_encoder.streaming import StreamingPredictor  # noqa: E402
 
 STEPS, SIZE = 4, 48
@@ -99,6 +100,23 @@ def test_masks_equal_tracking_each_episode_by_hand(predictor, replay, checkpoint
     obs = {"img": torch.from_numpy(frames[:2]).permute(0, 3, 1, 2).float() / 255}
     obs["img_masks"] = torch.from_numpy(cache.masks([0, 1]))
     assert enc(obs).shape == (2, enc.output_shape()[0])
+
+
+def test_dataset_serves_the_masks_of_each_sample(predictor, replay, tmp_path) -> None:
+    cache = MaskCache(build_mask_cache(replay, "img", PROMPTS, tmp_path / "m.zarr", predictor, "w"))
+    base = ReplayImageDataset(replay, horizon=3, pad_before=1, pad_after=1)
+    data = MaskDataset(base, cache, "image_masks")
+    assert len(data) == len(base)
+    for idx in range(len(data)):
+        item = data[idx]
+        start, end, s0, s1 = (int(v) for v in base.sampler.indices[idx])
+        frames = [start] * s0 + list(range(start, end)) + [end - 1] * (3 - s1)  # DP's padding
+        masks = item["obs"]["image_masks"]
+        assert masks.shape == (3, 2, SIZE, SIZE) and masks.dtype == torch.float32
+        assert torch.equal(masks, torch.from_numpy(cache.masks(frames)).float())
+        assert torch.equal(item["obs"]["image"], base[idx]["obs"]["image"])
+    with pytest.raises(TypeError, match=r"list has no DP-style sampler"):
+        MaskDataset([], cache, "image_masks")
 
 
 class Interrupt(Exception):

@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..checkpoints import find_local_path, sha256sum
+from .feature_cache import sequence_frames
 from .zarr_io import create_array, open_group
 
-__all__ = ["MaskCache", "MaskCacheError", "build_mask_cache", "load_prompts", "weights_identity"]
+__all__ = ["MaskCache", "MaskCacheError", "MaskDataset", "build_mask_cache", "load_prompts", "weights_identity"]
 
 FORMAT = 1
 _ATTR = "sam2_encoder_masks"
@@ -290,3 +292,55 @@ class MaskCache:
             bad = int(index.min()) if index.min() < 0 else int(index.max())
             raise IndexError(f"frame {bad} is outside mask cache {self.path} ({len(self)} frames)")
         return np.asarray(self.root["masks"].get_orthogonal_selection((index,)), dtype=bool)
+
+
+class MaskDataset(torch.utils.data.Dataset):
+    """Adds cached object masks to the samples of a Diffusion Policy dataset.
+
+    Wraps a DP dataset (``sampler.indices`` / ``sampler.sequence_length`` like DP's
+    ``SequenceSampler``, items ``{"obs": {...}, "action": ...}``, ``get_normalizer()``; also a
+    :class:`~sam2_encoder.diffusion_policy.feature_cache.CachedFeatureDataset`). Each item gets
+    ``obs[obs_key]``: ``(T, K, H, W)`` float32 masks of the sample's frames (padded steps repeat the
+    first / last frame, as the sampler pads), which ``object_masks_key=obs_key`` feeds to the
+    object tokens. The normaliser maps ``obs_key`` through the identity.
+
+    Args:
+        dataset: The DP dataset to wrap.
+        masks: A :class:`MaskCache` or its path.
+        obs_key: The obs key the masks are served under.
+    """
+
+    def __init__(self, dataset: Any, masks: MaskCache | str | os.PathLike[str], obs_key: str) -> None:
+        sampler = getattr(dataset, "sampler", None)
+        if sampler is None or not hasattr(sampler, "indices"):
+            raise TypeError(f"{type(dataset).__name__} has no DP-style sampler with .indices")
+        self.dataset = dataset
+        self.cache = masks if isinstance(masks, MaskCache) else MaskCache(masks)
+        self.obs_key = obs_key
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        item = self.dataset[idx]
+        sampler = self.dataset.sampler
+        frames = sequence_frames(sampler.indices[idx], sampler.sequence_length)
+        masks = torch.from_numpy(self.cache.masks(frames)).float()
+        return {**item, "obs": {**item["obs"], self.obs_key: masks}}
+
+    def get_validation_dataset(self) -> MaskDataset:
+        """The wrapped dataset's validation split, with masks from the same cache."""
+        return MaskDataset(self.dataset.get_validation_dataset(), self.cache, self.obs_key)
+
+    def get_normalizer(self, *args: Any, **kwargs: Any):
+        """The wrapped dataset's normaliser with the mask key mapped through the identity."""
+        from diffusion_policy.model.common.normalizer import SingleFieldLinearNormalizer
+
+        normalizer = self.dataset.get_normalizer(*args, **kwargs)
+        normalizer[self.obs_key] = SingleFieldLinearNormalizer.create_identity()
+        return normalizer
