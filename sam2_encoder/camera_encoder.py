@@ -62,7 +62,8 @@ class MultiCameraEncoder(nn.Module):
         object_level: Pyramid level the tokens pool (``"s4"``, ``"s8"``, ``"s16"``); with
             ``fuse="pool"`` it must be the coarsest of ``levels``.
         object_tokens: ``"append"`` (after the camera's readout) or ``"replace"`` (tokens only).
-        object_token_dim: Project each token to this size (``None``: the level's channels).
+        object_token_dim: Project each token to this size (``None``: the level's channels);
+            ``feature_dim`` sizes the readout only.
         object_absent: Token of an empty mask: ``"learned"`` embedding or ``"zero"``.
         freeze: Keep the SAM 2 weights frozen (default). ``False`` fine-tunes them (see ``finetune``).
         finetune: With ``freeze=False``: ``"all"`` (default), ``"last_blocks"`` or ``"lora"``.
@@ -509,7 +510,10 @@ class MultiCameraEncoder(nn.Module):
         return x[batch, chans, rows, cols]
 
     def extra_repr(self) -> str:
-        return f"cameras={self.rgb_keys}, low_dim={self.low_dim_keys}, levels={list(self.levels)}"
+        extra = f", fuse={self.fuse!r}" if self.fuse != "pool" else ""
+        if self.object_masks:
+            extra += f", object_masks={self.object_masks}, num_objects={self.num_objects}"
+        return f"cameras={self.rgb_keys}, low_dim={self.low_dim_keys}, levels={list(self.levels)}{extra}"
 
 
 class _Lookup:
