@@ -110,7 +110,7 @@ def test_output_size_is_known_without_a_forward_pass(kwargs: dict, dim: int) -> 
     enc = MultiCameraEncoder(CAMS, {"pos": (2,)}, image_size=SIZE, **kwargs)
     assert enc.output_shape() == (2 * dim + 2,)
     assert enc.feature_shape == (1024, SIZE // 16, SIZE // 16) and enc.levels == ("s4", "s8", "s16")
-    assert "fuse='coarse_to_fine'" in repr(enc).splitlines()[0]
+    assert "fuse='coarse_to_fine'" in enc.extra_repr()
     n_modules = len(list(enc.modules()))
     out = enc(batch())
     assert out.shape == (3, 2 * dim + 2)
