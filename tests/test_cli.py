@@ -292,6 +292,25 @@ USER_ERRORS = [
         "data/agent_pos of",
     ),
     (
+        "cache out is the replay",
+        lambda t: ["cache", str(_replay(t / "r.zarr")), "--keys", "img", "--out", str(t / "r.zarr"), *SMALL, "--quiet"],
+        "r.zarr exists and is not a sam2_encoder feature cache; pass another --out",
+    ),
+    (
+        "cache out is a file",
+        lambda t: [
+            "cache",
+            str(_replay(t / "r.zarr")),
+            "--keys",
+            "img",
+            "--out",
+            str(_touch(t / "c")),
+            *SMALL,
+            "--quiet",
+        ],
+        "is not a zarr group (a file)",
+    ),
+    (
         "cache batch 0",
         lambda t: ["cache", "r.zarr", "--keys", "img", "--batch-size", "0"],
         "argument --batch-size: expected a whole number >= 1, got 0",

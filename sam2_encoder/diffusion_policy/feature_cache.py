@@ -261,7 +261,9 @@ def _prepare(out: Path, spec: dict, keys, levels, shapes, n_chunks: int) -> bool
     """Check an existing cache's settings, or create an empty one atomically; ``True`` if created."""
     if out.exists():
         group = open_group(out, mode="r+")
-        existing = dict(group.attrs.get("sam2_encoder", {}))
+        if "sam2_encoder" not in group.attrs:
+            raise CacheError(f"{out} exists and is not a sam2_encoder feature cache; pass another --out (out=)")
+        existing = dict(group.attrs["sam2_encoder"])
         existing.pop("complete", None)
         if existing != spec:
             diff = {k: (existing.get(k), spec[k]) for k in spec if existing.get(k) != spec[k]}
