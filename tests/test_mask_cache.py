@@ -105,7 +105,7 @@ def test_masks_equal_tracking_each_episode_by_hand(predictor, replay, checkpoint
 def test_dataset_serves_the_masks_of_each_sample(predictor, replay, tmp_path) -> None:
     cache = MaskCache(build_mask_cache(replay, "img", PROMPTS, tmp_path / "m.zarr", predictor, "w"))
     base = ReplayImageDataset(replay, horizon=3, pad_before=1, pad_after=1)
-    data = MaskDataset(base, cache, "image_masks")
+    data = MaskDataset(cache, "image_masks", dataset=base)
     assert len(data) == len(base)
     for idx in range(len(data)):
         item = data[idx]
@@ -116,7 +116,19 @@ def test_dataset_serves_the_masks_of_each_sample(predictor, replay, tmp_path) ->
         assert torch.equal(masks, torch.from_numpy(cache.masks(frames)).float())
         assert torch.equal(item["obs"]["image"], base[idx]["obs"]["image"])
     with pytest.raises(TypeError, match=r"list has no DP-style sampler"):
-        MaskDataset([], cache, "image_masks")
+        MaskDataset(cache, "image_masks", dataset=[])
+    pytest.importorskip("hydra")
+    built = MaskDataset(  # the Hydra form: the task's dataset node arrives as kwargs
+        str(cache.path),
+        "image_masks",
+        dataset_target="sam2_encoder.diffusion_policy.synthetic.ReplayImageDataset",
+        zarr_path=str(replay),
+        horizon=3,
+        pad_before=1,
+        pad_after=1,
+    )
+    assert torch.equal(built[2]["obs"]["image_masks"], data[2]["obs"]["image_masks"])
+    assert len(built.get_validation_dataset()) == len(base)
 
 
 class Interrupt(Exception):

@@ -305,12 +305,28 @@ class MaskDataset(torch.utils.data.Dataset):
     object tokens. The normaliser maps ``obs_key`` through the identity.
 
     Args:
-        dataset: The DP dataset to wrap.
         masks: A :class:`MaskCache` or its path.
         obs_key: The obs key the masks are served under.
+        dataset: The DP dataset to wrap, or ``None`` to build ``dataset_target(**dataset_kwargs)``.
+        dataset_target: Import path of the DP dataset class (from Hydra configs, where this node
+            is merged over the task's dataset node, whose arguments arrive as kwargs).
+        **dataset_kwargs: Arguments of ``dataset_target``.
     """
 
-    def __init__(self, dataset: Any, masks: MaskCache | str | os.PathLike[str], obs_key: str) -> None:
+    def __init__(
+        self,
+        masks: MaskCache | str | os.PathLike[str],
+        obs_key: str,
+        dataset: Any = None,
+        dataset_target: str | None = None,
+        **dataset_kwargs: Any,
+    ) -> None:
+        if dataset is None:
+            if dataset_target is None:
+                raise ValueError("MaskDataset needs dataset= or dataset_target=")
+            from hydra.utils import get_class
+
+            dataset = get_class(dataset_target)(**dataset_kwargs)
         sampler = getattr(dataset, "sampler", None)
         if sampler is None or not hasattr(sampler, "indices"):
             raise TypeError(f"{type(dataset).__name__} has no DP-style sampler with .indices")
@@ -335,7 +351,7 @@ class MaskDataset(torch.utils.data.Dataset):
 
     def get_validation_dataset(self) -> MaskDataset:
         """The wrapped dataset's validation split, with masks from the same cache."""
-        return MaskDataset(self.dataset.get_validation_dataset(), self.cache, self.obs_key)
+        return MaskDataset(self.cache, self.obs_key, dataset=self.dataset.get_validation_dataset())
 
     def get_normalizer(self, *args: Any, **kwargs: Any):
         """The wrapped dataset's normaliser with the mask key mapped through the identity."""
