@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, machine_info, write_json
+from common import add_output_args, machine_info, output_path, write_json
 from diffusers import DDPMScheduler
 
 from sam2_encoder import SAM2ObsEncoder, __version__
@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=8, help="timed training steps per variant")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(RESULTS / "cache.json"))
+    add_output_args(p, "cache")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     shape_meta = {
@@ -110,7 +110,7 @@ def main() -> None:
         "cache_build_frames_per_s": round(n_frames / build_s, 2),
         "break_even_steps": round(build_s / (sec["on_the_fly"] - sec["cached"]), 1),
     }
-    out = Path(args.out)
+    out = output_path(args, "cache")
     write_json(report, out)
     print(json.dumps(report, indent=1))
     plot(report, out.with_suffix(".png"))

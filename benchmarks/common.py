@@ -8,12 +8,13 @@ can import it too. Import it from a benchmark script run as ``python benchmarks/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,9 +23,14 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+LOCAL_RESULTS = RESULTS / "local"  # git-ignored: where runs go unless --record
 
 __all__ = [
+    "LOCAL_RESULTS",
     "RESULTS",
+    "add_output_args",
+    "emulated_bf16",
+    "output_path",
     "External",
     "Samples",
     "interleave",
@@ -231,9 +237,67 @@ def matmul_throughput(
     }
 
 
+@contextlib.contextmanager
+def emulated_bf16(enabled: bool = True) -> Iterator[None]:
+    """Let ``precision="bf16"`` run where the hardware only emulates bf16 (for measuring, never for use).
+
+    torch emulates bf16 on CPUs without AVX512-BF16 / AMX: the numerics are bf16's (inputs rounded to
+    bf16, fp32 accumulation), the speed says nothing about native bf16.
+    """
+    if not enabled:
+        yield
+        return
+    from sam2_encoder import image_encoder
+
+    original = image_encoder.bf16_support
+    image_encoder.bf16_support = lambda device: (True, "emulated for a measurement")
+    try:
+        yield
+    finally:
+        image_encoder.bf16_support = original
+
+
+def add_output_args(parser: Any, name: str) -> None:
+    """``--record`` and ``--out`` for a benchmark writing ``<name>.json`` (and its plots beside it).
+
+    Without ``--record`` results go to ``benchmarks/results/local/`` (git-ignored), so a trial run
+    never overwrites the committed results the README quotes.
+    """
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write into benchmarks/results/ (the committed results; run on a quiet machine) instead of "
+        "benchmarks/results/local/ (git-ignored)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON path (default: <results folder>/{name}.json)")
+
+
+def output_path(args: Any, name: str) -> Path:
+    """Where a run writes ``<name>.json``: ``--out``, else the recorded or the local results folder.
+
+    With ``--record`` a busy machine (1-minute load average >= 0.5 over this run's threads) is
+    named on stderr: its timings are noise, and the JSON carries the load averages.
+    """
+    if args.out is not None:
+        return Path(args.out)
+    if args.record:
+        load = loadavg()
+        if load is not None and load[0] >= 0.5 + getattr(args, "threads", 1) - 1:
+            print(
+                f"warning: --record on a busy machine (load average {load}); the timings will be noisy",
+                file=sys.stderr,
+            )
+    return (RESULTS if args.record else LOCAL_RESULTS) / f"{name}.json"
+
+
 def write_json(report: Mapping[str, Any], path: Path) -> None:
-    """Write ``report`` as indented JSON through a temporary name, creating the folder."""
+    """Write ``report`` as indented JSON through a temporary name, creating the folder.
+
+    A report with a ``machine`` section gets the load average at the end of the run added there.
+    """
     path = Path(path)
+    if isinstance(report.get("machine"), dict):
+        report["machine"]["load_average_at_end"] = loadavg()  # type: ignore[index]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")

@@ -35,8 +35,12 @@ the JSON says why.
     python benchmarks/encoder.py --sizes 256 --batches 8 --no-compile --no-opts   # the goal config only
     python benchmarks/encoder.py --device cuda --threads 8   # GPU: adds bf16, pinned memory, SDPA backends
 
-Prints one JSON document, writes ``benchmarks/results/encoder.json`` and draws
-``encoder_throughput.png`` (images/s vs batch) and ``encoder_latency.png`` (latency vs size).
+Prints one JSON document, writes ``encoder.json`` and draws ``encoder_throughput.png`` (images/s
+vs batch) and ``encoder_latency.png`` (latency vs size) into ``benchmarks/results/local/``
+(git-ignored), or into ``benchmarks/results/`` with ``--record`` (the committed results: run on a
+quiet machine; the JSON records the load averages). Meta's reference lives in
+``meta_reference.py``, transformers' stock pipeline in ``hf_reference.py``, the plots in
+``plotting.py``.
 """
 
 from __future__ import annotations
@@ -44,10 +48,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,18 +61,24 @@ from typing import Any
 import numpy as np
 import torch
 from common import (
-    RESULTS,
     External,
+    add_output_args,
+    emulated_bf16,
     flops_per_image,
     interleave,
     loadavg,
     machine_info,
     matmul_throughput,
-    pyplot,
+    output_path,
     summarize,
     sync_fn,
     write_json,
 )
+from hf_reference import hf_features, make_processor, stock_pixels
+from meta_reference import MetaReference, import_torchvision, start_meta
+from plotting import plot_encoder
+
+from sam2_encoder.image_encoder import bf16_support
 
 STRIDES = (4, 8, 16)
 METHODS: dict[str, str] = {
@@ -85,17 +93,6 @@ METHODS: dict[str, str] = {
     "normalised tensors, timed in a helper process (Meta's own seeded init, loaded into a second copy of ours "
     "for the exactness check)",
 }
-# Meta's model configs inside the ``sam2`` package, by our variant names.
-META_CONFIGS: dict[str, str] = {
-    "sam2_hiera_tiny": "configs/sam2/sam2_hiera_t.yaml",
-    "sam2_hiera_small": "configs/sam2/sam2_hiera_s.yaml",
-    "sam2_hiera_base_plus": "configs/sam2/sam2_hiera_b+.yaml",
-    "sam2_hiera_large": "configs/sam2/sam2_hiera_l.yaml",
-    "sam2.1_hiera_tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
-    "sam2.1_hiera_small": "configs/sam2.1/sam2.1_hiera_s.yaml",
-    "sam2.1_hiera_base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
-    "sam2.1_hiera_large": "configs/sam2.1/sam2.1_hiera_l.yaml",
-}
 GOAL = {"size": 256, "batch": 8, "e2e_vs_stock": 1.5, "encode_vs_bare": 1.15}
 _T0 = time.perf_counter()
 
@@ -103,226 +100,6 @@ _T0 = time.perf_counter()
 def log(msg: str) -> None:
     """A progress line on stderr with the elapsed time."""
     print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# Meta's reference, in a helper process (its venv has sam2 and torchvision, not transformers)
-# ------------------------------------------------------------------------------------------------
-
-
-def _meta_features(model: Any, x: torch.Tensor) -> list[torch.Tensor]:
-    """Meta's image-predictor features as ``(B, C, h, w)`` maps (``set_image_batch``'s recipe)."""
-    with torch.inference_mode():
-        backbone_out = model.forward_image(x)
-        _, feats, _, _ = model._prepare_backbone_features(backbone_out)
-        feats[-1] = feats[-1] + model.no_mem_embed
-        b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
-        return [f.permute(1, 2, 0).reshape(b, -1, h // s, w // s) for f, s in zip(feats, STRIDES)]
-
-
-def meta_worker() -> None:
-    """Serve Meta's model over stdin/stdout, one JSON request per line (see :class:`MetaReference`)."""
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # anything the libraries print goes to stderr, not into the protocol
-    sys.stdout = sys.stderr
-    from importlib.metadata import version
-
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    spec = importlib.util.find_spec("sam2")
-    if spec is None or not spec.submodule_search_locations:
-        proto.write(json.dumps({"error": "sam2 is not installed in this interpreter"}) + "\n")
-        return
-    package = Path(next(iter(spec.submodule_search_locations)))
-    model: Any = None
-    device = torch.device("cpu")
-    inputs: dict[str, torch.Tensor] = {}
-    for line in sys.stdin:
-        req = json.loads(line)
-        reply: dict[str, Any] = {"ok": True}
-        try:
-            cmd = req["cmd"]
-            if cmd == "init":
-                torch.set_num_threads(req["threads"])
-                device = torch.device(req["device"])
-                cfg = OmegaConf.load(package / META_CONFIGS[req["variant"]])
-                OmegaConf.resolve(cfg)
-                torch.manual_seed(req["seed"])
-                model = instantiate(cfg.model, _recursive_=True).eval().to(device)
-                torch.save(model.state_dict(), req["weights_out"])
-                reply.update(sam2=version("sam2"), torch=torch.__version__, threads=torch.get_num_threads())
-            elif cmd == "input":
-                inputs[req["key"]] = torch.load(req["path"], weights_only=True).to(device)
-            elif cmd == "drop":
-                inputs.pop(req["key"], None)
-            elif cmd == "features":
-                feats = _meta_features(model, inputs[req["key"]])
-                torch.save([f.cpu() for f in feats], req["out"])
-            elif cmd == "time":
-                x = inputs[req["key"]]
-                sync = sync_fn(device)
-                if sync:
-                    sync()
-                c0, t0 = time.process_time(), time.perf_counter()
-                _meta_features(model, x)
-                if sync:
-                    sync()
-                reply.update(wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
-            elif cmd == "quit":
-                break
-            else:
-                raise ValueError(f"unknown command {cmd!r}")
-        except Exception as err:  # noqa: BLE001 - reported to the parent, which decides
-            reply = {"error": f"{type(err).__name__}: {err}"}
-        proto.write(json.dumps(reply) + "\n")
-
-
-class MetaReference:
-    """Client of :func:`meta_worker`: Meta's SAM 2 in another interpreter, timed there."""
-
-    def __init__(self, python: str, threads: int, device: torch.device, tmp: Path) -> None:
-        self.tmp = tmp
-        self.threads = threads
-        self.device = device
-        self.log = open(tmp / "meta_worker.log", "w")  # noqa: SIM115 - closed in close()
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        self.proc = subprocess.Popen(
-            [python, str(Path(__file__).resolve()), "--meta-worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            env=env,
-        )
-        self.info: dict[str, Any] = {"python": python}
-
-    def call(self, **req: Any) -> dict[str, Any]:
-        """Send one request and wait for its reply."""
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"Meta helper process died; see {self.tmp / 'meta_worker.log'}")
-        reply = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        return reply
-
-    def init(self, variant: str, seed: int) -> dict[str, torch.Tensor]:
-        """Build Meta's model for ``variant`` with its own init under ``seed``; return its state dict."""
-        path = self.tmp / "meta_weights.pt"
-        reply = self.call(
-            cmd="init", variant=variant, seed=seed, threads=self.threads, device=str(self.device), weights_out=str(path)
-        )
-        self.info.update({k: v for k, v in reply.items() if k != "ok"})
-        return torch.load(path, weights_only=True)
-
-    def set_input(self, key: str, x: torch.Tensor) -> None:
-        path = self.tmp / f"{key}.pt"
-        torch.save(x.detach().cpu().contiguous(), path)
-        self.call(cmd="input", key=key, path=str(path))
-        path.unlink()
-
-    def drop(self, key: str) -> None:
-        self.call(cmd="drop", key=key)
-
-    def features(self, key: str) -> list[torch.Tensor]:
-        path = self.tmp / f"{key}_features.pt"
-        self.call(cmd="features", key=key, out=str(path))
-        out = torch.load(path, weights_only=True)
-        path.unlink()
-        return out
-
-    def time(self, key: str) -> External:
-        reply = self.call(cmd="time", key=key)
-        return External(reply["wall"], reply["cpu"])
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.call(cmd="quit")
-        with contextlib.suppress(Exception):
-            self.proc.wait(timeout=10)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.log.close()
-
-
-def start_meta(args: argparse.Namespace, device: torch.device, tmp: Path) -> tuple[MetaReference | None, dict]:
-    """Start Meta's helper if an interpreter with ``sam2`` is known; else say why not."""
-    python = args.meta_python or os.environ.get("SAM2_META_PYTHON")
-    if not python and importlib.util.find_spec("sam2") is not None:
-        python = sys.executable
-    if not python:
-        return None, {
-            "status": "not installed",
-            "how": "pip install sam2==1.1.0 (needs torchvision) in some venv, then --meta-python <its python>",
-        }
-    try:
-        ref = MetaReference(python, args.threads, device, tmp)
-        ref.call(cmd="drop", key="-")  # round trip: the helper imported hydra/omegaconf and found sam2
-    except (OSError, RuntimeError) as err:
-        return None, {"status": f"unavailable: {err}", "python": python}
-    return ref, {"status": "running", "python": python}
-
-
-# ------------------------------------------------------------------------------------------------
-# transformers' stock pipeline
-# ------------------------------------------------------------------------------------------------
-
-_KEEP: list[Any] = []
-
-
-def import_torchvision(extra_path: str | None) -> dict[str, Any]:
-    """Import torchvision for transformers' ``Sam2ImageProcessor``; report how (or why not).
-
-    PyPI's torchvision wheels are CUDA builds: next to CPU torch their compiled ops do not load,
-    and torchvision >= 0.2x then fails at import registering fake kernels for ``torchvision::nms``.
-    Declaring the two operator schemas (no kernels) first lets its pure-python parts import.
-    """
-    if extra_path:
-        sys.path.append(extra_path)
-    try:
-        import torchvision
-
-        mode = "native"
-    except ImportError as err:
-        return {"available": False, "reason": f"torchvision is not installed ({err})"}
-    except RuntimeError as err:
-        if "torchvision::nms" not in str(err):
-            return {"available": False, "reason": f"torchvision failed to import: {err}"}
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _KEEP.append(lib)
-        import torchvision
-
-        mode = "schema-shim (compiled ops not loaded; python transforms only)"
-    return {"available": True, "version": torchvision.__version__, "import": mode, "path": torchvision.__file__}
-
-
-def make_processor(size: int) -> Any:
-    """transformers' stock ``Sam2Processor`` resizing to ``size`` (its image processor's defaults otherwise)."""
-    from transformers import Sam2ImageProcessor, Sam2Processor
-
-    return Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": size, "width": size}))
-
-
-def stock_pixels(processor: Any, frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Normalised pixels from the stock processor (resized on ``device``)."""
-    kwargs = {"device": device} if device.type != "cpu" else {}
-    return processor(images=frames, return_tensors="pt", **kwargs)["pixel_values"].to(device)
-
-
-def hf_features(model: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``get_image_features`` + no-memory embedding, as ``(B, C, h, w)`` maps (what a user of it needs)."""
-    feats = list(model.get_image_features(pixel_values).fpn_hidden_states)  # (hw, B, C) each
-    feats[-1] = feats[-1] + model.no_memory_embedding
-    b, h, w = pixel_values.shape[0], pixel_values.shape[-2], pixel_values.shape[-1]
-    return tuple(f.permute(1, 2, 0).reshape(b, -1, h // s, w // s) for f, s in zip(feats, STRIDES))  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -512,7 +289,7 @@ def run_grid(
                 use_meta = ours_meta is not None and "meta" in wanted and b <= args.meta_max_batch
                 if use_meta:
                     meta.set_input("pv", pv)  # type: ignore[union-attr]
-                    methods["meta"] = lambda: meta.time("pv")  # type: ignore[union-attr]
+                    methods["meta"] = lambda: External(*meta.time("pv"))  # type: ignore[union-attr]
                 methods = {k: in_mode(v) if k != "meta" else v for k, v in methods.items() if k in wanted}
                 rounds = args.rounds
                 if (size, b) == (GOAL["size"], GOAL["batch"]):
@@ -583,16 +360,6 @@ def run_grid(
 # ------------------------------------------------------------------------------------------------
 
 
-def chunked(encoder: Any, pv: torch.Tensor, chunk: int) -> Callable[[], tuple[torch.Tensor, ...]]:
-    """``encoder.encode`` over the batch in slices of ``chunk`` images, maps concatenated."""
-
-    def run() -> tuple[torch.Tensor, ...]:
-        parts = [tuple(encoder.encode(pv[i : i + chunk])) for i in range(0, pv.shape[0], chunk)]
-        return tuple(torch.cat(level) for level in zip(*parts))
-
-    return run
-
-
 def run_optimisations(args: argparse.Namespace, device: torch.device, frames_pool: np.ndarray) -> dict[str, Any]:
     """Each optimisation against one baseline (``encode`` as shipped), side by side in one interleaved run."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -606,34 +373,37 @@ def run_optimisations(args: argparse.Namespace, device: torch.device, frames_poo
     pv_cl = pv.contiguous(memory_format=torch.channels_last)
     ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
     what: dict[str, str] = {
-        "baseline": "encode() as shipped: inference_mode, no positional encodings, fused attention, NCHW input",
+        "baseline": "encode() as shipped: inference_mode, no positional encodings, fused attention, NCHW input, "
+        "micro_batch='auto', skip_padding='auto'",
+        "one_pass": "micro_batch=None: the whole batch in one pass",
+        "no_padding_skip": "skip_padding=False: project the zero tokens that pad attention windows",
+        "plain_path": "micro_batch=None and skip_padding=False (the defaults before micro-batching)",
         "with_pos_enc": "with_pos_enc=True: also compute the neck's sine positional encodings (off by default)",
         "transformers_attention": "fast_attention=False: transformers' own Hiera forward (computes an unused "
         "attention-weight tensor)",
         "channels_last_input": "input in channels_last memory format (weights as is)",
         "channels_last_model": "input and conv weights in channels_last (model.to(memory_format=channels_last))",
         "no_grad": "called with autograd on: the frozen encoder runs under torch.no_grad instead of inference_mode",
-        **{
-            f"chunks_of_{c}": (
-                "one encode() call per image instead of one batched pass"
-                if c == 1
-                else f"the batch in encode() calls of {c} images (outputs concatenated) instead of one pass"
-            )
-            for c in args.opt_chunks
-            if c < b
-        },
+        **{f"micro_batch_{c}": f"micro_batch={c}: the batch in chunks of {c} images" for c in args.opt_chunks if c < b},
         "sdpa_math": "SDPA restricted to the math backend (default picks the fused kernel)",
         "hf_bare_inference_mode": "transformers get_image_features under torch.inference_mode",
         "hf_bare_no_grad": "transformers get_image_features under torch.no_grad",
     }
     methods: dict[str, Callable[[], Any]] = {
         "baseline": in_mode(lambda: ours.encode(pv)),
+        "one_pass": in_mode(toggled(ours, lambda: ours.encode(pv), micro_batch=None)),
+        "no_padding_skip": in_mode(toggled(ours, lambda: ours.encode(pv), skip_padding=False)),
+        "plain_path": in_mode(toggled(ours, lambda: ours.encode(pv), micro_batch=None, skip_padding=False)),
         "with_pos_enc": in_mode(toggled(ours, lambda: ours.encode(pv), with_pos_enc=True)),
         "transformers_attention": in_mode(toggled(ours, lambda: ours.encode(pv), fast_attention=False)),
         "channels_last_input": in_mode(lambda: ours.encode(pv_cl)),
         "channels_last_model": in_mode(lambda: ours_cl.encode(pv_cl)),
         "no_grad": in_mode(lambda: ours.encode(pv), mode="grad"),
-        **{f"chunks_of_{c}": in_mode(chunked(ours, pv, c)) for c in args.opt_chunks if c < b},
+        **{
+            f"micro_batch_{c}": in_mode(toggled(ours, lambda: ours.encode(pv), micro_batch=c))
+            for c in args.opt_chunks
+            if c < b
+        },
         "sdpa_math": in_mode(within(lambda: ours.encode(pv), lambda: sdpa_kernel(SDPBackend.MATH))),
         "hf_bare_inference_mode": in_mode(lambda: hf_features(hf, pv)),
         "hf_bare_no_grad": in_mode(lambda: hf_features(hf, pv), mode="no_grad"),
@@ -643,9 +413,17 @@ def run_optimisations(args: argparse.Namespace, device: torch.device, frames_poo
         def autocast() -> contextlib.AbstractContextManager:
             return torch.autocast(device.type, dtype=torch.bfloat16)
 
-        what["bf16_autocast"] = "encode() under torch.autocast(bfloat16) (fp32 weights)"
+        native, why = bf16_support(device)
+        what["bf16"] = (
+            f"precision='bf16': the Hiera trunk under bf16 autocast ({'native' if native else 'EMULATED'}: {why})"
+        )
         what["hf_bare_bf16_autocast"] = "transformers get_image_features under torch.autocast(bfloat16)"
-        methods["bf16_autocast"] = in_mode(within(lambda: ours.encode(pv), autocast))
+
+        def bf16_encode() -> Any:
+            with emulated_bf16(not native):
+                return toggled(ours, lambda: ours.encode(pv), precision="bf16")()
+
+        methods["bf16"] = in_mode(bf16_encode)
         methods["hf_bare_bf16_autocast"] = in_mode(within(lambda: hf_features(hf, pv), autocast))
     if device.type == "cuda":
         for backend in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
@@ -706,7 +484,7 @@ def run_optimisations(args: argparse.Namespace, device: torch.device, frames_poo
             "sdpa_backends": "CUDA backends (flash, efficient, cuDNN) only; on CPU: math vs the default fused kernel",
         }
         if not args.cpu_bf16:
-            out["skipped_on_cpu"]["bf16_autocast"] = "CUDA only by default (--cpu-bf16 measures it on CPU)"
+            out["skipped_on_cpu"]["bf16"] = "CUDA only by default (--cpu-bf16 measures it on CPU)"
     if device.type == "cuda":
         out["pinned_memory"] = run_pinned(args, device, ours, frames)
     return out
@@ -830,117 +608,6 @@ def goals(results: Sequence[dict], variant: str) -> dict[str, Any]:
     }
 
 
-def plot(report: dict[str, Any], out_dir: Path, plot_size: int, latency_batches: Sequence[int]) -> list[str]:
-    """``encoder_throughput.png`` and ``encoder_latency.png``; returns the paths written."""
-    plt = pyplot()
-    if plt is None:
-        return []
-    from matplotlib import ticker
-
-    variant = report["settings"]["variants"][0]
-    rows = [r for r in report["results"] if r["variant"] == variant]
-    names = [m for m in METHODS if any(m in r["methods"] for r in rows)]
-    colors = {
-        "ours_e2e": "tab:blue",
-        "ours_encode": "tab:cyan",
-        "hf_stock": "tab:red",
-        "hf_bare": "tab:orange",
-        "hf_per_image": "tab:purple",
-        "meta": "tab:green",
-    }
-    labels = {
-        "ours_e2e": "ours, uint8 frames -> features",
-        "ours_encode": "ours encode(), normalised input",
-        "hf_stock": "transformers Sam2Processor + get_image_features",
-        "hf_bare": "transformers get_image_features, normalised input",
-        "hf_per_image": "transformers, one frame at a time",
-        "meta": "Meta sam2 1.1.0, normalised input",
-    }
-    m = report["machine"]
-    where = (
-        f"{m.get('gpu', m['cpu'])}, {m['torch_threads']} thread(s)"
-        if report["device"] == "cpu"
-        else f"{m.get('gpu')} (CUDA)"
-    )
-    subtitle = f"{variant}, seeded weights, {where}, torch {m['torch']}, transformers {m['transformers']}"
-    written = []
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    sel = sorted((r for r in rows if r["size"] == plot_size), key=lambda r: r["batch"])
-    for name in names:
-        pts = [(r["batch"], r["methods"][name]["images_per_s"]) for r in sel if name in r["methods"]]
-        if pts:
-            x, y = zip(*pts)
-            ax.plot(x, y, marker="o", color=colors[name], label=labels[name])
-    if sel:
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([r["batch"] for r in sel], [str(r["batch"]) for r in sel])
-        ax.xaxis.set_minor_locator(ticker.NullLocator())
-    ax.set(xlabel="batch size", ylabel="images / s (median)", title=f"Encoder throughput at {plot_size}x{plot_size}")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.suptitle(subtitle, fontsize=8, y=0.995)
-    fig.tight_layout()
-    path = out_dir / "encoder_throughput.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(str(path))
-
-    fig, axes = plt.subplots(
-        2,
-        len(latency_batches),
-        figsize=(6 * len(latency_batches), 8),
-        squeeze=False,
-        sharex="col",
-        gridspec_kw={"height_ratios": [3, 2]},
-    )
-    sizes = sorted({r["size"] for r in rows})
-    for col, b in enumerate(latency_batches):
-        ax, rel = axes[0][col], axes[1][col]
-        sel = sorted((r for r in rows if r["batch"] == b), key=lambda r: r["size"])
-        for name in names:
-            pts = [(r["size"], r["methods"][name]["median_s"]) for r in sel if name in r["methods"]]
-            if pts:
-                x, y = zip(*pts)
-                ax.plot(x, [1000 * t for t in y], marker="o", color=colors[name], label=labels[name])
-            ref = "hf_stock" if name in ("ours_e2e", "hf_stock", "hf_per_image") else "hf_bare"
-            pts = [
-                (r["size"], r["methods"][ref]["median_s"] / r["methods"][name]["median_s"])
-                for r in sel
-                if name in r["methods"] and ref in r["methods"]
-            ]
-            if pts and name != ref:
-                x, y = zip(*pts)
-                rel.plot(x, y, marker="o", color=colors[name], label=f"{labels[name]} vs {ref}")
-        skipped = sorted(s["size"] for s in report["skipped"] if s["batch"] == b and s["variant"] == variant)
-        title = f"Latency of one batch of {b}"
-        if skipped:
-            title += f"\n(not run: size {', '.join(map(str, skipped))} on {report['device']})"
-        ax.set(ylabel="ms per call (median)", title=title)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-        rel.axhline(1.0, color="gray", linewidth=0.8)
-        rel.set(xlabel="image size (square side, px)", ylabel="speed vs transformers (x)")
-        rel.set_title("speed-up: ours_e2e / hf_per_image vs hf_stock; ours_encode / Meta vs hf_bare", fontsize=8)
-        for a in (ax, rel):
-            a.set_xscale("log", base=2)
-            a.set_xticks(sizes, [str(s) for s in sizes])
-            a.xaxis.set_minor_locator(ticker.NullLocator())
-            a.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-        rel.legend(fontsize=6)
-    fig.suptitle(subtitle, fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "encoder_latency.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(str(path))
-    return written
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -994,19 +661,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--noise", type=float, default=0.03, help="relative band called 'neutral' in verdicts")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS / "encoder.json")
-    p.add_argument("--plot-dir", default=str(RESULTS), help="where the PNGs go ('' for none)")
+    add_output_args(p, "encoder")
+    p.add_argument("--no-plots", action="store_true", help="write the JSON only")
     p.add_argument("--plot-size", type=int, default=256, help="image size of the throughput plot")
     p.add_argument("--latency-batches", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--meta-worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.meta_worker:
-        meta_worker()
-        return
     device = (
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if args.device == "auto"
@@ -1041,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="encoder_bench_") as tmp:
         meta, meta_info = (None, {"status": "not requested (--methods)"})
         if "meta" in args.methods:
-            meta, meta_info = start_meta(args, device, Path(tmp))
+            meta, meta_info = start_meta(args.meta_python, args.threads, device, Path(tmp))
         try:
             peak = peaks["float32_start"]["gflops_best"]
             results, skipped, flops = run_grid(args, device, frames_pool, processor_ok, meta, peak)
@@ -1056,10 +719,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for row in results:  # efficiency against the best matmul throughput seen in the run
         for eff in row["efficiency"].values():
             eff["fraction_of_matmul_peak"] = round(eff["gflops_per_s"] / peak, 3)
-    if opts and "bf16_autocast" in opts["results"] and "bfloat16_start" in peaks:
+    if opts and "bf16" in opts["results"] and "bfloat16_start" in peaks:
         fl = flops[args.variants[0]].get(args.opt_size)
         if fl:
-            r = opts["results"]["bf16_autocast"]
+            r = opts["results"]["bf16"]
             r["fraction_of_bf16_matmul_peak"] = round(
                 fl * r["images_per_s"] / 1e9 / peaks["bfloat16_start"]["gflops_best"], 3
             )
@@ -1123,13 +786,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "notes": notes,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
-    write_json(report, args.out)
-    if args.plot_dir:
-        Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
-        report["plots"] = plot(report, Path(args.plot_dir), args.plot_size, args.latency_batches)
-        write_json(report, args.out)
+    out = output_path(args, "encoder")
+    write_json(report, out)
+    if not args.no_plots:
+        report["plots"] = plot_encoder(report, out.parent, args.plot_size, args.latency_batches)
+        write_json(report, out)
     print(json.dumps(report, indent=1))
-    log(f"wrote {args.out}")
+    log(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import add_output_args, output_path, write_json
 
 
 def machine_info() -> dict:
@@ -240,21 +239,21 @@ def main() -> None:
     parser.add_argument("--frame-width", type=int, default=640)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(RESULTS / "streaming.json"))
-    parser.add_argument("--plot", default=str(RESULTS / "streaming.png"))
+    add_output_args(parser, "streaming")
+    parser.add_argument("--plot", default=None, help="plot path (default: beside the JSON; '' for none)")
     parser.add_argument("--progress", action="store_true", help="print a line every 100 frames to stderr")
     parser.add_argument("--replot", metavar="JSON", help="only redraw the plot from a saved report")
     args = parser.parse_args()
 
     if args.replot:
-        plot(json.loads(Path(args.replot).read_text()), Path(args.plot))
+        replot = Path(args.replot)
+        plot(json.loads(replot.read_text()), Path(args.plot or replot.with_suffix(".png")))
         return
     report = run(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report) + "\n")
-    if args.plot:
-        plot(report, Path(args.plot))
+    out = output_path(args, "streaming")
+    write_json(report, out)
+    if args.plot != "":
+        plot(report, Path(args.plot or out.with_suffix(".png")))
     printed = {k: v for k, v in report.items() if k != "per_frame"}
     print(json.dumps(printed, indent=1))
 
