@@ -560,6 +560,8 @@ class _FrameMemo:
         self.prints: dict[str, torch.Tensor] = {}
         self._weights: dict[str, torch.Tensor] = {}
         self._stamp: tuple[tuple[int, int, int], ...] | None = None
+        self._tree: tuple[int, tuple[int, ...], list[nn.Module]] | None = None  # (root id, children, modules)
+        self._held: list[torch.Tensor] = []
 
     def clear(self) -> None:
         self.frames.clear()
@@ -571,21 +573,28 @@ class _FrameMemo:
         """Forget remembered frames if any parameter or buffer of ``module`` changed since the last call.
 
         The stamp of a tensor is its identity, storage address and version counter (which every
-        in-place operation increments, ``load_state_dict``'s copies included); reading it costs
-        about a microsecond per tensor.
+        in-place operation increments, ``load_state_dict``'s copies included). The module tree is
+        walked once and re-walked only when a submodule is replaced (e.g. by LoRA): about 0.2 ms
+        per call for two cameras at 224 px instead of 1 ms for ``parameters()`` / ``buffers()``.
 
         Returns:
             ``False`` when the weights cannot be stamped (inference-mode tensors have no version
             counter): the memo is then not used for this call.
         """
+        tree = self._tree
+        if tree is None or tree[0] != id(module) or tree[1] != _children(tree[2]):
+            modules = list(module.modules())
+            tree = self._tree = (id(module), _children(modules), modules)
+        tensors = [t for m in tree[2] for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
         try:
-            stamp = tuple((id(t), t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+            stamp = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
         except RuntimeError:  # inference tensors do not track versions
             self.clear()
             return False
         if stamp != self._stamp:
             self.clear()
             self._stamp = stamp
+            self._held = tensors  # stamped tensors stay alive: their ids cannot be reused while compared
         return True
 
     def _fingerprint(self, key: str, x: torch.Tensor) -> torch.Tensor:
@@ -615,6 +624,11 @@ class _FrameMemo:
         self.frames[key] = x.detach().clone()
         self.outputs[key] = outputs.detach()
         self.prints[key] = lookup.fingerprints
+
+
+def _children(modules: list[nn.Module]) -> tuple[int, ...]:
+    """Identities of every child of each module: changes when a submodule is replaced."""
+    return tuple(id(c) for m in modules for c in m._modules.values())
 
 
 class _Projected(nn.Module):

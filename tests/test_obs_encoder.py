@@ -345,7 +345,15 @@ def test_frame_reuse_encodes_each_frame_once_with_identical_outputs() -> None:
 
 @pytest.mark.parametrize(
     "change",
-    ["load_state_dict", "heads in place", "trunk in place", "optimizer step", "replaced parameter", "buffer"],
+    [
+        "load_state_dict",
+        "heads in place",
+        "trunk in place",
+        "optimizer step",
+        "replaced parameter",
+        "replaced module",
+        "buffer",
+    ],
 )
 def test_frame_memo_is_tied_to_the_weights(change: str) -> None:
     """After any weight change, the same observation gives the NEW weights' output, not the remembered one."""
@@ -367,6 +375,8 @@ def test_frame_memo_is_tied_to_the_weights(change: str) -> None:
             name, param = next(iter(head.named_parameters()))
             module = head.get_submodule(name.rpartition(".")[0]) if "." in name else head
             setattr(module, name.rpartition(".")[2], torch.nn.Parameter(param.detach() + 1))
+        elif change == "replaced module":  # what LoRA does to a Linear: the module, not its tensors, changes
+            enc.heads["camera_0"] = copy.deepcopy(other.heads["camera_0"])
     if change == "optimizer step":
         enc.train()
         loss = enc(obs).square().sum()
