@@ -14,7 +14,7 @@ export PIP_QUIET=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # guide, step 2: torch + torchvision first (PyPI's CUDA wheels; they run on CPU)
 pip install torch==2.11.0 torchvision==0.26.0
 pip install -e ".[dp]"
-pip install "zarr==2.18.7" "numcodecs<0.16" diffusers numba dill pandas "wandb<0.25"
+pip install "zarr==2.18.7" "numcodecs<0.16" diffusers numba dill pandas einops "wandb<0.25"
 # guide: real-robot dataset extras
 pip install opencv-python-headless av imagecodecs threadpoolctl
 # guide: pusht simulator extras

@@ -31,7 +31,7 @@ def require(deps: Mapping[str, str], what: str) -> None:
     if missing:
         problems.append(f"missing {what}: {', '.join(missing)}")
     if problems:
-        message = "upstream DP test skipped: " + "; ".join(problems) + f". To enable: {HOW_TO_ENABLE}"
+        message = "upstream DP test cannot run: " + "; ".join(problems) + f". To enable: {HOW_TO_ENABLE}"
         if os.environ.get("SAM2_DP_REQUIRED") == "1":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
