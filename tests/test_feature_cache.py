@@ -503,3 +503,18 @@ def test_our_cache_code_runs_under_zarr2(replay: Path, tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert "features/img/s16 chunk 1 (frames 8-15): the chunk file" in done.stdout
+
+
+def test_verify_of_an_incomplete_cache_checks_the_done_chunks(replay: Path, encoder, tmp_path: Path) -> None:
+    from sam2_encoder.diffusion_policy.feature_cache import verify_cache
+    from sam2_encoder.diffusion_policy.zarr_io import chunk_path
+
+    out = build_cache(
+        replay, ["img"], encoder, out=tmp_path / "c.zarr", progress=False, chunk_frames=8, stop_after_chunks=2
+    )
+    assert verify_cache(out) == [
+        f"{out} is incomplete (3 of 5 chunks still to encode): rerun the same `sam2-encoder cache` command"
+    ]
+    chunk_path(out, "features/img/s16", (1, 0, 0, 0)).unlink()
+    problems = verify_cache(out)
+    assert len(problems) == 2 and "features/img/s16 chunk 1 (frames 8-15): the chunk file" in problems[1]

@@ -347,13 +347,22 @@ def _check_arrays(root: Path, group: Any, spec: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _verify_chunks(root: Path, group: Any, spec: Mapping[str, Any], clear_bad: bool = False) -> list[str]:
+def _verify_chunks(
+    root: Path,
+    group: Any,
+    spec: Mapping[str, Any],
+    clear_bad: bool = False,
+    skip: Mapping[str, set[int]] | None = None,
+) -> list[str]:
+    """Problems of every chunk (except ``skip[key]``); ``clear_bad`` unflags the chunks that fail."""
     problems = _check_arrays(root, group, spec)
     if problems:
         return problems
     n_chunks = math.ceil(int(spec["n_frames"]) / int(spec["chunk_frames"]))
     for key in spec["keys"]:
         for i in range(n_chunks):
+            if skip and i in skip.get(key, ()):
+                continue
             bad = [p for level in spec["levels"] if (p := _chunk_problem(root, group, spec, key, level, i))]
             problems += bad
             if bad and clear_bad:
@@ -379,6 +388,8 @@ def _open_spec(path: Path) -> tuple[Any, dict[str, Any]]:
 def verify_cache(path: str | os.PathLike[str]) -> list[str]:
     """Check a whole feature cache: attributes, completeness, progress flags, every chunk's checksum.
 
+    Of an incomplete cache, the chunks flagged done are checked and the rest counted.
+
     Args:
         path: The cache folder.
 
@@ -394,19 +405,27 @@ def verify_cache(path: str | os.PathLike[str]) -> list[str]:
     if store_format(root) != 2:
         return [f"{root} is not in the zarr-2 format this package writes"]
     problems = []
-    if not spec.get("complete"):
-        problems.append(f"{root} is incomplete (an interrupted run?): rerun the same `sam2-encoder cache` command")
+    complete = bool(spec.get("complete"))
     n_chunks = math.ceil(int(spec["n_frames"]) / int(spec["chunk_frames"]))
+    undone: dict[str, set[int]] = {}
     for key in spec["keys"]:
         try:
             flags = read_all(group["progress"][key])
         except Exception as e:  # noqa: BLE001 - report and go on
             problems.append(f"progress/{key} cannot be read ({type(e).__name__}: {e})")
             continue
-        undone = [i for i in range(n_chunks) if i >= len(flags) or not flags[i]]
-        if undone and spec.get("complete"):
-            problems.append(f"progress/{key}: chunks {undone[:10]} are not flagged done in a complete cache")
-    return problems + _verify_chunks(root, group, spec)
+        undone[key] = {i for i in range(n_chunks) if i >= len(flags) or not flags[i]}
+        if undone[key] and complete:
+            problems.append(
+                f"progress/{key}: chunks {sorted(undone[key])[:10]} are not flagged done in a complete cache"
+            )
+    if not complete:  # chunks not done yet are not problems; the ones flagged done are checked
+        todo = sum(len(v) for v in undone.values())
+        problems.append(
+            f"{root} is incomplete ({todo} of {n_chunks * len(spec['keys'])} chunks still to encode): "
+            "rerun the same `sam2-encoder cache` command"
+        )
+    return problems + _verify_chunks(root, group, spec, skip=None if complete else undone)
 
 
 # --------------------------------------------------------------------------------------------
