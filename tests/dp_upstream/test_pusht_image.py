@@ -69,3 +69,17 @@ def test_reload_like_eval_and_robot_loop(smoke, pusht_zarr: Path, monkeypatch: p
     root = zarr.open(str(pusht_zarr), mode="r")
     stream = {"image": root["data/img"][:25], "agent_pos": root["data/state"][:25, :2]}
     assert_reload_and_robot_loop(smoke["out"] / "checkpoints" / "latest.ckpt", [smoke["weights"]], stream, smoke["out"])
+
+
+def test_plugin_visible_to_dp_train_py(dp_dir: Path) -> None:
+    """The guide's check: `python train.py --info searchpath` lists our configs (provider sam2-encoder)."""
+    import subprocess
+    import sys
+
+    from ._dp import python_env
+
+    result = subprocess.run([sys.executable, "train.py", "--info", "searchpath"], cwd=dp_dir, env=python_env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "sam2-encoder" in line]
+    assert len(rows) == 1 and "pkg://sam2_encoder" in rows[0], result.stdout
