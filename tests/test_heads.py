@@ -206,6 +206,40 @@ def test_lora_param_groups_strict_reload_and_ema_copy() -> None:
     assert list(fresh.state_dict()) == list(enc.state_dict())
 
 
+def test_hydra_config_instantiates_and_reloads_strictly() -> None:
+    """DP's reload path: instantiate from the saved cfg (ListConfig / DictConfig values), load strictly."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(
+        {
+            "_target_": "sam2_encoder.SAM2ObsEncoder",
+            "shape_meta": {"obs": {"image": {"shape": [3, 48, 48], "type": "rgb"}, "agent_pos": {"shape": [2]}}},
+            "image_size": SIZE,
+            "levels": ["s16"],
+            "fuse": "coarse_to_fine",
+            "fuse_stride": 4,
+            "fuse_channels": [48, 16],
+            "object_masks_key": {"image": "image_masks"},
+            "num_objects": 2,
+            "object_level": "s8",
+            "object_token_dim": 8,
+        }
+    )
+    enc = instantiate(cfg)
+    assert enc.output_shape() == (64 + 2 * 8 + 2,)
+    with torch.no_grad():
+        for p in enc.heads.parameters():
+            p.add_(0.01)
+    again = instantiate(OmegaConf.create(OmegaConf.to_yaml(cfg)))  # the cfg as DP saves it
+    again.load_state_dict(enc.state_dict(), strict=True)
+    g = torch.Generator().manual_seed(0)
+    obs = {"image": torch.rand(2, 3, 48, 48, generator=g) * 2 - 1, "agent_pos": torch.rand(2, 2, generator=g)}
+    obs["image_masks"] = torch.rand(2, 2, 48, 48, generator=g) > 0.5
+    with torch.no_grad():
+        assert torch.equal(again.eval()(obs), enc.eval()(obs))
+
+
 # --------------------------------------------------------------------------------------------
 # training end to end on synthetic Diffusion Policy data: both heads
 # --------------------------------------------------------------------------------------------
