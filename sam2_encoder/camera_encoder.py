@@ -84,7 +84,9 @@ class MultiCameraEncoder(nn.Module):
             the hardware has native bf16 (see ``SAM2ImageEncoder``); heads stay float32.
         seed: Seed of the random parts (heads, random SAM 2 weights).
         download: Allow downloading a remote checkpoint. Off by default so that a host's reload
-            (which re-runs this constructor) never touches the network.
+            (which re-runs this constructor) never touches the network. A checkpoint that is not
+            found gives placeholder weights and a warning: a host's reload replaces them with its
+            saved state dict; used before that, the encoder raises (nothing runs on them).
         reuse_frames: At inference (eval mode, autograd off), reuse the features of frames seen in
             the previous call instead of encoding them again: with ``n_obs_steps`` To, a control
             loop then encodes each camera frame once instead of To times. Frames are matched by
@@ -199,6 +201,7 @@ class MultiCameraEncoder(nn.Module):
             seed=seed,
             download=download,
             precision=precision,
+            missing_checkpoint="defer",  # a host's reload brings the weights in its own state dict
         )
         if not freeze:
             configure_finetuning(self.encoder, finetune or "all", finetune_blocks, lora_rank, lora_alpha)

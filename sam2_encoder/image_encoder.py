@@ -13,8 +13,9 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +46,12 @@ _CHANNELS = {"s4": 32, "s8": 64, "s16": 256}
 
 PRECISIONS = ("fp32", "bf16")
 # micro_batch="auto" on CPU encodes chunks of max(1, MICRO_BATCH_TOKENS // tokens-per-image) images,
-# tokens = stride-4 patches, (H/4)(W/4): 4096 at 256 px. Measured fastest on the 2-core Intel Xeon of
-# benchmarks/results (benchmarks/encoder.py, micro-batch section); the outputs equal transformers'
-# encoding of the same chunks and stay within its own batch-composition variance (tests/test_numerics.py).
-MICRO_BATCH_TOKENS = 4096
+# tokens = stride-4 patches, (H/4)(W/4): 4 images at 256 px, 5 at 224, 16 at 128. Timed on the 2-core
+# Intel Xeon (AVX-512, 1 thread; ms/image, chunk: one pass): 256 x 8: 237 (4) vs 257 (8), 268 (1);
+# 256 x 32: 261 (4) vs 346; 224 x 16: 200-218 (4-8) vs 258; 128 x 8: 62 (8) vs 69 (4). The outputs
+# equal transformers' encoding of the same chunks and stay within its own batch-composition
+# variance (tests/test_numerics.py).
+MICRO_BATCH_TOKENS = 16384
 # skip_padding="auto" skips the window padding's projections on CPU when both sides are at least this:
 # bit-identical to transformers there (tests/test_numerics.py); at 64-96 px the skipped matmuls are so
 # small that BLAS picks other kernels and rounds differently (up to 2.7e-5 on values up to 30).
@@ -148,7 +151,7 @@ class SAM2ImageEncoder(nn.Module):
             measured bit-identical to transformers; ``True`` / ``False`` force it.
         micro_batch: Encode a batch in chunks of this many images (the outputs are concatenated).
             ``"auto"`` (default): on CPU, chunks of ``max(1, MICRO_BATCH_TOKENS // ((H/4)(W/4)))``
-            images (1 at 256 px), which keeps the activations in cache; one pass elsewhere.
+            images (4 at 256 px, 5 at 224), which keeps the activations in cache; one pass elsewhere.
             ``None``: always one pass; an ``int >= 1``: that chunk size everywhere. The outputs
             equal transformers' encoding of the same chunks; against one pass of the whole batch
             they differ by transformers' own batch-composition variance (up to ~1e-5 on values
@@ -161,6 +164,11 @@ class SAM2ImageEncoder(nn.Module):
         input_range: Range of float inputs for the built-in transforms.
         seed: Seed of the random initialisation when ``checkpoint`` is ``None``.
         download: Allow downloading a remote checkpoint that is not cached yet.
+        missing_checkpoint: What a checkpoint that cannot be found (and not downloaded) means:
+            ``"error"`` (default) raises; ``"defer"`` builds placeholder weights and expects them
+            from ``load_state_dict`` — a host re-running the constructor of a saved policy on
+            another machine (Diffusion Policy's reload) has the weights in its own checkpoint.
+            Until a state dict with every encoder weight is loaded, encoding raises.
         model: Internal: reuse the vision parts of an existing transformers ``Sam2Model`` /
             ``Sam2VideoModel`` (weights shared) instead of building new ones.
 
@@ -188,6 +196,7 @@ class SAM2ImageEncoder(nn.Module):
         input_range: tuple[float, float] = (0.0, 1.0),
         seed: int = 0,
         download: bool = True,
+        missing_checkpoint: str = "error",
         model: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -202,6 +211,8 @@ class SAM2ImageEncoder(nn.Module):
         self.transforms = SAM2Transforms(self.image_size, channel_order=channel_order, input_range=input_range)
         self.seed = seed
         self.checkpoint_path: str | None = None
+        self._pending_checkpoint: str | None = None  # deferred: weights must come from load_state_dict
+        _check_choice("missing_checkpoint", missing_checkpoint, ("error", "defer"))
 
         if model is not None:
             self.vision_encoder = model.vision_encoder
@@ -225,9 +236,20 @@ class SAM2ImageEncoder(nn.Module):
                     stacklevel=2,
                 )
             else:
-                path = resolve_checkpoint(checkpoint, download_missing=download)
-                self.load_sam2_weights(load_checkpoint(path, variant=self.variant), source=str(path))
-                self.checkpoint_path = str(path)
+                try:
+                    path = resolve_checkpoint(checkpoint, download_missing=download)
+                except FileNotFoundError as e:
+                    if missing_checkpoint == "error":
+                        raise
+                    self._pending_checkpoint = os.fspath(checkpoint)
+                    warnings.warn(
+                        f"{e}; {self.variant.name} gets placeholder weights that must be replaced by "
+                        "load_state_dict (a saved policy) before encoding",
+                        stacklevel=2,
+                    )
+                else:
+                    self.load_sam2_weights(load_checkpoint(path, variant=self.variant), source=str(path))
+                    self.checkpoint_path = str(path)
         self._fpn_mode, self._fpn_fuse = _fpn_settings(self.vision_encoder.config)
         if dtype is not None:
             self.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
@@ -268,8 +290,30 @@ class SAM2ImageEncoder(nn.Module):
                 return hf + key[len(own) :]
         return key
 
+    @property
+    def pending_checkpoint(self) -> str | None:
+        """The checkpoint not found at construction (``missing_checkpoint="defer"``), until loaded.
+
+        ``None`` once a state dict with every encoder weight has replaced the placeholder weights
+        (or when the checkpoint was found).
+        """
+        return self._pending_checkpoint
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self._pending_checkpoint is not None and all(prefix + k in state_dict for k in self._weights_state_dict()):
+            self._pending_checkpoint = None
+            self._weights_id = f"state_dict:{self.variant.name}"  # the file's hash is unknown here
+
     def _weights_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict(keep_vars=True).items() if not k.startswith("transforms.")}
+
+    def _check_not_pending(self) -> None:
+        if self._pending_checkpoint is not None:
+            raise FileNotFoundError(
+                f"{self.variant.name} was built without its checkpoint ({self._pending_checkpoint} was not found) "
+                "and no saved state_dict was loaded since: pass an existing checkpoint= or load the saved policy"
+            )
 
     # ----------------------------------------------------------------------------------------
     # freezing
@@ -297,6 +341,9 @@ class SAM2ImageEncoder(nn.Module):
 
         Feature caches record it, so features are never mixed across weights. Hashed on first use.
         """
+        self._check_not_pending()
+        if getattr(self, "_weights_id", None) is not None:
+            return self._weights_id
         if self.checkpoint_path is None:
             return f"random:seed={self.seed}"
         if getattr(self, "_weights_id", None) is None:
@@ -357,6 +404,7 @@ class SAM2ImageEncoder(nn.Module):
         Returns:
             The ``FeaturePyramid`` at strides 4, 8 and 16 of ``(H, W)``.
         """
+        self._check_not_pending()
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
         check_image_size(tuple(pixel_values.shape[-2:]))

@@ -118,3 +118,13 @@ def http_server(tmp_path: Path) -> Iterator[LocalServer]:
     root.mkdir()
     with LocalServer(root) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_safetensors(tiny_video_state, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The perturbed sam2.1 tiny weights as a real ``.safetensors`` checkpoint file."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("tiny_ckpt") / "sam2.1_hiera_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_video_state.items()}, str(path))
+    return path

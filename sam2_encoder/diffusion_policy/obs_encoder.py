@@ -113,6 +113,13 @@ class SAM2ObsEncoder(MultiCameraEncoder):
         if not find_local_path(path).exists():
             warnings.warn(f"feature cache {path} not found: not checked (inference needs no cache)", stacklevel=3)
             return
+        if self.encoder.pending_checkpoint is not None:
+            warnings.warn(
+                f"feature cache {path} not checked: the SAM 2 checkpoint {self.encoder.pending_checkpoint} was not "
+                "found, so the weights it was built with are unknown until a saved state is loaded",
+                stacklevel=3,
+            )
+            return
         from .feature_cache import FeatureCache  # zarr only when a cache is used
 
         FeatureCache(path).check_compatible(self.encoder, self.levels)
