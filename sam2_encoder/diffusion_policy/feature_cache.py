@@ -664,3 +664,15 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         for obs_key in self.cached_keys:
             normalizer[obs_key] = SingleFieldLinearNormalizer.create_identity()
         return normalizer
+
+
+def __getattr__(name: str) -> Any:
+    # DPCachedFeatureDataset: CachedFeatureDataset that is also DP's BaseImageDataset (DP's workspace
+    # asserts it), created on first use so that DP is imported only by configs that ask for it.
+    if name == "DPCachedFeatureDataset":
+        from .dp_base import with_dp_base
+
+        cls = with_dp_base(CachedFeatureDataset, name, __name__)
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

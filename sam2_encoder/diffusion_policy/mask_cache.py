@@ -360,3 +360,15 @@ class MaskDataset(torch.utils.data.Dataset):
         normalizer = self.dataset.get_normalizer(*args, **kwargs)
         normalizer[self.obs_key] = SingleFieldLinearNormalizer.create_identity()
         return normalizer
+
+
+def __getattr__(name: str) -> Any:
+    # DPMaskDataset: MaskDataset that is also DP's BaseImageDataset (DP's workspace asserts it),
+    # created on first use so that DP is imported only by configs that ask for it.
+    if name == "DPMaskDataset":
+        from .dp_base import with_dp_base
+
+        cls = with_dp_base(MaskDataset, name, __name__)
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
