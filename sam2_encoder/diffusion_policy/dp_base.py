@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["with_dp_base"]
+__all__ = ["serve_dp_class", "with_dp_base"]
 
 
 def with_dp_base(cls: type, name: str, module: str) -> type:
@@ -31,3 +31,13 @@ def with_dp_base(cls: type, name: str, module: str) -> type:
         return self.dataset.get_all_actions()
 
     return type(name, (cls, BaseImageDataset), {"__module__": module, "get_all_actions": get_all_actions})
+
+
+def serve_dp_class(module_globals: dict[str, Any], name: str, cls: type) -> type:
+    """Create ``with_dp_base(cls, name, ...)`` once and keep it as the module attribute ``name``.
+
+    For a module's ``__getattr__``: later look-ups (Hydra, pickle) find the attribute directly.
+    """
+    served = with_dp_base(cls, name, module_globals["__name__"])
+    module_globals[name] = served
+    return served

@@ -670,9 +670,7 @@ def __getattr__(name: str) -> Any:
     # DPCachedFeatureDataset: CachedFeatureDataset that is also DP's BaseImageDataset (DP's workspace
     # asserts it), created on first use so that DP is imported only by configs that ask for it.
     if name == "DPCachedFeatureDataset":
-        from .dp_base import with_dp_base
+        from .dp_base import serve_dp_class
 
-        cls = with_dp_base(CachedFeatureDataset, name, __name__)
-        globals()[name] = cls
-        return cls
+        return serve_dp_class(globals(), name, CachedFeatureDataset)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -366,9 +366,7 @@ def __getattr__(name: str) -> Any:
     # DPMaskDataset: MaskDataset that is also DP's BaseImageDataset (DP's workspace asserts it),
     # created on first use so that DP is imported only by configs that ask for it.
     if name == "DPMaskDataset":
-        from .dp_base import with_dp_base
+        from .dp_base import serve_dp_class
 
-        cls = with_dp_base(MaskDataset, name, __name__)
-        globals()[name] = cls
-        return cls
+        return serve_dp_class(globals(), name, MaskDataset)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
