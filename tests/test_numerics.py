@@ -15,8 +15,9 @@ size   s4        s8    s16       (values up to ~8 / 8 / 16)
 
 (8 images vs 1 x 8, 2 x 4 or 4 + 4 were identical there; only the 16-image pass differs; checked
 here: 16 vs 2 x 8 and 16 x 1, 8 vs 1 x 8.) Our
-default path (``micro_batch="auto"``, ``skip_padding="auto"``) must equal transformers' encoding of
-the same chunks exactly, and so stay within that variance of a one-pass encoding.
+default path (``micro_batch="auto"``: chunks of 4 images at 256 px and 5 at 224 on CPU;
+``skip_padding="auto"``) must equal transformers' encoding of the same chunks exactly, and so stay
+within that variance of a one-pass encoding.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def composition(request: pytest.FixtureRequest, meta_tiny_state: dict[str, torch
         "8 vs 1x8": max_abs(outputs["2x8"], outputs["16x1"]),  # first and second 8 each
     }
     bound = [max(v[i] for v in variance.values()) for i in range(3)]
-    return {"size": size, "x": x, "outputs": outputs, "variance": variance, "bound": bound}
+    return {"size": size, "x": x, "ref": ref, "outputs": outputs, "variance": variance, "bound": bound}
 
 
 def test_reference_batch_composition_variance(composition: dict) -> None:
@@ -113,11 +114,14 @@ def test_default_path_is_reference_in_same_chunks_and_within_variance(
     encoder.load_sam2_weights(meta_tiny_state)
     assert encoder.micro_batch == "auto" and encoder.skip_padding == "auto"
     chunk = encoder.micro_batch_size(N, (size, size), x.device)
-    assert chunk == 1  # 224 and 256 px are >= MICRO_BATCH_TOKENS / 4096 tokens per image
+    assert chunk == max(1, image_encoder_module.MICRO_BATCH_TOKENS // (size // 4) ** 2) < N
     assert encoder.skips_padding((size, size), x.device)
     ours = list(encoder.encode(x))
-    # exact: what transformers computes for the same chunks (here one image at a time)
-    for got, expected in zip(ours, composition["outputs"]["16x1"]):
+    # exact: what transformers computes for the same chunks
+    sizes = [chunk] * (N // chunk) + ([N % chunk] if N % chunk else [])
+    same_chunks = {1: "16x1", 8: "2x8"}.get(chunk)
+    reference_chunks = composition["outputs"][same_chunks] if same_chunks else in_chunks(composition["ref"], x, sizes)
+    for got, expected in zip(ours, reference_chunks):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     # and within transformers' own variance of one 16-image pass
     diff = max_abs(ours, composition["outputs"]["16"])
@@ -133,7 +137,10 @@ def test_micro_batch_rule() -> None:
     encoder = SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=64)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     tokens = image_encoder_module.MICRO_BATCH_TOKENS
-    assert encoder.micro_batch_size(32, (256, 256), cpu) == max(1, tokens // 4096)
+    assert tokens == 16384  # the measured rule: 4 images at 256 px, 5 at 224, 16 at 128
+    assert encoder.micro_batch_size(32, (256, 256), cpu) == 4
+    assert encoder.micro_batch_size(32, (224, 224), cpu) == 5
+    assert encoder.micro_batch_size(8, (128, 128), cpu) == 16  # >= batch: one pass
     assert encoder.micro_batch_size(32, (128, 128), cpu) == max(1, tokens // 1024)
     assert encoder.micro_batch_size(32, (64, 96), cpu) == max(1, tokens // 384)
     assert encoder.micro_batch_size(32, (256, 256), cuda) == 32  # one pass off the CPU
