@@ -89,8 +89,10 @@ class MultiCameraEncoder(nn.Module):
             saved state dict; used before that, the encoder raises (nothing runs on them).
         reuse_frames: At inference (eval mode, autograd off), reuse the features of frames seen in
             the previous call instead of encoding them again: with ``n_obs_steps`` To, a control
-            loop then encodes each camera frame once instead of To times. Frames are matched by
-            exact content and get the features they were given one call earlier, i.e. equal to
+            loop then encodes each camera frame once instead of To times. A frame repeated within
+            one call (the first step of an episode, whose queue holds the first frame To times) is
+            encoded once too. Frames (with their object masks) are matched by exact content and
+            get the features they were given one call earlier or by their first copy, i.e. equal to
             encoding every frame up to the float rounding of batched kernels, which can depend on
             the batch size (bit-identical in our tests and benchmark).
 
@@ -387,8 +389,19 @@ class MultiCameraEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> MultiCameraEncoder:
         """Set train mode (the frozen trunk stays in eval) and forget remembered frames."""
-        self._memo.clear()
+        self.forget_frames()
         return super().train(mode)
+
+    def forget_frames(self) -> None:
+        """Forget the frames (and their outputs) remembered by ``reuse_frames`` from the last call.
+
+        Call it where an inference stream ends, e.g. at the start of a new episode (LeRobot's
+        ``policy.reset()`` does): the next call then encodes all its distinct frames. Outputs never
+        depend on it (frames are matched by exact content, and remembered outputs are dropped when
+        a weight changes); it releases the remembered frames and avoids matching frames across
+        episodes. ``train()`` / ``eval()`` forget too.
+        """
+        self._memo.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -520,31 +533,56 @@ class MultiCameraEncoder(nn.Module):
 
 
 class _Lookup:
-    """Which rows of a camera batch were seen in the previous call, and their outputs."""
+    """How a camera batch is served: rows seen in the previous call, and the distinct rows to encode.
+
+    ``missing`` are the rows to encode: one row per distinct frame that the previous call did not
+    see (at the start of an episode the queue repeats the first frame ``n_obs_steps`` times: it is
+    encoded once). Every other row is a copy of a remembered output (``hits``) or of the encoded
+    output of an equal row of this call (``owners``).
+    """
 
     def __init__(
         self,
-        n: int,
+        x: torch.Tensor,
         fingerprints: torch.Tensor,
         hits: torch.Tensor,
         sources: torch.Tensor,
         previous: torch.Tensor | None,
     ) -> None:
-        self.n = n
+        self.n = n = len(x)
         self.fingerprints = fingerprints
         self.hits = hits  # (n,) bool
-        self.missing = (~hits).nonzero().squeeze(1)
         self.sources = sources  # (n,) row of the previous call for each hit
         self.previous = previous  # (m, D) outputs of the previous call
+        self.new = (~hits).nonzero().squeeze(1)  # rows the previous call did not see
+        # equal rows among the new ones: the first row with the same fingerprint, confirmed by exact
+        # equality (a fingerprint collision or a NaN leaves a row on its own)
+        prints = fingerprints[self.new]
+        same = prints[:, None] == prints[None, :]
+        first = same.to(torch.uint8).argmax(dim=1) if len(prints) else self.new
+        own = torch.arange(len(prints), device=x.device)
+        copy = (first != own) & same[own, first]
+        if bool(copy.any()):
+            rows = x[self.new]
+            cand = copy.nonzero().squeeze(1)
+            copy[cand] = (rows[cand] == rows[first[cand]]).reshape(len(cand), -1).all(dim=1)
+        first = torch.where(copy, first, own)
+        encode = ~copy  # a row is encoded when it copies no earlier row; the rows it copies are encoded
+        self.missing = self.new[encode]
+        self.owners = (encode.cumsum(0) - 1)[first]  # (len(new),) row of ``missing`` serving each new row
+        self.plain = len(self.missing) == n  # every row encoded, in order: the encoded outputs as they are
 
     def merge(self, fresh: torch.Tensor | None) -> torch.Tensor:
         """``(n, D)``: remembered outputs for hits, ``fresh`` (rows of ``missing``) for the rest."""
-        if fresh is not None and len(self.missing) == self.n:
+        if fresh is not None and self.plain:
             return fresh
-        out = self.previous.new_empty(self.n, self.previous.shape[1])
-        out[self.hits] = self.previous[self.sources[self.hits]]
+        like = self.previous if fresh is None else fresh
+        dtype = like.dtype if self.previous is None else self.previous.dtype
+        out = like.new_empty(self.n, like.shape[1], dtype=dtype)
+        if self.previous is not None:
+            out[self.hits] = self.previous[self.sources[self.hits]]
         if fresh is not None:
-            out[self.missing] = fresh.to(out.dtype)
+            out[self.new] = fresh.to(out.dtype)[self.owners]
         return out
 
 
@@ -571,6 +609,7 @@ class _FrameMemo:
         self.outputs.clear()
         self.prints.clear()
         self._stamp = None
+        self._held = []
 
     def tie(self, module: nn.Module) -> bool:
         """Forget remembered frames if any parameter or buffer of ``module`` changed since the last call.
@@ -617,11 +656,11 @@ class _FrameMemo:
         old = self.frames.get(key)
         if old is None or old.shape[1:] != x.shape[1:] or old.dtype != x.dtype or old.device != x.device:
             none = torch.zeros(n, dtype=torch.bool, device=x.device)
-            return _Lookup(n, prints, none, torch.zeros(n, dtype=torch.long, device=x.device), None)
+            return _Lookup(x, prints, none, torch.zeros(n, dtype=torch.long, device=x.device), None)
         equal = prints[:, None] == self.prints[key][None, :]
         sources = equal.to(torch.uint8).argmax(dim=1)
         hits = equal.any(dim=1) & (x == old[sources]).reshape(n, -1).all(dim=1)
-        return _Lookup(n, prints, hits, sources, self.outputs[key])
+        return _Lookup(x, prints, hits, sources, self.outputs[key])
 
     def store(self, key: str, x: torch.Tensor, outputs: torch.Tensor, lookup: _Lookup) -> None:
         self.frames[key] = x.detach().clone()
