@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 PREDICTION_TYPES = ("epsilon", "sample")
 NOISE_SCHEDULERS = ("DDPM", "DDIM")
+FUSE_MODES = ("pool", "coarse_to_fine")
 
 
 @PreTrainedConfig.register_subclass("sam2_diffusion")
@@ -64,6 +65,11 @@ class SAM2DiffusionConfig(PreTrainedConfig):
         pool_kwargs: Extra head options (``num_heads``, ``hidden_channels``, ``temperature``...).
         feature_dim: Feature size per camera (``None``: the head's natural size).
         share_heads: One pooling head for all cameras instead of one per camera.
+        fuse: How the pyramid reaches the head: ``pool`` (``levels`` average-pooled to the coarsest
+            selected grid) or ``coarse_to_fine`` (s16 upsampled x2 and fused with s8, then with s4,
+            SAM2Act-style; ``levels`` must then be left at ``["s16"]`` or name all three).
+        fuse_stride: Stride of the map the head reads with ``coarse_to_fine``: 8 or 4.
+        fuse_channels: ``[C_8, C_4]`` widths of the coarse-to-fine maps (SAM 2's decoder: 64, 32).
         freeze: Keep the SAM 2 weights frozen (default; eval mode kept through ``.train()``).
         finetune: With ``freeze=False``: ``all`` (default), ``last_blocks`` or ``lora``.
         finetune_blocks: Trainable Hiera blocks for ``last_blocks``.
@@ -131,6 +137,9 @@ class SAM2DiffusionConfig(PreTrainedConfig):
     pool_kwargs: dict[str, Any] = field(default_factory=dict)
     feature_dim: int | None = None
     share_heads: bool = False
+    fuse: str = "pool"
+    fuse_stride: int = 8
+    fuse_channels: list[int] = field(default_factory=lambda: [64, 32])
     freeze: bool = True
     finetune: str | None = None
     finetune_blocks: int = 2
@@ -265,6 +274,7 @@ class SAM2DiffusionConfig(PreTrainedConfig):
         if unknown or not levels:
             raise ValueError(f"sam2_diffusion: levels must be a non-empty subset of {list(LEVELS)}, got {levels}")
         self.levels = levels
+        self._check_fuse()
         if self.num_keypoints < 1:
             raise ValueError(f"sam2_diffusion: num_keypoints must be >= 1, got {self.num_keypoints}")
         if self.feature_dim is not None and self.feature_dim < 1:
@@ -282,6 +292,23 @@ class SAM2DiffusionConfig(PreTrainedConfig):
             )
         if self.trunk_lr_scale < 0:
             raise ValueError(f"sam2_diffusion: trunk_lr_scale must be >= 0, got {self.trunk_lr_scale}")
+
+    def _check_fuse(self) -> None:
+        if self.fuse not in FUSE_MODES:
+            raise ValueError(f"sam2_diffusion: fuse must be one of {FUSE_MODES}, got {self.fuse!r}")
+        if type(self.fuse_stride) is not int or self.fuse_stride not in (8, 4):
+            raise ValueError(f"sam2_diffusion: fuse_stride must be 8 or 4, got {self.fuse_stride!r}")
+        channels = [self.fuse_channels] if isinstance(self.fuse_channels, int | str) else list(self.fuse_channels)
+        if len(channels) != 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+            raise ValueError(
+                f"sam2_diffusion: fuse_channels must be two whole numbers >= 1 [C_8, C_4], got {self.fuse_channels!r}"
+            )
+        self.fuse_channels = channels
+        if self.fuse == "coarse_to_fine" and sorted(self.levels) not in (["s16"], sorted(LEVELS)):
+            raise ValueError(
+                f"sam2_diffusion: fuse='coarse_to_fine' reads s4, s8 and s16 itself; got levels={self.levels} "
+                "(leave levels at ['s16'] or name all three)"
+            )
 
     def get_optimizer_preset(self) -> AdamConfig:
         """Adam with the ``optimizer_*`` options (the trunk's group scales its own lr)."""

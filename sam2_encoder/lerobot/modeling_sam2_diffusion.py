@@ -83,6 +83,9 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
                 pool_kwargs=dict(config.pool_kwargs),
                 feature_dim=config.feature_dim,
                 share_heads=config.share_heads,
+                fuse=config.fuse,
+                fuse_stride=config.fuse_stride,
+                fuse_channels=tuple(config.fuse_channels),
                 freeze=config.freeze,
                 finetune=config.finetune,
                 finetune_blocks=config.finetune_blocks,
@@ -145,7 +148,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         n_obs, n_act = self.config.n_obs_steps, self.config.n_action_steps
         self._queues = {key: deque(maxlen=n_obs) for key in self.obs_keys}
         self._queues[ACTION] = deque(maxlen=n_act)
-        self.encoder.train(self.encoder.training)  # train() forgets remembered frames, mode unchanged
+        self.encoder.forget_frames()
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, None]:
         """Diffusion training loss on a batch of LeRobot samples.

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from sam2_encoder import SAM2ImageEncoder  # noqa: E402
 from sam2_encoder.lerobot import SAM2DiffusionConfig, SAM2DiffusionPolicy  # noqa: E402
+from sam2_encoder.pooling import CoarseToFine  # noqa: E402
 
 CAMERAS = ("observation.images.top", "observation.images.wrist")
 
@@ -114,6 +115,12 @@ def test_visual_normalisation_is_identity_and_anything_else_is_refused() -> None
         ({"prediction_type": "v"}, "prediction_type must be one of"),
         ({"noise_scheduler_type": "PNDM"}, "noise_scheduler_type must be one of"),
         ({"crop_shape": (50, 10)}, r"crop_shape \(50, 10\) is larger than camera"),
+        ({"fuse": "upsample"}, r"fuse must be one of \('pool', 'coarse_to_fine'\), got 'upsample'"),
+        ({"fuse_stride": 2}, "fuse_stride must be 8 or 4, got 2"),
+        ({"fuse_stride": 8.0}, "fuse_stride must be 8 or 4, got 8.0"),
+        ({"fuse_channels": [64]}, r"fuse_channels must be two whole numbers >= 1 \[C_8, C_4\], got \[64\]"),
+        ({"fuse_channels": [64, 0]}, "fuse_channels must be two whole numbers"),
+        ({"fuse": "coarse_to_fine", "levels": ["s8", "s16"]}, "fuse='coarse_to_fine' reads s4, s8 and s16 itself"),
     ],
 )
 def test_bad_options_give_one_clear_error(options, message) -> None:
@@ -143,6 +150,7 @@ def test_config_round_trips_through_json(tmp_path: Path) -> None:
     cfg.save_pretrained(tmp_path)
     back = PreTrainedConfig.from_pretrained(tmp_path)
     assert isinstance(back, SAM2DiffusionConfig)
+    assert (back.fuse, back.fuse_stride, back.fuse_channels) == ("pool", 8, [64, 32])
     assert back.pool_kwargs == {"num_heads": 4} and isinstance(back.pool_kwargs["num_heads"], int)
     assert back.levels == ["s8", "s16"] and back.feature_dim == 24
     assert back.normalization_mapping == cfg.normalization_mapping
@@ -239,11 +247,67 @@ def test_select_action_encodes_one_new_frame_per_camera_and_step_with_identical_
             actions = [policy.select_action(frames(step, batch=2)) for step in range(5)]
         runs[name] = (torch.stack(actions), counter.rows)
     cams = len(CAMERAS)
-    # step 0: the queue holds the first frame twice; afterwards one new frame per camera and step
-    assert runs["reuse"][1] == [2 * 2 * cams] + [2 * cams] * 4
+    # step 0: the queue holds the first frame twice, encoded once; afterwards one new frame per camera and step
+    assert runs["reuse"][1] == [2 * cams] * 5
     assert runs["plain"][1] == [2 * 2 * cams] * 5
     assert torch.equal(runs["reuse"][0], runs["plain"][0])
     assert runs["reuse"][0].shape == (5, 2, 2)
+
+
+def test_reset_forgets_the_remembered_frames() -> None:
+    policy = SAM2DiffusionPolicy(make_config(n_action_steps=1)).eval()
+    counter = TrunkCounter(policy)
+    policy.reset()
+    with torch.inference_mode():
+        policy.select_action(frames(0))
+        policy.select_action(frames(0))  # the same frame again: remembered
+        assert policy.encoder._memo.frames
+        policy.reset()
+        assert not policy.encoder._memo.frames and not policy.training
+        policy.select_action(frames(0))  # new episode: encoded again
+    assert counter.rows == [len(CAMERAS), len(CAMERAS)]
+
+
+def test_coarse_to_fine_head_trains_acts_and_reloads_strictly(tmp_path: Path) -> None:
+    """fuse='coarse_to_fine' (stride 4): the encoder's upsampling head, trained, used and reloaded."""
+    cfg = make_config(fuse="coarse_to_fine", fuse_stride=4, fuse_channels=[16, 8], n_action_steps=1)
+    policy = SAM2DiffusionPolicy(cfg)
+    enc = policy.encoder
+    assert enc.fuse == "coarse_to_fine" and enc.levels == ("s4", "s8", "s16")
+    head = enc.head_for(CAMERAS[0])
+    upsample = [m for m in head.modules() if isinstance(m, CoarseToFine)]
+    assert len(upsample) == 1 and upsample[0].stride == 4 and upsample[0].out_channels == 8
+    # the readout sees the stride-4 map: 64 px -> 16 x 16, 8 channels (spatial softmax, 8 keypoints)
+    assert policy.obs_feature_dim == len(CAMERAS) * 2 * 8 + 2
+    trainable = {id(p) for p in policy.parameters() if p.requires_grad}
+    assert {id(p) for g in policy.get_optim_params() for p in g["params"]} == trainable
+    assert all(id(p) in trainable for p in upsample[0].parameters())
+
+    policy.train()
+    counter = TrunkCounter(policy)
+    loss, _ = policy.forward(training_batch())
+    loss.backward()
+    assert torch.isfinite(loss) and counter.rows == [3 * 2 * len(CAMERAS)]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in upsample[0].parameters())
+
+    policy.eval()
+    policy.reset()
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        actions = torch.stack([policy.select_action(frames(step)) for step in range(3)])
+    assert actions.shape == (3, 1, 2) and torch.isfinite(actions).all()
+
+    policy.save_pretrained(tmp_path / "saved")
+    back = SAM2DiffusionPolicy.from_pretrained(tmp_path / "saved")
+    assert (back.config.fuse, back.config.fuse_stride, back.config.fuse_channels) == ("coarse_to_fine", 4, [16, 8])
+    assert set(back.state_dict()) == set(policy.state_dict())
+    for key, value in policy.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+    back.reset()
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        again = torch.stack([back.select_action(frames(step)) for step in range(3)])
+    assert torch.equal(again, actions)
 
 
 def test_action_queue_predicts_every_n_action_steps() -> None:
