@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from sam2_encoder.diffusion_policy.synthetic import (
     write_replay_buffer,
 )
 from sam2_encoder.diffusion_policy.zarr_io import open_group
+from sam2_encoder.pooling import pack_pyramid, unpack_pyramid
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE_META = {
@@ -118,6 +120,65 @@ def test_obs_encoder_and_policy_loss_cached_vs_live(replay: Path, tmp_path: Path
             torch.nn.functional.mse_loss(denoiser(action + noise, t, c), noise).item() for c in (c_live, c_cached)
         ]
     assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+
+
+def test_coarse_to_fine_reads_the_packed_pyramid_from_a_cache(replay: Path, tmp_path: Path) -> None:
+    """A cache of s4, s8, s16 serves fuse='coarse_to_fine' its packed layout; same output as from images."""
+    torch.manual_seed(0)
+    # input_range (0, 1): the dataset's images are then exactly the cache's uint8 frames / 255 (DP's
+    # (-1, 1) round trip x * 2 - 1 -> * 0.5 + 0.5 moves values by an ulp, which is not what this checks)
+    # reuse_frames=False: the frame memo would encode only the frames it has not seen (another batch)
+    options = dict(image_size=32, fuse="coarse_to_fine", input_range=(0.0, 1.0), reuse_frames=False)
+    live = SAM2ObsEncoder(SHAPE_META, **options).eval()
+    assert live.feature_shape == (1024, 2, 2) and live.feature_layout == "packed"
+    # chunks of 2 frames = n_obs_steps, so each sample below is encoded in the batch the cache used
+    path = build_cache(
+        replay, ["img"], live.encoder, out=tmp_path / "c.zarr", levels=["s4", "s8", "s16"], dtype="float32",
+        chunk_frames=2, progress=False,
+    )  # fmt: skip
+    cached = SAM2ObsEncoder(SHAPE_META, feature_cache=str(path), **options).eval()
+    cached.load_state_dict(live.state_dict())
+    base = ReplayImageDataset(str(replay), horizon=4)
+    wrapped = CachedFeatureDataset(str(path), {"image": "img"}, dataset=base, n_obs_steps=2, layout="packed")
+    assert wrapped.levels == ["s4", "s8", "s16"]
+    frames = np.asarray(open_group(replay)["data"]["img"][:])
+    aligned = [i for i in range(len(base)) if base.sampler.indices[i][0] % 2 == 0 and base.sampler.indices[i][2] == 0]
+    assert len(aligned) >= 6
+    with torch.no_grad():
+        for i in aligned:
+            item, features = base[i], wrapped[i]["obs"]["image"]
+            start = int(base.sampler.indices[i][0])
+            assert features.shape == (4, 1024, 2, 2) and not features[2:].any()  # steps past n_obs_steps
+            pyramid = live.encoder(torch.from_numpy(frames[start : start + 2]))
+            assert torch.equal(features[:2], live.fuse_levels(pyramid))
+            assert torch.equal(features[:2], pack_pyramid([pyramid.s4, pyramid.s8, pyramid.s16]))
+            unpacked = unpack_pyramid(features[:2])
+            assert all(torch.equal(unpacked[lv], pyramid[lv]) for lv in ("s4", "s8", "s16"))
+            pos = item["obs"]["agent_pos"][:2] * 2 - 1
+            from_images = live({"image": item["obs"]["image"][:2], "agent_pos": pos})
+            from_cache = cached({"image": features[:2], "agent_pos": pos})
+            assert torch.equal(from_cache, from_images), i
+    # the encoder's fuse value names its layout (for Hydra: layout: ${policy.obs_encoder.fuse})
+    by_fuse = CachedFeatureDataset(str(path), {"image": "img"}, dataset=base, levels=["s16"], layout="coarse_to_fine")
+    assert torch.equal(by_fuse[aligned[0]]["obs"]["image"], wrapped.cache.fused("img", [0, 1, 2, 3], layout="packed"))
+    pooled = CachedFeatureDataset(str(path), {"image": "img"}, dataset=base)  # "pool": as before
+    assert pooled[0]["obs"]["image"].shape == (4, 32 + 64 + 256, 2, 2)
+
+    # a cache without every level is refused by the encoder and the dataset, naming what is missing
+    s16 = build_cache(replay, ["img"], live.encoder, out=tmp_path / "s16.zarr", dtype="float32", progress=False)
+    lacks = (
+        r"lack \['s4', 's8'\] \(fuse='coarse_to_fine' reads s4, s8 and s16: build the cache with --levels s4 s8 s16\)"
+    )
+    with pytest.raises(CacheError, match=lacks):
+        SAM2ObsEncoder(SHAPE_META, feature_cache=str(s16), **options)
+    with pytest.raises(CacheError, match=r"holds levels \['s16'\], but the packed layout .*\(lacks \['s4', 's8'\]\)"):
+        CachedFeatureDataset(str(s16), {"image": "img"}, dataset=base, layout="packed")
+    with pytest.raises(ValueError, match=r"packed layout \(fuse='coarse_to_fine'\) reads s4, s8 and s16; got levels"):
+        CachedFeatureDataset(str(path), {"image": "img"}, dataset=base, levels=["s8", "s16"], layout="packed")
+    with pytest.raises(ValueError, match=r"layout must be one of \['coarse_to_fine', 'packed', 'pool'\].*got 'dense'"):
+        CachedFeatureDataset(str(path), {"image": "img"}, dataset=base, layout="dense")
+    # a cache that has all three levels also serves a pooled encoder
+    SAM2ObsEncoder(SHAPE_META, image_size=32, levels=["s4", "s8", "s16"], feature_cache=str(path))
 
 
 def test_sequence_frames_follow_dp_padding() -> None:
@@ -301,6 +362,9 @@ def test_cached_workspace_preset_composes_and_builds(replay: Path, encoder, tmp_
         )
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     assert cfg.policy.obs_encoder.crop_shape is None and cfg.dataloader.batch_size == 256
+    assert cfg.task.dataset._target_ == "sam2_encoder.diffusion_policy.feature_cache.DPCachedFeatureDataset"
+    if importlib.util.find_spec("diffusion_policy") is None:  # core CI: no DP, so no DP base class to mix in
+        cfg.task.dataset._target_ = "sam2_encoder.diffusion_policy.feature_cache.CachedFeatureDataset"
     dataset = instantiate(cfg.task.dataset, _convert_="partial")
     encoder_ = instantiate(cfg.policy.obs_encoder).eval()
     item = dataset[0]

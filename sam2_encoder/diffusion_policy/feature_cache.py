@@ -48,14 +48,16 @@ import torch
 from .. import __version__
 from ..checkpoints import find_local_path
 from ..image_encoder import LEVELS, SAM2ImageEncoder
-from ..pooling import fuse_levels
+from ..pooling import fuse_levels, pack_pyramid
 from .zarr_io import chunk_path, create_array, open_group, read_all, store_format
 
 __all__ = [
+    "LAYOUTS",
     "CacheError",
     "CachedFeatureDataset",
     "FeatureCache",
     "build_cache",
+    "check_layout",
     "default_cache_path",
     "verify_cache",
 ]
@@ -65,9 +67,27 @@ FORMAT = 2
 
 _NO_CHECKSUM = -1
 
+LAYOUTS = {"pool": "pool", "packed": "packed", "coarse_to_fine": "packed"}
+"""What the heads read from a cache, by ``layout`` (an encoder's ``fuse`` value names its layout too):
+``"pool"`` fuses levels onto the coarsest grid (``fuse="pool"``); ``"packed"`` folds s4, s8 and s16
+onto the s16 grid without loss (``pooling.pack_pyramid``; ``fuse="coarse_to_fine"``)."""
+
 
 class CacheError(RuntimeError):
     """A feature cache is incomplete, damaged, or disagrees with the encoder or the arguments."""
+
+
+def check_layout(layout: str) -> str:
+    """``"pool"`` or ``"packed"`` for a layout name (``"coarse_to_fine"`` is ``"packed"``).
+
+    Raises:
+        ValueError: Naming the value and the choices.
+    """
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(
+            f"layout must be one of {sorted(LAYOUTS)} (an encoder's fuse value names its own), got {layout!r}"
+        )
+    return LAYOUTS[layout]
 
 
 def _checksum(block: np.ndarray) -> int:
@@ -500,23 +520,39 @@ class FeatureCache:
                 )
             self._verified.add((key, level, int(i)))
 
-    def fused(self, key: str, frames: np.ndarray | Sequence[int], levels: Sequence[str] | None = None) -> torch.Tensor:
-        """Features of some frames, levels fused like ``SAM2ObsEncoder`` does.
+    def fused(
+        self,
+        key: str,
+        frames: np.ndarray | Sequence[int],
+        levels: Sequence[str] | None = None,
+        layout: str = "pool",
+    ) -> torch.Tensor:
+        """Features of some frames in the layout an encoder's heads read (its ``feature_shape``).
 
         Each chunk is verified against its checksum the first time it is read (:meth:`check_chunks`).
 
         Args:
             key: Replay-buffer key.
             frames: Frame indices in ``[0, len(self))`` (any order, repeats allowed).
-            levels: Levels to fuse (default: all stored).
+            levels: Levels to fuse (default: all stored). With ``layout="packed"``: ``None``,
+                ``["s16"]`` (an encoder's default, which coarse-to-fine widens) or all three.
+            layout: ``"pool"``: the levels average-pooled onto the coarsest one's grid and
+                concatenated (``fuse="pool"``); ``"packed"`` (or ``"coarse_to_fine"``): the packed
+                pyramid of s4, s8 and s16 (``fuse="coarse_to_fine"``), see :data:`LAYOUTS`.
 
         Returns:
-            ``(len(frames), C, h, w)`` float32.
+            ``(len(frames), C, h, w)`` float32: ``C = sum C_level`` pooled, or ``1024`` packed,
+            on the coarsest level's ``(h, w)`` grid.
 
         Raises:
             IndexError: For a frame index outside the cache.
-            CacheError: For a missing or damaged chunk.
+            ValueError: For an unknown layout, or levels that a packed layout does not read.
+            CacheError: For a missing or damaged chunk, or a packed layout from a cache that
+                lacks one of s4, s8, s16.
         """
+        layout = check_layout(layout)
+        if layout == "packed":
+            levels = self.packed_levels(levels)
         frames = np.asarray(frames)
         if frames.ndim != 1 or not (np.issubdtype(frames.dtype, np.integer) or frames.size == 0):
             raise TypeError(
@@ -534,14 +570,49 @@ class FeatureCache:
             self.check_chunks(key, level, chunks)
             block = np.asarray(array.get_orthogonal_selection((unique,)))
             maps.append(torch.from_numpy(block.astype(np.float32))[torch.from_numpy(inverse.reshape(-1))])
-        return fuse_levels(maps)
+        return pack_pyramid(maps) if layout == "packed" else fuse_levels(maps)
 
-    def check_compatible(self, encoder: SAM2ImageEncoder, levels: Sequence[str]) -> None:
+    def packed_levels(self, levels: Sequence[str] | None = None) -> list[str]:
+        """The levels a packed layout reads (s4, s8, s16), checked against ``levels`` and the cache.
+
+        Args:
+            levels: ``None``, ``["s16"]`` (an encoder's default, which coarse-to-fine widens to all
+                three) or all three levels.
+
+        Raises:
+            ValueError: For other ``levels``.
+            CacheError: If the cache lacks one of the three levels.
+        """
+        if levels is not None:
+            asked = [levels] if isinstance(levels, str) else list(levels)
+            if sorted(asked) not in (["s16"], sorted(LEVELS)):
+                raise ValueError(
+                    f"the packed layout (fuse='coarse_to_fine') reads s4, s8 and s16; got levels={asked} "
+                    "(leave levels out, or give all three)"
+                )
+        missing = [lv for lv in LEVELS if lv not in self.levels]
+        if missing:
+            raise CacheError(
+                f"feature cache {self.path} holds levels {self.levels}, but the packed layout (fuse='coarse_to_fine') "
+                f"needs s4, s8 and s16 (lacks {missing}): build one with `sam2-encoder cache ... --levels s4 s8 s16`"
+            )
+        return list(LEVELS)
+
+    def check_compatible(self, encoder: SAM2ImageEncoder, levels: Sequence[str], layout: str = "pool") -> None:
         """Raise unless this cache holds ``encoder``'s features for ``levels``.
+
+        Args:
+            encoder: The image encoder (a ``MultiCameraEncoder``'s ``.encoder``).
+            levels: Levels the heads read.
+            layout: ``"pool"`` or ``"packed"`` / ``"coarse_to_fine"`` (then ``levels`` must be all
+                three; see :meth:`fused`).
 
         Raises:
             CacheError: Naming every disagreement (variant, weights, image size, levels).
+            ValueError: For an unknown layout.
         """
+        if check_layout(layout) == "packed":
+            levels = list(LEVELS)
         problems = []
         if self.spec["variant"] != encoder.variant.name:
             problems.append(f"variant {self.spec['variant']!r} in the cache vs {encoder.variant.name!r}")
@@ -549,7 +620,10 @@ class FeatureCache:
             problems.append(f"image_size {self.spec['image_size']} in the cache vs {list(encoder.image_size)}")
         missing = [lv for lv in levels if lv not in self.levels]
         if missing:
-            problems.append(f"levels {self.levels} in the cache lack {missing}")
+            why = ""
+            if check_layout(layout) == "packed":
+                why = " (fuse='coarse_to_fine' reads s4, s8 and s16: build the cache with --levels s4 s8 s16)"
+            problems.append(f"levels {self.levels} in the cache lack {missing}{why}")
         if self.spec["weights"] != encoder.weights_id:
             problems.append(f"weights {self.spec['weights']} in the cache vs {encoder.weights_id}")
         if problems:
@@ -585,14 +659,19 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
 
     Wraps a DP image dataset (anything with ``sampler.indices`` / ``sampler.sequence_length`` like
     DP's ``SequenceSampler``, ``__getitem__`` returning ``{"obs": {...}, "action": ...}`` and
-    ``get_normalizer()``). For each cached obs key, ``obs[key]`` becomes the fused features of the
-    sample's frames, ``(T, C, h, w)`` float32, which ``SAM2ObsEncoder`` feeds straight to its head.
-    The normaliser maps those keys through the identity.
+    ``get_normalizer()``). For each cached obs key, ``obs[key]`` becomes the features of the
+    sample's frames in the encoder's layout, ``(T, *feature_shape)`` float32, which
+    ``SAM2ObsEncoder`` feeds straight to its head. The normaliser maps those keys through the
+    identity.
 
     Args:
         feature_cache: Path of a complete cache.
         cached_keys: ``{obs key: replay-buffer key}``, e.g. ``{"image": "img"}``.
         levels: Levels to fuse (must match the encoder's ``levels``); default: all stored.
+        layout: What the encoder's heads read: ``"pool"`` (``fuse="pool"``: ``levels`` pooled
+            onto the coarsest grid) or ``"packed"`` (``fuse="coarse_to_fine"``: s4, s8 and s16
+            packed onto the s16 grid, ``(1024, S/16, S/16)``; the cache must hold all three).
+            The encoder's ``fuse`` value is accepted as is (``layout: ${policy.obs_encoder.fuse}``).
         dataset: The DP dataset to wrap, or ``None`` to build ``dataset_target(**dataset_kwargs)``.
         dataset_target: Import path of the DP dataset class (used from Hydra configs, where this
             node is merged over the task's dataset node, whose arguments arrive as kwargs).
@@ -609,8 +688,10 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         dataset: Any = None,
         dataset_target: str | None = None,
         n_obs_steps: int | None = None,
+        layout: str = "pool",
         **dataset_kwargs: Any,
     ) -> None:
+        self.layout = check_layout(layout)
         if dataset is None:
             if dataset_target is None:
                 raise ValueError("CachedFeatureDataset needs dataset= or dataset_target=")
@@ -623,7 +704,10 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         unknown = [v for v in self.cached_keys.values() if v not in self.cache.keys]
         if unknown:
             raise CacheError(f"cache {self.cache.path} has keys {self.cache.keys}, not {unknown}")
-        self.levels = list(levels) if levels is not None else self.cache.levels
+        if self.layout == "packed":
+            self.levels = self.cache.packed_levels(levels)
+        else:
+            self.levels = list(levels) if levels is not None else self.cache.levels
         self.n_obs_steps = n_obs_steps
         sampler = getattr(dataset, "sampler", None)
         if sampler is None or not hasattr(sampler, "indices"):
@@ -644,7 +728,7 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         steps = len(frames) if self.n_obs_steps is None else min(self.n_obs_steps, len(frames))
         obs = dict(item["obs"])
         for obs_key, cache_key in self.cached_keys.items():
-            features = self.cache.fused(cache_key, frames[:steps], self.levels)
+            features = self.cache.fused(cache_key, frames[:steps], self.levels, self.layout)
             if steps < len(frames):
                 features = torch.cat([features, features.new_zeros(len(frames) - steps, *features.shape[1:])])
             obs[obs_key] = features

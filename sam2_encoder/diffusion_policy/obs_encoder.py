@@ -122,4 +122,12 @@ class SAM2ObsEncoder(MultiCameraEncoder):
             return
         from .feature_cache import FeatureCache  # zarr only when a cache is used
 
-        FeatureCache(path).check_compatible(self.encoder, self.levels)
+        FeatureCache(path).check_compatible(self.encoder, self.levels, layout=self.feature_layout)
+
+    @property
+    def feature_layout(self) -> str:
+        """The feature-cache layout the heads read: ``"pool"``, or ``"packed"`` with ``fuse="coarse_to_fine"``.
+
+        Pass it to ``CachedFeatureDataset(layout=...)``.
+        """
+        return "packed" if self.fuse == "coarse_to_fine" else "pool"
