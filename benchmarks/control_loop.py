@@ -13,6 +13,10 @@ Hiera trunk under bfloat16 autocast (``precision="bf16"``); where the hardware l
 the bf16 rows are skipped (the JSON says why) unless ``--emulated-bf16`` measures them anyway (torch
 emulates bf16 there: the numerics are bf16's, the timings say nothing about native bf16).
 
+``cpu_ms`` is the process CPU time per step: on a machine shared with other work, wall time
+includes waiting for a core; with 1 thread the CPU time is what the step costs on its own (still
+inflated by a busy sibling hyperthread or cache).
+
 Fidelity of bf16: the actions of the same policy (same weights, frames and noise) in fp32 vs bf16
 at every step, max abs and relative (L2) difference, and the encoder's condition vector's cosine.
 
@@ -129,6 +133,7 @@ def main() -> None:
             lat: dict[str, list[float]] = {"reuse": [], "plain": []}
             encoded: dict[str, list[int]] = {"reuse": [], "plain": []}
             encode_ms: dict[str, list[float]] = {"reuse": [], "plain": []}
+            cpu_ms: dict[str, list[float]] = {"reuse": [], "plain": []}
             identical = True
             kept: list[tuple[torch.Tensor, torch.Tensor]] = []
             load_start = loadavg()
@@ -141,11 +146,12 @@ def main() -> None:
                     order = ("reuse", "plain") if t % 2 else ("plain", "reuse")
                     for name in order:
                         sync()
-                        start = time.perf_counter()
+                        start, cpu_start = time.perf_counter(), time.process_time()
                         actions, cond, n_rows, enc_ms = predict(pair[name], history, t)
                         sync()
                         if t >= 2:  # the first steps warm up (and fill the reuse memory)
                             lat[name].append(1000 * (time.perf_counter() - start))
+                            cpu_ms[name].append(1000 * (time.process_time() - cpu_start))
                             encoded[name].append(n_rows)
                             encode_ms[name].append(enc_ms)
                         results[name] = (actions, cond)
@@ -160,6 +166,7 @@ def main() -> None:
                         "precision": precision + (" (emulated)" if precision == "bf16" and not native_bf16 else ""),
                         "frame_reuse": name == "reuse",
                         "latency_ms": stats(lat[name]),
+                        "cpu_ms": stats(cpu_ms[name]),
                         "frames_encoded_per_step": float(np.mean(encoded[name])),
                         "encoder_ms_p50": round(float(np.percentile(encode_ms[name], 50)), 2),
                         "within_100ms_budget": float(np.mean(np.array(lat[name]) <= 100.0)),
@@ -218,7 +225,8 @@ def main() -> None:
         print(
             f"{r['image_size']} px {r['threads']} thread(s) {r['precision']:<16} reuse={r['frame_reuse']!s:<5} "
             f"p50 {r['latency_ms']['p50']:7.1f}  p99 {r['latency_ms']['p99']:7.1f} ms "
-            f"(encoder p50 {r['encoder_ms_p50']:.1f} ms)"
+            f"(encoder p50 {r['encoder_ms_p50']:.1f} ms; "
+            f"CPU time p50 {r['cpu_ms']['p50']:.1f} p99 {r['cpu_ms']['p99']:.1f})"
         )
     if not args.no_plots:
         plot_control_loop(report, out.with_suffix(".png"))
