@@ -194,6 +194,8 @@ def summarize(samples: Samples, items: int = 1) -> dict[str, Any]:
         "ms_per_image": round(1000 * med / items, 3),
         "images_per_s": round(items / med, 3),
         "cpu_per_wall": round(float(np.median(share)), 3) if share.size else None,
+        # CPU time per image: what the call costs on its own when a shared machine makes it wait
+        "cpu_ms_per_image": round(1000 * float(np.median(cpu)) / items, 3) if cpu.size else None,
         "times_s": [round(float(t), 5) for t in wall],
     }
 
