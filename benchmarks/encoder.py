@@ -78,8 +78,6 @@ from hf_reference import hf_features, make_processor, stock_pixels
 from meta_reference import MetaReference, import_torchvision, start_meta
 from plotting import plot_encoder
 
-from sam2_encoder.image_encoder import bf16_support
-
 STRIDES = (4, 8, 16)
 METHODS: dict[str, str] = {
     "ours_e2e": "ours: SAM2ImageEncoder(frames), transforms + encode from raw uint8 (B, H, W, 3) frames",
@@ -412,6 +410,8 @@ def run_optimisations(args: argparse.Namespace, device: torch.device, frames_poo
 
         def autocast() -> contextlib.AbstractContextManager:
             return torch.autocast(device.type, dtype=torch.bfloat16)
+
+        from sam2_encoder.image_encoder import bf16_support  # after import_torchvision (transformers caches it)
 
         native, why = bf16_support(device)
         what["bf16"] = (
