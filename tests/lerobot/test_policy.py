@@ -129,6 +129,20 @@ def test_bad_options_give_one_clear_error(options, message) -> None:
         cfg.validate_features()
 
 
+def test_fuse_options_parse_as_lerobot_train_flags(caplog: pytest.LogCaptureFixture) -> None:
+    """``--policy.fuse*`` values as draccus parses them from the command line."""
+    import draccus
+
+    cfg = draccus.parse(
+        config_class=SAM2DiffusionConfig,
+        args=["--fuse=coarse_to_fine", "--fuse_stride=4", "--fuse_channels=[16,8]", "--device=cpu"],
+    )
+    assert (cfg.fuse, cfg.fuse_stride, cfg.fuse_channels) == ("coarse_to_fine", 4, [16, 8])
+    with pytest.raises(draccus.utils.ParsingError):
+        draccus.parse(config_class=SAM2DiffusionConfig, args=["--fuse_stride=2", "--device=cpu"])
+    assert "sam2_diffusion: fuse_stride must be 8 or 4, got 2" in caplog.text  # the line draccus hides
+
+
 def test_a_policy_without_camera_is_refused() -> None:
     cfg = make_config(input_features={"observation.state": PolicyFeature(FeatureType.STATE, (2,))})
     with pytest.raises(ValueError, match="needs at least one camera"):
