@@ -587,13 +587,13 @@ MODEL_CASES: list[Bad] = [
         "shape_meta shape a string",
         lambda t: _dp({"c": {"shape": "3,32,32", "type": "rgb"}}),
         ValueError,
-        "shape_meta.obs.c.shape must be a list of ints, got '3,32,32'",
+        "shape_meta.obs.c.shape must be a list of whole numbers >= 1, got '3,32,32'",
     ),
     Bad(
         "shape_meta shape None",
         lambda t: _dp({"c": {"shape": None, "type": "rgb"}}),
         ValueError,
-        "shape_meta.obs.c.shape must be a list of ints, got None",
+        "shape_meta.obs.c.shape must be a list of whole numbers >= 1, got None",
     ),
     Bad(
         "shape_meta rgb 4 channels",
@@ -618,19 +618,106 @@ MODEL_CASES: list[Bad] = [
         "shape_meta unknown type",
         lambda t: _dp({"c": {"shape": [3, 32, 32], "type": "depth"}}),
         ValueError,
-        "type must be 'rgb' or 'low_dim', got 'depth'",
+        "shape_meta.obs.c: type must be 'rgb', 'low_dim' or 'mask', got 'depth'",
     ),
     Bad(
         "shape_meta low_dim negative",
         lambda t: _dp({"c": _RGB, "pos": {"shape": [-1]}}),
         ValueError,
-        "low_dim['pos'] must be whole numbers >= 1, got [-1]",
+        "shape_meta.obs.pos.shape must be whole numbers >= 1, got [-1]",
     ),
     Bad(
         "shape_meta low_dim zero",
         lambda t: _dp({"c": _RGB, "pos": {"shape": [0]}}),
         ValueError,
-        "low_dim['pos'] must be whole numbers >= 1, got [0]",
+        "shape_meta.obs.pos.shape must be whole numbers >= 1, got [0]",
+    ),
+    Bad(
+        "shape_meta rgb fraction",
+        lambda t: _dp({"c": {"shape": [3, 32.5, 32], "type": "rgb"}}),
+        ValueError,
+        "shape_meta.obs.c.shape must be whole numbers >= 1, got [3, 32.5, 32]",
+    ),
+    Bad(
+        "shape_meta low_dim bool",
+        lambda t: _dp({"c": _RGB, "pos": {"shape": [True]}}),
+        ValueError,
+        "shape_meta.obs.pos.shape must be whole numbers >= 1, got [True]",
+    ),
+    Bad(
+        "shape_meta low_dim fraction",
+        lambda t: _dp({"c": _RGB, "pos": {"shape": [2.5]}}),
+        ValueError,
+        "shape_meta.obs.pos.shape must be whole numbers >= 1, got [2.5]",
+    ),
+    Bad(
+        "shape_meta low_dim a number",
+        lambda t: _dp({"c": _RGB, "pos": {"shape": 2}}),
+        ValueError,
+        "shape_meta.obs.pos.shape must be a list of whole numbers >= 1, got 2",
+    ),
+    Bad(
+        "shape_meta mask 2-D",
+        lambda t: _dp({"c": _RGB, "m": {"shape": [32, 32], "type": "mask"}}),
+        ValueError,
+        "shape_meta.obs.m: mask shape must be [K, H, W] (K objects), got [32, 32]",
+    ),
+    Bad(
+        "shape_meta mask other size",
+        lambda t: _dp({"c": _RGB, "m": {"shape": [2, 16, 16], "type": "mask", "camera": "c"}}),
+        ValueError,
+        "shape_meta.obs.m: mask shape [K, H, W] must have camera 'c''s H, W [32, 32], got [2, 16, 16]",
+    ),
+    Bad(
+        "shape_meta mask unknown camera",
+        lambda t: _dp({"c": _RGB, "m": {"shape": [2, 32, 32], "type": "mask", "camera": "cam"}}),
+        ValueError,
+        "shape_meta.obs.m: a mask entry needs camera: <the rgb key it belongs to>, one of ['c']; got camera 'cam'",
+    ),
+    Bad(
+        "shape_meta mask camera is low_dim",
+        lambda t: _dp({"c": _RGB, "pos": {"shape": [2]}, "m": {"shape": [1, 32, 32], "type": "mask", "camera": "pos"}}),
+        ValueError,
+        "a mask entry needs camera: <the rgb key it belongs to>, one of ['c']; got camera 'pos'",
+    ),
+    Bad(
+        "shape_meta mask no camera of two",
+        lambda t: _dp({"a": _RGB, "b": _RGB, "m": {"shape": [1, 32, 32], "type": "mask"}}),
+        ValueError,
+        "shape_meta.obs.m: a mask entry needs camera: <the rgb key it belongs to>, one of ['a', 'b']; got no camera",
+    ),
+    Bad(
+        "shape_meta two masks one camera",
+        lambda t: _dp(
+            {"c": _RGB, "m1": {"shape": [1, 32, 32], "type": "mask"}, "m2": {"shape": [1, 32, 32], "type": "mask"}}
+        ),
+        ValueError,
+        "shape_meta.obs: camera 'c' has two mask entries, 'm1' and 'm2'; give one (K, H, W) entry per camera",
+    ),
+    Bad(
+        "shape_meta masks with different K",
+        lambda t: _dp(
+            {
+                "a": _RGB,
+                "b": _RGB,
+                "ma": {"shape": [1, 32, 32], "type": "mask", "camera": "a"},
+                "mb": {"shape": [3, 32, 32], "type": "mask", "camera": "b"},
+            }
+        ),
+        ValueError,
+        "every mask entry must track the same number of objects K (num_objects), got {'ma': 1, 'mb': 3}",
+    ),
+    Bad(
+        "shape_meta mask vs object_masks_key",
+        lambda t: _dp({"c": _RGB, "m": {"shape": [2, 32, 32], "type": "mask"}}, object_masks_key="c_masks"),
+        ValueError,
+        "object_masks_key='c_masks' disagrees with the mask entries of shape_meta ({'c': 'm'}); leave object_masks_key",
+    ),
+    Bad(
+        "shape_meta mask vs num_objects",
+        lambda t: _dp({"c": _RGB, "m": {"shape": [2, 32, 32], "type": "mask"}}, num_objects=3),
+        ValueError,
+        "num_objects=3 disagrees with shape_meta.obs.m.shape [2, 32, 32] (K=2); leave num_objects out (null)",
     ),
     # --- cameras ---
     Bad(

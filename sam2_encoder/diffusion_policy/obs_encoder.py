@@ -11,6 +11,7 @@ is converted exactly. Everything else is :class:`~sam2_encoder.camera_encoder.Mu
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,48 +20,155 @@ from typing import Any
 from ..camera_encoder import MultiCameraEncoder
 from ..checkpoints import find_local_path
 
-__all__ = ["SAM2ObsEncoder", "parse_shape_meta"]
+__all__ = ["SAM2ObsEncoder", "parse_mask_meta", "parse_shape_meta"]
+
+
+def _whole_numbers(value: object, key: str) -> tuple[int, ...]:
+    """``shape_meta.obs.<key>.shape`` as ints >= 1 (ints, numpy ints or integral floats like 32.0).
+
+    Raises:
+        ValueError: Naming the key and the value, for a non-list, bools, fractions, strings or sizes < 1.
+    """
+    where = f"shape_meta.obs.{key}.shape"
+    if isinstance(value, str | bytes) or not (isinstance(value, Sequence) or hasattr(value, "tolist")):
+        raise ValueError(f"{where} must be a list of whole numbers >= 1, got {value!r}")
+    items = value.tolist() if hasattr(value, "tolist") else list(value)
+    if not isinstance(items, list):
+        raise ValueError(f"{where} must be a list of whole numbers >= 1, got {value!r}")
+    out = []
+    for item in items:
+        whole = isinstance(item, numbers.Integral) or isinstance(item, float) and item.is_integer()
+        if isinstance(item, bool) or not whole or item < 1:
+            raise ValueError(f"{where} must be whole numbers >= 1, got {items!r}")
+        out.append(int(item))
+    return tuple(out)
+
+
+def _split(
+    shape_meta: Mapping[str, Any],
+) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]], dict[str, tuple[str, tuple[int, ...]]]]:
+    """``(rgb, low_dim, masks)`` of ``shape_meta["obs"]``; ``masks`` is ``{camera: (key, (K, H, W))}``."""
+    if not isinstance(shape_meta, Mapping) or not isinstance(shape_meta.get("obs"), Mapping):
+        got = sorted(shape_meta) if isinstance(shape_meta, Mapping) else type(shape_meta).__name__
+        raise ValueError(f"shape_meta needs an 'obs' mapping of {{key: {{shape, type}}}}, got {got}")
+    rgb: dict[str, tuple[int, ...]] = {}
+    low_dim: dict[str, tuple[int, ...]] = {}
+    mask_entries: dict[str, tuple[Any, tuple[int, ...]]] = {}
+    for key in sorted(shape_meta["obs"]):
+        attr = shape_meta["obs"][key]
+        if not isinstance(attr, Mapping) or "shape" not in attr:
+            raise ValueError(f"shape_meta.obs.{key} needs a 'shape' entry, got {attr!r}")
+        shape = _whole_numbers(attr["shape"], key)
+        kind = attr.get("type", "low_dim")
+        if kind == "rgb":
+            if len(shape) != 3 or shape[0] != 3:
+                raise ValueError(f"shape_meta.obs.{key}: rgb shape must be [3, H, W], got {list(shape)}")
+            rgb[key] = shape
+        elif kind == "low_dim":
+            low_dim[key] = shape
+        elif kind == "mask":
+            if len(shape) != 3:
+                raise ValueError(f"shape_meta.obs.{key}: mask shape must be [K, H, W] (K objects), got {list(shape)}")
+            mask_entries[key] = (attr.get("camera"), shape)
+        else:
+            raise ValueError(f"shape_meta.obs.{key}: type must be 'rgb', 'low_dim' or 'mask', got {kind!r}")
+    if not rgb:
+        raise ValueError("shape_meta.obs has no rgb key: SAM2ObsEncoder needs at least one camera")
+    masks: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for key, (camera, shape) in mask_entries.items():
+        if camera is None and len(rgb) == 1:
+            camera = next(iter(rgb))
+        if not isinstance(camera, str) or camera not in rgb:
+            got = "no camera" if camera is None else f"camera {camera!r}"
+            raise ValueError(
+                f"shape_meta.obs.{key}: a mask entry needs camera: <the rgb key it belongs to>, one of {sorted(rgb)}; "
+                f"got {got}"
+            )
+        if shape[1:] != rgb[camera][1:]:
+            raise ValueError(
+                f"shape_meta.obs.{key}: mask shape [K, H, W] must have camera {camera!r}'s H, W "
+                f"{list(rgb[camera][1:])}, got {list(shape)}"
+            )
+        if camera in masks:
+            raise ValueError(
+                f"shape_meta.obs: camera {camera!r} has two mask entries, {masks[camera][0]!r} and {key!r}; "
+                "give one (K, H, W) entry per camera"
+            )
+        masks[camera] = (key, shape)
+    counts = {key: shape[0] for key, shape in masks.values()}
+    if len(set(counts.values())) > 1:
+        raise ValueError(
+            f"shape_meta.obs: every mask entry must track the same number of objects K (num_objects), got {counts}"
+        )
+    return rgb, low_dim, dict(sorted(masks.items()))
 
 
 def parse_shape_meta(shape_meta: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """Split ``shape_meta["obs"]`` into rgb and low-dim keys (each sorted, as Diffusion Policy does).
 
+    Mask entries (``type: mask``) belong to neither; see :func:`parse_mask_meta`.
+
     Args:
-        shape_meta: ``{"obs": {key: {"shape": [...], "type": "rgb" | "low_dim"}}, ...}``;
+        shape_meta: ``{"obs": {key: {"shape": [...], "type": "rgb" | "low_dim" | "mask"}}, ...}``;
             ``type`` defaults to ``low_dim``.
 
     Returns:
         ``(rgb, low_dim)``: ``{key: shape}`` dicts in sorted key order.
 
     Raises:
-        ValueError: On a missing ``obs`` entry, an entry without ``shape``, an unknown type or an
-            rgb shape other than (3, H, W).
+        ValueError: On a missing ``obs`` entry, an entry without ``shape``, a shape that is not a
+            list of whole numbers >= 1, an unknown type, an rgb shape other than (3, H, W), no rgb
+            key, or a bad mask entry (see :func:`parse_mask_meta`).
     """
-    if not isinstance(shape_meta, Mapping) or not isinstance(shape_meta.get("obs"), Mapping):
-        got = sorted(shape_meta) if isinstance(shape_meta, Mapping) else type(shape_meta).__name__
-        raise ValueError(f"shape_meta needs an 'obs' mapping of {{key: {{shape, type}}}}, got {got}")
-    rgb: dict[str, tuple[int, ...]] = {}
-    low_dim: dict[str, tuple[int, ...]] = {}
-    for key in sorted(shape_meta["obs"]):
-        attr = shape_meta["obs"][key]
-        if not isinstance(attr, Mapping) or "shape" not in attr:
-            raise ValueError(f"shape_meta.obs.{key} needs a 'shape' entry, got {attr!r}")
-        try:
-            shape = tuple(int(s) for s in attr["shape"])
-        except (TypeError, ValueError):
-            raise ValueError(f"shape_meta.obs.{key}.shape must be a list of ints, got {attr['shape']!r}") from None
-        kind = attr.get("type", "low_dim")
-        if kind == "rgb":
-            if len(shape) != 3 or shape[0] != 3 or min(shape) < 1:
-                raise ValueError(f"shape_meta.obs.{key}: rgb shape must be [3, H, W], got {list(shape)}")
-            rgb[key] = shape
-        elif kind == "low_dim":
-            low_dim[key] = shape
-        else:
-            raise ValueError(f"shape_meta.obs.{key}: type must be 'rgb' or 'low_dim', got {kind!r}")
-    if not rgb:
-        raise ValueError("shape_meta.obs has no rgb key: SAM2ObsEncoder needs at least one camera")
+    rgb, low_dim, _ = _split(shape_meta)
     return rgb, low_dim
+
+
+def parse_mask_meta(shape_meta: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, int, int]]]:
+    """The object-mask entries of ``shape_meta["obs"]``: ``{camera: (mask key, (K, H, W))}``.
+
+    A mask entry is ``{shape: [K, H, W], type: mask, camera: <rgb key>}``: per-frame masks of K
+    tracked objects at that camera's H, W, fed to the object tokens (``object_masks_key``). The
+    ``camera`` attribute may be left out when there is one rgb key. Diffusion Policy's own code
+    (datasets, real-world helpers) skips entries whose type is neither rgb nor low_dim.
+
+    Args:
+        shape_meta: Diffusion Policy's shape meta.
+
+    Returns:
+        ``{camera: (key, (K, H, W))}``, cameras sorted; empty without mask entries.
+
+    Raises:
+        ValueError: For a mask shape that is not ``[K, H, W]`` with the camera's ``H, W``, an
+            unknown or missing camera, two masks for one camera, or different K across cameras
+            (and everything :func:`parse_shape_meta` refuses).
+    """
+    return _split(shape_meta)[2]  # type: ignore[return-value]
+
+
+def _masks_from_meta(
+    masks: Mapping[str, tuple[str, tuple[int, ...]]], given_key: Any, given_count: Any
+) -> dict[str, Any]:
+    """``object_masks_key`` / ``num_objects`` from shape_meta's mask entries, checked against given ones."""
+    from_meta = {camera: key for camera, (key, _) in masks.items()}
+    count = next(iter(masks.values()))[1][0]
+    if given_key is not None:
+        if isinstance(given_key, str):
+            same = len(from_meta) == 1 and next(iter(from_meta.values())) == given_key
+        else:
+            same = isinstance(given_key, Mapping) and {str(c): str(k) for c, k in given_key.items()} == from_meta
+        if not same:
+            raise ValueError(
+                f"object_masks_key={given_key!r} disagrees with the mask entries of shape_meta ({from_meta}); "
+                "leave object_masks_key out (null) to take them from shape_meta"
+            )
+    if given_count is not None and (isinstance(given_count, bool) or given_count != count):
+        key, shape = next(iter(masks.values()))
+        raise ValueError(
+            f"num_objects={given_count!r} disagrees with shape_meta.obs.{key}.shape {list(shape)} (K={count}); "
+            "leave num_objects out (null) to take it from shape_meta"
+        )
+    return {"object_masks_key": from_meta, "num_objects": count}
 
 
 class SAM2ObsEncoder(MultiCameraEncoder):
@@ -79,7 +187,10 @@ class SAM2ObsEncoder(MultiCameraEncoder):
         imagenet_norm: Ignored (SAM 2's own normalisation is always applied, on the correct range).
         **kwargs: Every other option of :class:`~sam2_encoder.camera_encoder.MultiCameraEncoder`
             (``variant``, ``checkpoint``, ``image_size``, ``levels``, ``pool``, ``num_keypoints``,
-            ``feature_dim``, ``freeze``, ``finetune``, ``crop_shape``, ...).
+            ``feature_dim``, ``freeze``, ``finetune``, ``crop_shape``, ...). With mask entries in
+            ``shape_meta`` (``type: mask``, see :func:`parse_mask_meta`), ``object_masks_key`` and
+            ``num_objects`` come from them (given as well, they must agree; ``None`` = from
+            ``shape_meta``).
 
     Shapes:
         ``forward({key: (N, *shape)}) -> (N, D)`` with ``D = output_shape()[0]``.
@@ -99,7 +210,11 @@ class SAM2ObsEncoder(MultiCameraEncoder):
     ) -> None:
         if rgb_model is not None:
             warnings.warn("SAM2ObsEncoder ignores rgb_model: the SAM 2 trunk is the vision model", stacklevel=2)
-        rgb, low_dim = parse_shape_meta(shape_meta)
+        rgb, low_dim, masks = _split(shape_meta)
+        if masks:
+            kwargs.update(_masks_from_meta(masks, kwargs.get("object_masks_key"), kwargs.get("num_objects")))
+        elif kwargs.get("num_objects", 1) is None:  # null in a config: "from shape_meta", which has none
+            kwargs.pop("num_objects")
         super().__init__(rgb, low_dim, input_range=input_range, **kwargs)
         if feature_cache is not None:
             self._check_cache(feature_cache)
