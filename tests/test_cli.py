@@ -140,6 +140,20 @@ def _replay(path: Path) -> Path:
     return write_replay_buffer(path, episodes=1, steps=4, size=32)
 
 
+def _json(path: Path, value: object) -> Path:
+    path.write_text(value if isinstance(value, str) else json.dumps(value))
+    return path
+
+
+ONE_EPISODE = {"objects": [1], "episodes": {"0": {"1": {"points": [[16, 16]]}}}}
+
+
+def _masks(t: Path, prompts: object = ONE_EPISODE, *extra: str) -> list[str]:
+    """``masks`` over a fresh 1-episode 32x32 replay buffer with ``prompts``."""
+    replay = _replay(t / "r.zarr")
+    return ["masks", str(replay), "--key", "img", "--prompts", str(_json(t / "p.json", prompts)), *SMALL, *extra]
+
+
 SMALL = ["--image-size", "64"]
 USER_ERRORS = [
     # (id, argv builder(tmp_path), message fragment)
@@ -321,6 +335,71 @@ USER_ERRORS = [
         "--verify CACHE checks an existing cache",
     ),
     ("cache verify missing", lambda t: ["cache", "--verify", str(t / "c.zarr")], "feature cache not found: "),
+    (
+        "masks no key",
+        lambda t: ["masks", "r.zarr", "--prompts", "p.json"],
+        "the following arguments are required: --key",
+    ),
+    ("masks replay missing", lambda t: ["masks", str(t / "r.zarr"), "--key", "img", "--prompts", "p.json"], "replay"),
+    (
+        "masks prompts missing",
+        lambda t: ["masks", str(_replay(t / "r.zarr")), "--key", "img", "--prompts", str(t / "p.json")],
+        "p.json: no such file",
+    ),
+    ("masks prompts not json", lambda t: _masks(t, "{objects: [1]"), "p.json is not valid JSON: "),
+    (
+        "masks prompts no episodes",
+        lambda t: _masks(t, {"objects": [1]}),
+        "p.json must be {'objects': [ids], 'episodes': {...}}, got ['objects']",
+    ),
+    (
+        "masks prompts episode missing",
+        lambda t: _masks(t, {"objects": [1], "episodes": {}}),
+        "p.json: episodes 0 have no prompts (list every episode; {} for none)",
+    ),
+    (
+        "masks prompts episode out of range",
+        lambda t: _masks(t, {"objects": [1], "episodes": {"0": {}, "1": {}}}),
+        "p.json: episode '1' is not an index of the 1 episodes",
+    ),
+    (
+        "masks point outside the frame",
+        lambda t: _masks(t, {"objects": [1], "episodes": {"0": {"1": {"points": [[40, 5]]}}}}),
+        "p.json: episode 0 object 1: (x, y) = [40.0, 5.0] lies outside the 32x32 (W x H) frames",
+    ),
+    (
+        "masks box inverted",
+        lambda t: _masks(t, {"objects": [1], "episodes": {"0": {"1": {"box": [20, 20, 4, 4]}}}}),
+        "p.json: episode 0 object 1: box must have x1 > x0 and y1 > y0, got [20, 20, 4, 4]",
+    ),
+    (
+        "masks point a string",
+        lambda t: _masks(t, {"objects": [1], "episodes": {"0": {"1": {"points": [["4", 5]]}}}}),
+        "p.json: episode 0 object 1: each point [x, y] must be finite numbers, got ['4', 5]",
+    ),
+    (
+        "masks labels per point",
+        lambda t: _masks(t, {"objects": [1], "episodes": {"0": {"1": {"points": [[4, 5]], "labels": [1, 0]}}}}),
+        "p.json: episode 0 object 1: labels must be one 1 (object) or 0 (background) per point, got [1, 0]",
+    ),
+    (
+        "masks unknown key",
+        lambda t: [*_masks(t), "--key", "cam"],
+        "has no data/cam; it has ['action', 'agent_pos', 'img']",
+    ),
+    ("masks low-dim key", lambda t: [*_masks(t), "--key", "agent_pos"], "data/agent_pos of"),
+    (
+        "masks out is the replay",
+        lambda t: [*_masks(t), "--out", str(t / "r.zarr")],
+        "is not a mask cache (no 'sam2_encoder_masks' attributes); pass another --out",
+    ),
+    (
+        "masks out is a file",
+        lambda t: [*_masks(t), "--out", str(_touch(t / "m"))],
+        "m is not a mask cache: it is not a zarr group (a file); pass another --out",
+    ),
+    ("masks unknown variant", lambda t: [*_masks(t), "--variant", "sam9"], "--variant 'sam9': unknown SAM 2 variant"),
+    ("masks image size 100", lambda t: [*_masks(t), "--image-size", "100"], "got 100 (nearest valid: 96)"),
     ("download nothing", lambda t: ["download"], "name at least one variant, or --all"),
     (
         "download unknown",
@@ -403,3 +482,91 @@ def test_track_writes_only_when_done_and_replaces_its_own_output(tmp_path: Path,
     assert _tree(out) == ["masks", "masks/000000.png", "masks/000001.png", "track.json"]
     assert json.loads((out / "track.json").read_text())["frames"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "o"]
+
+
+# --------------------------------------------------------------------------------------------
+# masks: tracker masks of every episode of a replay buffer
+# --------------------------------------------------------------------------------------------
+
+MASK_PROMPTS = {
+    "objects": [1, 2],
+    "episodes": {
+        "0": {"1": {"points": [[24, 24]], "labels": [1]}, "2": {"box": [2, 2, 20, 20]}},
+        "1": {"2": {"box": [10, 10, 40, 40]}},
+        "2": {},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def present_checkpoint(tiny_video_state, tmp_path_factory) -> Path:
+    """The seeded tiny video weights as a .safetensors file, object score raised so objects stay present."""
+    from safetensors.torch import save_file
+
+    state = dict(tiny_video_state)
+    key = "mask_decoder.pred_obj_score_head.proj_out.bias"
+    state[key] = state[key] + 3.0
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def test_masks_command_tracks_every_episode_and_resumes(present_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    from sam2_encoder.diffusion_policy.mask_cache import MaskCache, build_mask_cache, weights_identity
+    from sam2_encoder.diffusion_policy.synthetic import write_replay_buffer
+    from sam2_encoder.streaming import StreamingPredictor
+
+    replay = Path(write_replay_buffer(tmp_path / "r.zarr", episodes=3, steps=4))
+    prompts = _json(tmp_path / "prompts.json", MASK_PROMPTS)
+    args = ["masks", str(replay), "--key", "img", "--prompts", str(prompts), "--checkpoint", str(present_checkpoint)]
+    args += [*SMALL, "--quiet"]
+    assert main(args) == 0
+    out = tmp_path / "r.img_masks.zarr"  # the default: beside the replay buffer
+    assert f"mask cache ready: {out}" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.json", "r.img_masks.zarr", "r.zarr"]
+    cache = MaskCache(out)
+    assert cache.spec["weights"] == weights_identity(present_checkpoint) and cache.spec["image_size"] == 64
+
+    # the same as the library with the same predictor
+    predictor = StreamingPredictor("sam2.1_hiera_tiny", checkpoint=present_checkpoint, image_size=64, download=False)
+    reference = MaskCache(
+        build_mask_cache(
+            replay, "img", MASK_PROMPTS, tmp_path / "lib.zarr", predictor, weights_identity(present_checkpoint)
+        )
+    )
+    masks = cache.masks(range(12))
+    assert np.array_equal(masks, reference.masks(range(12)))
+    assert masks[:4].any(axis=(0, 2, 3)).all() and not masks[8:].any()  # tracked in episode 0, none in 2
+
+    # interrupted during episode 1 (Ctrl-C): episode 0 is kept, the rerun tracks only what is left
+    resumed = tmp_path / "resumed.zarr"
+    calls = []
+    original = StreamingPredictor.track
+
+    def interrupt_on_fifth(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 5:  # episode 0 tracks 3 frames after its prompt; the 2nd of episode 1
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    StreamingPredictor.track = interrupt_on_fifth
+    try:
+        assert main([*args, "--out", str(resumed)]) == 130
+        assert capsys.readouterr().err.strip().splitlines()[-1] == "error: interrupted"
+        from sam2_encoder.diffusion_policy.zarr_io import open_group
+
+        assert list(open_group(resumed)["episode_done"][...]) == [True, False, False]
+        calls.clear()
+        assert main([*args, "--out", str(resumed)]) == 0
+    finally:
+        StreamingPredictor.track = original
+    assert len(calls) == 3, "only episode 1 was tracked again (episode 2 has no objects)"
+    assert f"resuming {resumed}: 1 of 3 episodes already tracked" in capsys.readouterr().err
+    assert np.array_equal(MaskCache(resumed).masks(range(12)), masks)
+
+    # other arguments on an existing cache: refused by name, the cache untouched
+    before = _tree(resumed)
+    assert main([*args, "--out", str(resumed), "--image-size", "96"]) == 2
+    err = capsys.readouterr().err
+    assert "was built from other arguments (image_size: cache 64, now 96)" in err, err
+    assert _tree(resumed) == before

@@ -17,6 +17,8 @@ from sam2_encoder.diffusion_policy.mask_cache import (  # noqa: E402
     MaskCacheError,
     MaskDataset,
     build_mask_cache,
+    check_mask_inputs,
+    default_mask_path,
     load_prompts,
     weights_identity,
 )
@@ -184,12 +186,72 @@ def test_bad_prompts(prompts: dict, match: str) -> None:
         load_prompts(prompts, 3)
 
 
-def test_prompt_outside_the_frame_names_the_episode(predictor, replay, tmp_path) -> None:
-    bad = {"objects": [1], "episodes": {"0": {}, "1": {"1": {"points": [[100, 5]]}}, "2": {}}}
-    with pytest.raises(ValueError, match=r"prompts: episode 1 object 1: "):
-        build_mask_cache(replay, "img", bad, tmp_path / "m.zarr", predictor, "w")
+@pytest.mark.parametrize(
+    "prompt, match",
+    [
+        ({"points": [[100, 5]]}, r"\(x, y\) = \[100.0, 5.0\] lies outside the 48x48 \(W x H\) frames"),
+        ({"points": [[5, -1]]}, r"\(x, y\) = \[5.0, -1.0\] lies outside"),
+        ({"box": [0, 0, 49, 10]}, r"\(x, y\) = \[49.0, 10.0\] lies outside"),
+        ({"box": [10, 10, 10, 20]}, r"box must have x1 > x0 and y1 > y0, got \[10, 10, 10, 20\]"),
+        ({"box": [1, 2, 3]}, r"box \[x0, y0, x1, y1\] must be 4 numbers, got \[1, 2, 3\]"),
+        ({"points": [[1, float("nan")]]}, r"each point \[x, y\] must be finite numbers"),
+        ({"points": [[1, True]]}, r"each point \[x, y\] must be finite numbers, got \[1, True\]"),
+        ({"points": [[1, 2]], "labels": [2]}, r"labels must be one 1 \(object\) or 0 \(background\) per point"),
+        ({"points": [[1, 2], [3, 4]], "labels": [1]}, r"labels must be one .* per point, got \[1\]"),
+    ],
+)
+def test_prompts_are_checked_against_the_frames(prompt: dict, match: str) -> None:
+    table = {"objects": [1], "episodes": {"0": {}, "1": {"1": prompt}, "2": {}}}
+    with pytest.raises(ValueError, match=r"prompts: episode 1 object 1: " + match):
+        load_prompts(table, 3, frame_shape=(48, 48))
+    assert load_prompts(table, 3)["episodes"][1][1] == prompt  # without the frame size: only the form
+
+
+def test_prompt_outside_the_frame_is_refused_before_anything_is_tracked_or_written(predictor, replay, tmp_path) -> None:
+    bad = {
+        "objects": [1],
+        "episodes": {"0": {"1": {"box": [2, 2, 20, 20]}}, "1": {"1": {"points": [[100, 5]]}}, "2": {}},
+    }
+    calls = []
+    original = predictor.add_prompt
+    predictor.add_prompt = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        with pytest.raises(ValueError, match=r"prompts: episode 1 object 1: "):
+            build_mask_cache(replay, "img", bad, tmp_path / "m.zarr", predictor, "w")
+    finally:
+        del predictor.add_prompt
+    assert calls == [] and not (tmp_path / "m.zarr").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
     (tmp_path / "p.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"p.json is not valid JSON"):
         build_mask_cache(replay, "img", tmp_path / "p.json", tmp_path / "n.zarr", predictor, "w")
     with pytest.raises(KeyError, match=r"has no data/cam; it has \['action', 'agent_pos', 'img'\]"):
         build_mask_cache(replay, "cam", PROMPTS, tmp_path / "k.zarr", predictor, "w")
+
+
+def test_a_run_that_fails_before_finishing_an_episode_leaves_nothing(predictor, replay, tmp_path) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("camera unplugged")
+
+    predictor.track = broken
+    try:
+        with pytest.raises(RuntimeError, match="camera unplugged"):
+            build_mask_cache(replay, "img", PROMPTS, tmp_path / "m.zarr", predictor, "w")
+    finally:
+        del predictor.track
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no cache, no temporary folder
+    with pytest.raises(MaskCacheError, match=r"mask cache not found: .*m.zarr; build it with `sam2-encoder masks`"):
+        MaskCache(tmp_path / "m.zarr")
+    (tmp_path / "f").write_text("")
+    with pytest.raises(MaskCacheError, match=r"f is not a mask cache: it is not a zarr group \(a file\)"):
+        MaskCache(tmp_path / "f")
+
+
+def test_check_mask_inputs_needs_no_model(replay, tmp_path) -> None:
+    info = check_mask_inputs(replay, "img", PROMPTS, tmp_path / "new.zarr")
+    assert info == {"frames": 3 * STEPS, "frame_shape": (SIZE, SIZE), "episodes": 3, "objects": [1, 2]}
+    with pytest.raises(
+        MaskCacheError, match=r"is not a mask cache \(no 'sam2_encoder_masks' attributes\); pass another"
+    ):
+        check_mask_inputs(replay, "img", PROMPTS, replay)
+    assert default_mask_path(replay, "img") == replay.with_name("replay.img_masks.zarr")

@@ -2,7 +2,8 @@
 
 ``encode`` (images or a generated scene -> pyramid shapes and time), ``download`` (Meta checkpoints,
 pinned and verified), ``cache`` (a zarr feature cache of a Diffusion Policy replay buffer),
-``track`` (a video through the streaming tracker) and ``doctor`` (what is installed and visible).
+``masks`` (tracker masks of every episode of a replay buffer, for object tokens), ``track`` (a
+video through the streaming tracker) and ``doctor`` (what is installed and visible).
 
 A user mistake prints one ``error: ...`` line and exits with status 2; ``--debug`` shows the
 traceback instead.
@@ -15,12 +16,12 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import cache, doctor, download, encode, track
+from . import cache, doctor, download, encode, masks, track
 from .common import CLIError
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (encode, download, cache, track, doctor)
+_COMMANDS = (encode, download, cache, masks, track, doctor)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,7 +35,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sam2-encoder`` with all subcommands."""
     parser = _Parser(
-        prog="sam2-encoder", description="SAM 2 as the eyes of a visuomotor policy: encode, download, cache, track."
+        prog="sam2-encoder",
+        description="SAM 2 as the eyes of a visuomotor policy: encode, download, cache, masks, track.",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +51,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     for module, name in (
         ("sam2_encoder.checkpoints", "CheckpointError"),
         ("sam2_encoder.diffusion_policy.feature_cache", "CacheError"),
+        ("sam2_encoder.diffusion_policy.mask_cache", "MaskCacheError"),
         ("sam2_encoder._hf", "TransformersCompatError"),
     ):
         loaded = sys.modules.get(module)

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,16 @@ from ..checkpoints import find_local_path, sha256sum
 from .feature_cache import sequence_frames
 from .zarr_io import create_array, open_group
 
-__all__ = ["MaskCache", "MaskCacheError", "MaskDataset", "build_mask_cache", "load_prompts", "weights_identity"]
+__all__ = [
+    "MaskCache",
+    "MaskCacheError",
+    "MaskDataset",
+    "build_mask_cache",
+    "check_mask_inputs",
+    "default_mask_path",
+    "load_prompts",
+    "weights_identity",
+]
 
 FORMAT = 1
 _ATTR = "sam2_encoder_masks"
@@ -49,12 +60,20 @@ class MaskCacheError(RuntimeError):
     """A mask cache that is incomplete, built from other arguments, or not a mask cache."""
 
 
-def load_prompts(prompts: str | os.PathLike[str] | Mapping[str, Any], n_episodes: int) -> dict[str, Any]:
+def load_prompts(
+    prompts: str | os.PathLike[str] | Mapping[str, Any],
+    n_episodes: int,
+    frame_shape: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """Read and check a prompts file (see the module docstring).
 
     Args:
         prompts: A JSON file, or the parsed mapping.
         n_episodes: Episodes of the replay buffer (every one must be listed).
+        frame_shape: ``(H, W)`` of the frames: when given, every point and box is checked to be
+            finite numbers inside the frame ``[0, W] x [0, H]``, boxes to have ``x1 > x0`` and
+            ``y1 > y0``, and labels to be one 0 / 1 per point (so that a bad prompt is refused
+            before any episode is tracked).
 
     Returns:
         ``{"objects": [ids], "episodes": {int: {obj_id: {points?, labels?, box?}}}}``.
@@ -102,12 +121,61 @@ def load_prompts(prompts: str | os.PathLike[str] | Mapping[str, Any], n_episodes
                 )
             if "points" not in prompt and "box" not in prompt:
                 raise ValueError(f"{where}: episode {name} object {obj}: give points or a box")
+            if frame_shape is not None:
+                _check_prompt(prompt, frame_shape, f"{where}: episode {name} object {obj}")
             out[int(name)][int(obj)] = dict(prompt)
     missing = [e for e in range(n_episodes) if e not in out]
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise ValueError(f"{where}: episodes {shown} have no prompts (list every episode; {{}} for none)")
     return {"objects": list(objects), "episodes": out}
+
+
+def _numbers(value: Any, count: int | None, what: str, where: str) -> list[float]:
+    """A flat list of finite numbers (``count`` of them when given), bools and strings refused."""
+    flat = value if isinstance(value, list) else [value]
+    if not flat or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in flat):
+        raise ValueError(f"{where}: {what} must be finite numbers, got {value!r}")
+    if count is not None and len(flat) != count:
+        raise ValueError(f"{where}: {what} must be {count} numbers, got {value!r}")
+    return [float(v) for v in flat]
+
+
+def _check_prompt(prompt: Mapping[str, Any], frame_shape: Sequence[int], where: str) -> None:
+    """Points / labels / box of one prompt against a ``(H, W)`` frame (frame pixel coordinates)."""
+    height, width = (int(v) for v in frame_shape[:2])
+    corners: list[list[float]] = []
+    points = prompt.get("points")
+    if points is not None:
+        pairs = points if isinstance(points, list) and points and isinstance(points[0], list) else [points]
+        corners += [_numbers(p, 2, "each point [x, y]", where) for p in pairs]
+        labels = prompt.get("labels")
+        if labels is not None and (
+            not isinstance(labels, list)
+            or len(labels) != len(pairs)
+            or not all(v in (0, 1) and not isinstance(v, bool | float) for v in labels)
+        ):
+            raise ValueError(f"{where}: labels must be one 1 (object) or 0 (background) per point, got {labels!r}")
+    elif "labels" in prompt:
+        raise ValueError(f"{where}: labels without points")
+    box = prompt.get("box")
+    if box is not None:
+        x0, y0, x1, y1 = _numbers(box, 4, "box [x0, y0, x1, y1]", where)
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"{where}: box must have x1 > x0 and y1 > y0, got {box!r}")
+        corners += [[x0, y0], [x1, y1]]
+    outside = [c for c in corners if not (0 <= c[0] <= width and 0 <= c[1] <= height)]
+    if outside:
+        raise ValueError(
+            f"{where}: (x, y) = {outside[0]} lies outside the {width}x{height} (W x H) frames: "
+            f"x must be in [0, {width}] and y in [0, {height}] (frame pixel coordinates)"
+        )
+
+
+def default_mask_path(replay: str | os.PathLike[str], key: str) -> Path:
+    """``REPLAY.zarr`` -> ``REPLAY.<key>_masks.zarr`` beside it."""
+    replay = Path(replay)
+    return replay.with_name(f"{replay.name.removesuffix('.zarr')}.{key}_masks.zarr")
 
 
 def _prompts_sha256(prompts: Mapping[str, Any]) -> str:
@@ -118,6 +186,66 @@ def _prompts_sha256(prompts: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
+def _inputs(
+    replay: str | os.PathLike[str], key: str, prompts: str | os.PathLike[str] | Mapping[str, Any]
+) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    """``(frames array, episode_ends, prompts table)``, everything checked."""
+    source = open_group(replay)
+    if "data" not in source or key not in source["data"]:
+        have = sorted(source["data"].keys()) if "data" in source else sorted(source.keys())
+        raise KeyError(f"replay buffer {replay} has no data/{key}; it has {have}")
+    frames = source["data"][key]
+    shape = tuple(frames.shape)
+    if len(shape) != 4 or shape[-1] != 3 or np.dtype(frames.dtype) != np.uint8:
+        raise ValueError(f"data/{key} of {replay} is {np.dtype(frames.dtype)} {shape}; expected (N, H, W, 3) uint8")
+    if "meta" not in source or "episode_ends" not in source["meta"]:
+        raise ValueError(f"replay buffer {replay} has no meta/episode_ends (a Diffusion Policy ReplayBuffer has)")
+    ends = np.asarray(source["meta"]["episode_ends"][...], dtype=np.int64)
+    if len(ends) == 0 or ends[-1] != shape[0] or np.any(np.diff(np.concatenate([[0], ends])) <= 0):
+        raise ValueError(f"meta/episode_ends of {replay} does not split its {shape[0]} frames: {ends.tolist()}")
+    return frames, ends, load_prompts(prompts, len(ends), frame_shape=shape[1:3])
+
+
+def _open_existing(out: Path):  # noqa: ANN202 - a zarr group
+    try:
+        return _open(out, mode="r+")
+    except MaskCacheError as e:
+        raise MaskCacheError(f"{e}; pass another --out (out=)") from None
+
+
+def check_mask_inputs(
+    replay: str | os.PathLike[str],
+    key: str,
+    prompts: str | os.PathLike[str] | Mapping[str, Any],
+    out: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """What :func:`build_mask_cache` checks before it needs the predictor (for a quick refusal).
+
+    Args:
+        replay: The replay buffer.
+        key: The camera key.
+        prompts: The prompts file or mapping.
+        out: The cache folder, if it may exist already.
+
+    Returns:
+        ``{"frames": N, "frame_shape": (H, W), "episodes": E, "objects": [ids]}``.
+
+    Raises:
+        KeyError: For a key not in the replay buffer.
+        ValueError: For frames that are not ``(N, H, W, 3)`` uint8, bad episode ends or bad prompts.
+        MaskCacheError: If ``out`` exists and is not a mask cache.
+    """
+    frames, ends, table = _inputs(replay, key, prompts)
+    if out is not None and Path(out).exists():
+        _open_existing(Path(out))
+    return {
+        "frames": int(frames.shape[0]),
+        "frame_shape": tuple(frames.shape[1:3]),
+        "episodes": len(ends),
+        "objects": table["objects"],
+    }
+
+
 def build_mask_cache(
     replay: str | os.PathLike[str],
     key: str,
@@ -126,8 +254,14 @@ def build_mask_cache(
     predictor: Any,
     weights: str,
     on_episode: Callable[[int, int], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Track every episode of ``replay`` and store the masks (resumable).
+
+    Everything is checked before anything is written (the replay buffer, every prompt against
+    the frame size, an existing ``out``). A new cache appears whole (created under a temporary
+    name, then renamed); a run that fails before finishing its first episode removes the cache it
+    created, while finished episodes of an interrupted run are kept for the rerun.
 
     Args:
         replay: A Diffusion Policy replay buffer (``data/<key>`` ``(N, H, W, 3)`` uint8,
@@ -139,6 +273,8 @@ def build_mask_cache(
         weights: Identity of the predictor's weights, recorded and compared on resume (e.g.
             ``"sha256:..."`` of the checkpoint, see :func:`weights_identity`).
         on_episode: Called as ``on_episode(done, total)`` after each finished episode (progress).
+        on_start: Called once as ``on_start(done, total)`` before tracking (``done`` > 0 when
+            resuming).
 
     Returns:
         ``out`` as a path.
@@ -147,18 +283,8 @@ def build_mask_cache(
         MaskCacheError: If ``out`` exists and was built from other arguments, or is not a mask cache.
         ValueError / KeyError: For bad prompts or a replay buffer without the key.
     """
-    source = open_group(replay)
-    if "data" not in source or key not in source["data"]:
-        have = sorted(source["data"].keys()) if "data" in source else sorted(source.keys())
-        raise KeyError(f"replay buffer {replay} has no data/{key}; it has {have}")
-    frames = source["data"][key]
+    frames, ends, table = _inputs(replay, key, prompts)
     shape = tuple(frames.shape)
-    if len(shape) != 4 or shape[-1] != 3 or np.dtype(frames.dtype) != np.uint8:
-        raise ValueError(f"data/{key} of {replay} is {np.dtype(frames.dtype)} {shape}; expected (N, H, W, 3) uint8")
-    ends = np.asarray(source["meta"]["episode_ends"][...], dtype=np.int64)
-    if len(ends) == 0 or ends[-1] != shape[0] or np.any(np.diff(np.concatenate([[0], ends])) <= 0):
-        raise ValueError(f"meta/episode_ends of {replay} does not split its {shape[0]} frames: {ends.tolist()}")
-    table = load_prompts(prompts, len(ends))
     objects = table["objects"]
     spec = {
         "format": FORMAT,
@@ -175,29 +301,47 @@ def build_mask_cache(
     }
     out = Path(out)
     k, (h, w) = len(objects), shape[1:3]
-    if out.exists():
-        root = _open(out, mode="r+")
+    created = not out.exists()
+    if not created:
+        root = _open_existing(out)
         old = dict(root.attrs[_ATTR])
         differ = sorted(f for f in spec if old.get(f) != spec[f])
         if differ:
             details = "; ".join(f"{f}: cache {old.get(f)!r}, now {spec[f]!r}" for f in differ)
             raise MaskCacheError(f"{out} was built from other arguments ({details}); use another --out or delete it")
     else:
-        root = open_group(out, mode="w")
-        create_array(root, "masks", (shape[0], k, h, w), (1, k, h, w), "bool", False)
-        create_array(root, "episode_done", (len(ends),), (len(ends),), "bool", False)
-        root.attrs[_ATTR] = {**spec, "complete": False}
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            group = open_group(tmp, mode="w")
+            create_array(group, "masks", (shape[0], k, h, w), (1, k, h, w), "bool", False)
+            create_array(group, "episode_done", (len(ends),), (len(ends),), "bool", False)
+            group.attrs[_ATTR] = {**spec, "complete": False}
+            os.replace(tmp, out)  # the cache appears whole, every array declared
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        root = open_group(out, mode="r+")
     masks, done = root["masks"], root["episode_done"]
     starts = np.concatenate([[0], ends[:-1]])
     finished = np.asarray(done[...], dtype=bool)
-    for e, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
-        if finished[e]:
-            continue
-        masks[start:end] = _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e)
-        finished[e] = True
-        done[...] = finished  # one chunk file, replaced whole
-        if on_episode is not None:
-            on_episode(int(finished.sum()), len(ends))
+    if on_start is not None:
+        on_start(int(finished.sum()), len(ends))
+    tracked = 0
+    try:
+        for e, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+            if finished[e]:
+                continue
+            masks[start:end] = _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e)
+            finished[e] = True
+            done[...] = finished  # one chunk file, replaced whole
+            tracked += 1
+            if on_episode is not None:
+                on_episode(int(finished.sum()), len(ends))
+    except BaseException:
+        if created and tracked == 0:  # nothing of this run worth keeping
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     root.attrs[_ATTR] = {**spec, "complete": True}
     return out
 
@@ -247,8 +391,13 @@ def weights_identity(checkpoint: str | os.PathLike[str] | None, seed: int = 0) -
 def _open(path: Path, mode: str = "r"):  # noqa: ANN202 - a zarr group
     try:
         root = open_group(path, mode=mode)
-    except (FileNotFoundError, ValueError) as e:
-        raise MaskCacheError(f"{path} is not a mask cache: {e}") from e
+    except FileNotFoundError:
+        raise MaskCacheError(f"mask cache not found: {path}; build it with `sam2-encoder masks`") from None
+    except ValueError as e:  # not a zarr group, or one in a format we do not write
+        why = str(e).removeprefix(str(path)).strip()
+        raise MaskCacheError(
+            f"{path} is not a mask cache: it {why}" if why.startswith("is ") else f"{path}: {e}"
+        ) from e
     if _ATTR not in root.attrs:
         raise MaskCacheError(f"{path} is not a mask cache (no {_ATTR!r} attributes)")
     if root.attrs[_ATTR].get("format") != FORMAT:

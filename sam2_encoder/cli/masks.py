@@ -1,0 +1,131 @@
+"""``sam2-encoder masks REPLAY.zarr --key KEY --prompts PROMPTS.json``: track every episode's objects into a mask cache.
+
+Prompts each episode's first frame from a small JSON file (points / boxes per episode and object, see
+:mod:`sam2_encoder.diffusion_policy.mask_cache`), tracks the rest of the episode with the streaming
+predictor and stores ``(N, K, H, W)`` bool masks beside the replay buffer, for object tokens
+(``MaskDataset``). Resumable: rerun the same command after an interruption and only the episodes
+not yet finished are tracked. Needs zarr (``sam2-encoder[dp]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from .common import CLIError, add_model_args, build_model, non_negative_int
+
+__all__ = ["register", "run"]
+
+_NEEDS_ZARR = "the masks command needs zarr: pip install 'sam2-encoder[dp]'"
+
+
+def register(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``masks`` subcommand to a ``sam2-encoder`` subparsers object."""
+    p = sub.add_parser(
+        "masks",
+        help="track objects through every episode of a Diffusion Policy replay buffer from first-frame prompts "
+        "into a zarr mask cache (resumable)",
+        description="Track objects through every episode of a Diffusion Policy replay buffer, prompted on each "
+        "episode's first frame from a JSON file, into a zarr mask cache for object tokens. Resumable: rerun the "
+        "same command after an interruption.",
+    )
+    p.add_argument("replay", help="replay buffer .zarr (data/<key> (N,H,W,3) uint8, meta/episode_ends)")
+    p.add_argument("--key", required=True, help="camera key under data/")
+    p.add_argument(
+        "--prompts",
+        required=True,
+        help='JSON: {"objects": [ids], "episodes": {"0": {"<id>": {"points": [[x, y]], "labels": [1]} | '
+        '{"box": [x0, y0, x1, y1]}}, ...}} with every episode listed ({} for none), frame pixels',
+    )
+    add_model_args(p, image_size=1024)
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16: encode frames with the Hiera trunk under bfloat16 autocast (needs native bf16)",
+    )
+    p.add_argument("--out", help="mask cache folder (default: REPLAY.<key>_masks.zarr beside the replay buffer)")
+    p.add_argument("--download", action="store_true", help="allow downloading the checkpoint")
+    p.add_argument("--threads", type=non_negative_int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sam2-encoder masks`` with parsed arguments; returns the exit status.
+
+    Everything is checked before the model is built or anything is written (replay buffer, key,
+    every prompt against the frame size, an existing ``--out``); a new cache appears whole, and
+    a run that fails before finishing an episode leaves nothing behind.
+
+    Raises:
+        CLIError: For a missing replay buffer, prompts file or key, or no zarr.
+    """
+    if not os.path.exists(args.replay):
+        raise CLIError(f"replay buffer not found: {args.replay}")
+    if not os.path.isfile(args.prompts):
+        raise CLIError(f"--prompts {args.prompts}: no such file")
+    try:
+        from ..diffusion_policy.mask_cache import (
+            build_mask_cache,
+            check_mask_inputs,
+            default_mask_path,
+            weights_identity,
+        )
+    except ImportError as e:
+        raise CLIError(f"{_NEEDS_ZARR} ({e})") from e
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..streaming import StreamingPredictor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or default_mask_path(args.replay, args.key)
+    try:  # everything but the model, before building it
+        check_mask_inputs(args.replay, args.key, args.prompts, out)
+    except KeyError as e:  # a key not in the replay buffer: its message is the first argument
+        raise CLIError(str(e.args[0]) if e.args else str(e)) from e
+    predictor = build_model(
+        StreamingPredictor,
+        args,
+        "masks",
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        precision=args.precision,
+        download=args.download,
+    )
+    bar = None
+
+    def start(done: int, total: int) -> None:
+        nonlocal bar
+        if done:
+            print(f"resuming {out}: {done} of {total} episodes already tracked", file=sys.stderr)
+        name = os.path.basename(str(out))
+        bar = tqdm(total=total, initial=done, desc=f"masks {name}", unit="episode", disable=args.quiet)
+
+    def step(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    began = time.perf_counter()
+    try:
+        path = build_mask_cache(
+            args.replay,
+            args.key,
+            args.prompts,
+            out,
+            predictor,
+            weights_identity(args.checkpoint),
+            on_episode=step,
+            on_start=start,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"mask cache ready: {path} ({time.perf_counter() - began:.1f} s)")
+    return 0
