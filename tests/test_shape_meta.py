@@ -105,6 +105,7 @@ def test_one_camera_needs_no_camera_attribute_and_the_options_may_repeat_shape_m
 
 
 def test_hydra_config_with_masks_in_shape_meta_instantiates_and_reloads_strictly() -> None:
+    pytest.importorskip("hydra")
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
