@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -390,11 +391,16 @@ def assert_reload_and_robot_loop(
     for src, dst in moved:
         src.rename(dst)
     try:
-        policy, cfg, payload = load_like_eval(checkpoint, output_dir / "eval")
-        fresh, _, _ = load_like_eval(checkpoint, output_dir / "eval_fresh", {"reuse_frames": False})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            policy, cfg, payload = load_like_eval(checkpoint, output_dir / "eval")
+            fresh, _, _ = load_like_eval(checkpoint, output_dir / "eval_fresh", {"reuse_frames": False})
     finally:
         for src, dst in moved:
             dst.rename(src)
+    for path in away:  # the encoder said what it did without the file (placeholder, then the saved weights)
+        assert any(str(path) in str(w.message) and "not found" in str(w.message) for w in caught), (
+            path, [str(w.message) for w in caught])
     # strict reload: every saved tensor is in the rebuilt policy, equal
     saved = payload["state_dicts"]["ema_model" if cfg.training.use_ema else "model"]
     state = policy.state_dict()

@@ -130,3 +130,27 @@ def test_override_through_dp_train(args: list[str], dp_dir: Path, pusht_zarr: Pa
     with torch.no_grad():
         action = policy.predict_action(obs)["action"]
     assert action.shape == (1, cfg.n_action_steps, 2) and torch.isfinite(action).all()
+
+
+def test_own_config_block(dp_dir: Path, pusht_zarr: Path, meta_weights: Path, tmp_path: Path) -> None:
+    """The guide's YAML block, merged over DP's own image workspace in a user's config file."""
+    import torch
+
+    block = re.findall(r"```yaml\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    assert len(block) == 1, "expected one yaml block in the guide"
+    config_dir = tmp_path / "my_config"
+    config_dir.mkdir()
+    (config_dir / "my_sam2_workspace.yaml").write_text(
+        "defaults:\n  - train_diffusion_unet_image_workspace\n  - _self_\n\n" + block[0]
+    )
+    out = tmp_path / "outputs"
+    args = [f"--config-dir={config_dir}", "--config-name=my_sam2_workspace", "task=pusht_image",
+            f"task.dataset.zarr_path={pusht_zarr}", f"policy.obs_encoder.checkpoint={meta_weights}",
+            *NO_SIM_RUNNER, *tiny_overrides(out, epochs=1, steps=1)]
+    run_train(dp_dir, args, out)
+    policy, cfg, _ = load_like_eval(out / "checkpoints" / "latest.ckpt", tmp_path / "eval")
+    assert type(policy.obs_encoder).__name__ == "SAM2ObsEncoder" and cfg.policy.obs_encoder.pool == "attention"
+    assert cfg.policy.obs_encoder.crop_shape == [76, 76]  # DP's sibling key kept, with DP's meaning
+    obs = {key: torch.rand(1, cfg.n_obs_steps, *attr["shape"]) for key, attr in cfg.task.shape_meta["obs"].items()}
+    with torch.no_grad():
+        assert torch.isfinite(policy.predict_action(obs)["action"]).all()
