@@ -255,3 +255,50 @@ def test_check_mask_inputs_needs_no_model(replay, tmp_path) -> None:
     ):
         check_mask_inputs(replay, "img", PROMPTS, replay)
     assert default_mask_path(replay, "img") == replay.with_name("replay.img_masks.zarr")
+
+
+def test_cached_packed_features_and_cached_masks_equal_live_images_and_masks(predictor, replay, tmp_path) -> None:
+    """fuse='coarse_to_fine' + object tokens trained from a feature cache and a mask cache: same outputs as live."""
+    from sam2_encoder.diffusion_policy.feature_cache import CachedFeatureDataset, build_cache
+    from sam2_encoder.diffusion_policy.obs_encoder import SAM2ObsEncoder
+
+    meta = {
+        "obs": {
+            "image": {"shape": [3, SIZE, SIZE], "type": "rgb"},
+            "image_masks": {"shape": [2, SIZE, SIZE], "type": "mask", "camera": "image"},
+            "agent_pos": {"shape": [2], "type": "low_dim"},
+        },
+        "action": {"shape": [2]},
+    }
+    # input_range (0, 1) and no frame memo: the live path then encodes exactly the cache's uint8 frames
+    # in the cache's batches (chunks of 2 frames = the samples' steps); see test_feature_cache
+    options = dict(image_size=32, fuse="coarse_to_fine", object_level="s8", input_range=(0.0, 1.0), reuse_frames=False)
+    live = SAM2ObsEncoder(meta, **options).eval()
+    features = build_cache(
+        replay, ["img"], live.encoder, out=tmp_path / "f.zarr", levels=["s4", "s8", "s16"], dtype="float32",
+        chunk_frames=2, progress=False,
+    )  # fmt: skip
+    masks = build_mask_cache(replay, "img", PROMPTS, tmp_path / "m.zarr", predictor, "w")
+    cached = SAM2ObsEncoder(meta, feature_cache=str(features), **options).eval()
+    cached.load_state_dict(live.state_dict())
+    base = ReplayImageDataset(replay, horizon=2)
+    served = MaskDataset(
+        masks,
+        "image_masks",
+        dataset=CachedFeatureDataset(str(features), {"image": "img"}, dataset=base, layout="packed"),
+    )
+    checked = 0
+    with torch.no_grad():
+        for i in range(len(base)):
+            start, _, s0, _ = (int(v) for v in base.sampler.indices[i])
+            if start % 2 or s0:
+                continue  # not one cache chunk
+            item = served[i]
+            obs = dict(item["obs"])
+            assert obs["image"].shape == (2, 1024, 2, 2) and obs["image_masks"].shape == (2, 2, SIZE, SIZE)
+            from_cache = cached(obs)
+            from_images = live({**obs, "image": base[i]["obs"]["image"]})
+            assert torch.equal(from_cache, from_images), i
+            checked += 1
+    assert checked >= 4
+    assert MaskCache(masks).masks(range(STEPS)).any(), "objects tracked in episode 0"
