@@ -18,6 +18,11 @@ an uninterrupted run. When every chunk is flagged, the whole cache is read back 
 its checksums; only then is ``complete`` set (last). Under ``torchrun`` chunks are shared
 round-robin across ranks.
 
+Readers serve the layout an encoder's heads read (``layout``): ``"pool"`` (``fuse="pool"``: the
+levels average-pooled onto the coarsest grid and concatenated) or ``"packed"``
+(``fuse="coarse_to_fine"``: s4, s8 and s16 folded losslessly onto the s16 grid by
+``pooling.pack_pyramid``, ``(1024, S/16, S/16)``; the cache must hold all three levels).
+
 What is verified when:
 
 * opening (:class:`FeatureCache`): the attributes exist, the format is this version's, the cache is
