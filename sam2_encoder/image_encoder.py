@@ -159,7 +159,8 @@ class SAM2ImageEncoder(nn.Module):
         precision: ``"fp32"`` (default) or ``"bf16"``: run the Hiera trunk under bfloat16 autocast
             (weights, neck and outputs stay float32). Needs native bf16 (CUDA with bf16, a CPU
             with AVX512-BF16 or AMX; see :func:`bf16_support`), else ``ValueError`` when encoding.
-            Features move by ~1e-2 (cosine >= 0.999 per level, ``benchmarks/fidelity.py``).
+            Features move by 0.4-0.8% relative L2 (cosine >= 0.99996 per level with Meta-scaled
+            weights at 224/256 px; ``benchmarks/fidelity.py``).
         channel_order: ``"RGB"`` or ``"BGR"`` for the built-in transforms.
         input_range: Range of float inputs for the built-in transforms.
         seed: Seed of the random initialisation when ``checkpoint`` is ``None``.
