@@ -14,10 +14,20 @@ from typing import Any
 _EXPORTS = {
     "SAM2ObsEncoder": "obs_encoder",
     "parse_shape_meta": "obs_encoder",
+    "parse_mask_meta": "obs_encoder",
     "CacheError": "feature_cache",
     "CachedFeatureDataset": "feature_cache",
+    "DPCachedFeatureDataset": "feature_cache",
     "FeatureCache": "feature_cache",
+    "LAYOUTS": "feature_cache",
     "build_cache": "feature_cache",
+    "check_layout": "feature_cache",
+    "verify_cache": "feature_cache",
+    "MaskCache": "mask_cache",
+    "MaskCacheError": "mask_cache",
+    "MaskDataset": "mask_cache",
+    "DPMaskDataset": "mask_cache",
+    "build_mask_cache": "mask_cache",
 }
 
 __all__ = sorted(_EXPORTS)

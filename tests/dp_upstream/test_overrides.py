@@ -46,6 +46,8 @@ COMBOS = [
      "policy.obs_encoder.levels=[s8,s16]", "policy.obs_encoder.crop_shape=null"],
     ["sam2_obs_encoder@policy.obs_encoder=sam2.1_hiera_small", "policy.obs_encoder.pool=conv",
      "policy.obs_encoder.feature_dim=128", "policy.obs_encoder.image_size=96", "policy.obs_encoder.crop_shape=[80,80]"],
+    ["+sam2_head=coarse_to_fine_s4", "policy.obs_encoder.pool=attention", "policy.obs_encoder.freeze=false",
+     "policy.obs_encoder.finetune=lora", "policy.obs_encoder.crop_shape=[84,84]"],
 ]
 REAL_SHAPE_META = {
     "obs": {
@@ -89,7 +91,9 @@ def _variant_weights(args: list[str], meta_weights: Path, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "args", [args for _, args in ROWS] + COMBOS, ids=[" ".join(a) for _, a in ROWS] + [f"combo{i}" for i in range(3)]
+    "args",
+    [args for _, args in ROWS] + COMBOS,
+    ids=[" ".join(a) for _, a in ROWS] + [f"combo{i}" for i in range(len(COMBOS))],
 )
 def test_override_through_dp_train(args: list[str], dp_dir: Path, pusht_zarr: Path, meta_weights: Path,
                                    tmp_path: Path) -> None:
@@ -123,6 +127,11 @@ def test_override_through_dp_train(args: list[str], dp_dir: Path, pusht_zarr: Pa
             assert cfg.policy.obs_encoder[field] == yaml.safe_load(value), (field, cfg.policy.obs_encoder[field])
         elif key.startswith("sam2_obs_encoder@"):
             assert cfg.policy.obs_encoder.variant == value
+        elif key == "+sam2_head":  # a head preset: every field it sets reached the saved cfg
+            from ._dp import REPO
+
+            preset = yaml.safe_load((REPO / "config" / "sam2_head" / f"{value}.yaml").read_text())
+            assert preset and all(cfg.policy.obs_encoder[k] == v for k, v in preset.items()), preset
     shape_meta = cfg.task.shape_meta
     obs = {}
     for key, attr in shape_meta["obs"].items():
