@@ -64,6 +64,12 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=1024, help="width of the stand-in denoiser")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument(
+        "--skip-padding",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="SAM2ImageEncoder.skip_padding (auto: on CPU from 128 px, where it is bit-identical)",
+    )
     p.add_argument("--emulated-bf16", action="store_true", help="run bf16 rows where the CPU only emulates bf16")
     p.add_argument("--device", default="cpu")
     add_output_args(p, "control_loop")
@@ -86,6 +92,7 @@ def main() -> None:
             with emulated_bf16(precision == "bf16" and not native_bf16):
                 reuse = SAM2ObsEncoder(shape_meta, variant=args.variant, image_size=size, precision=precision)
                 reuse = reuse.to(device).eval()
+                reuse.encoder.skip_padding = {"auto": "auto", "on": True, "off": False}[args.skip_padding]
                 reuse.encoder.check_precision(device)
             plain = copy.deepcopy(reuse)
             plain.reuse_frames = False
