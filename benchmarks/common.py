@@ -284,7 +284,9 @@ def output_path(args: Any, name: str) -> Path:
         return Path(args.out)
     if args.record:
         load = loadavg()
-        if load is not None and load[0] >= 0.5 + getattr(args, "threads", 1) - 1:
+        threads = getattr(args, "threads", 1)
+        threads = max(threads) if isinstance(threads, list | tuple) else threads
+        if load is not None and load[0] >= 0.5 + threads - 1:
             print(
                 f"warning: --record on a busy machine (load average {load}); the timings will be noisy",
                 file=sys.stderr,

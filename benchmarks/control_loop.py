@@ -76,6 +76,7 @@ def main() -> None:
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args()
     device = torch.device(args.device)
+    out = output_path(args, "control_loop")  # before the run: a bad path fails now, not after it
     native_bf16, bf16_reason = bf16_support(device)
 
     h, w = args.camera_hw
@@ -225,7 +226,6 @@ def main() -> None:
             if r["meets_10hz_p50"]
         ],
     }
-    out = output_path(args, "control_loop")
     write_json(report, out)
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1))
     for r in rows:

@@ -123,14 +123,17 @@ def plot_control_loop(report: dict[str, Any], path: Path) -> str | None:
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.2))
+    configs = sorted({(r["image_size"], r["threads"], r["precision"]) for r in report["rows"]})
+    cmap = plt.get_cmap("tab20")
     for row in report["rows"]:
+        color = cmap(configs.index((row["image_size"], row["threads"], row["precision"])) % 20)
         label = (
             f"{row['image_size']} px, {row['threads']} thr, {row['precision']}, "
             f"{'frame reuse' if row['frame_reuse'] else 'every frame'}: "
             f"p50 {row['latency_ms']['p50']:.0f}, p99 {row['latency_ms']['p99']:.0f} ms"
         )
         xs = row["per_step_ms"]
-        ax.plot(range(len(xs)), xs, label=label, ls="-" if row["frame_reuse"] else ":")
+        ax.plot(range(len(xs)), xs, label=label, ls="-" if row["frame_reuse"] else ":", color=color)
     ax.axhline(100, color="grey", ls="--", lw=1, label="10 Hz budget")
     c, m = report["config"], report["machine"]
     ax.set(
