@@ -27,7 +27,7 @@ from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder, build_seede
 from .object_tokens import ObjectTokens, check_masks, object_mask_keys
 from .pooling import CoarseToFine, build_pool, check_pool_options, coarse_to_fine_shape, fuse_levels, pack_pyramid
 
-__all__ = ["MultiCameraEncoder"]
+__all__ = ["MultiCameraEncoder", "whole_dims"]
 
 
 class MultiCameraEncoder(nn.Module):
@@ -144,7 +144,7 @@ class MultiCameraEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.rgb_shapes = _check_cameras(cameras)
-        self.low_dim_shapes = {k: _dims(low_dim[k], f"low_dim[{k!r}]") for k in sorted(low_dim or {})}
+        self.low_dim_shapes = {k: whole_dims(low_dim[k], f"low_dim[{k!r}]") for k in sorted(low_dim or {})}
         self.levels = (levels,) if isinstance(levels, str) else tuple(levels)
         unknown = [lv for lv in self.levels if lv not in LEVELS]
         if unknown or not self.levels:
@@ -181,8 +181,8 @@ class MultiCameraEncoder(nn.Module):
         self.object_level = object_level
         if freeze and finetune is not None:
             raise ValueError(f"finetune={finetune!r} needs freeze=False")
-        self.resize_shape = _dims(resize_shape, "resize_shape", 2) if resize_shape is not None else None
-        self.crop_shape = _dims(crop_shape, "crop_shape", 2) if crop_shape is not None else None
+        self.resize_shape = whole_dims(resize_shape, "resize_shape", 2) if resize_shape is not None else None
+        self.crop_shape = whole_dims(crop_shape, "crop_shape", 2) if crop_shape is not None else None
         if not (isinstance(trunk_lr_scale, int | float) and math.isfinite(trunk_lr_scale) and trunk_lr_scale >= 0):
             raise ValueError(f"trunk_lr_scale must be a finite number >= 0, got {trunk_lr_scale!r}")
         if feature_dim is not None:
@@ -713,7 +713,7 @@ def _check_cameras(cameras: Mapping[str, Sequence[int]]) -> dict[str, tuple[int,
         raise ValueError("at least one camera is needed: cameras={key: (3, H, W)}")
     out: dict[str, tuple[int, int, int]] = {}
     for key in sorted(cameras):
-        shape = _dims(cameras[key], f"camera {key!r}: shape")
+        shape = whole_dims(cameras[key], f"camera {key!r}: shape")
         if len(shape) != 3 or shape[0] != 3:
             raise ValueError(f"camera {key!r}: shape must be [3, H, W], got {list(shape)}")
         out[key] = shape  # type: ignore[assignment]
@@ -729,7 +729,7 @@ def _count(value: object, what: str) -> int:
     return int(value)
 
 
-def _dims(value: object, what: str, length: int | None = None) -> tuple[int, ...]:
+def whole_dims(value: object, what: str, length: int | None = None) -> tuple[int, ...]:
     """A shape given as whole numbers >= 1 (Python or numpy integers, or integral floats like 32.0).
 
     Raises:

@@ -11,37 +11,15 @@ is converted exactly. Everything else is :class:`~sam2_encoder.camera_encoder.Mu
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..camera_encoder import MultiCameraEncoder
+from ..camera_encoder import MultiCameraEncoder, whole_dims
 from ..checkpoints import find_local_path
 
 __all__ = ["SAM2ObsEncoder", "parse_mask_meta", "parse_shape_meta"]
-
-
-def _whole_numbers(value: object, key: str) -> tuple[int, ...]:
-    """``shape_meta.obs.<key>.shape`` as ints >= 1 (ints, numpy ints or integral floats like 32.0).
-
-    Raises:
-        ValueError: Naming the key and the value, for a non-list, bools, fractions, strings or sizes < 1.
-    """
-    where = f"shape_meta.obs.{key}.shape"
-    if isinstance(value, str | bytes) or not (isinstance(value, Sequence) or hasattr(value, "tolist")):
-        raise ValueError(f"{where} must be a list of whole numbers >= 1, got {value!r}")
-    items = value.tolist() if hasattr(value, "tolist") else list(value)
-    if not isinstance(items, list):
-        raise ValueError(f"{where} must be a list of whole numbers >= 1, got {value!r}")
-    out = []
-    for item in items:
-        whole = isinstance(item, numbers.Integral) or isinstance(item, float) and item.is_integer()
-        if isinstance(item, bool) or not whole or item < 1:
-            raise ValueError(f"{where} must be whole numbers >= 1, got {items!r}")
-        out.append(int(item))
-    return tuple(out)
 
 
 def _split(
@@ -58,7 +36,7 @@ def _split(
         attr = shape_meta["obs"][key]
         if not isinstance(attr, Mapping) or "shape" not in attr:
             raise ValueError(f"shape_meta.obs.{key} needs a 'shape' entry, got {attr!r}")
-        shape = _whole_numbers(attr["shape"], key)
+        shape = whole_dims(attr["shape"], f"shape_meta.obs.{key}.shape")
         kind = attr.get("type", "low_dim")
         if kind == "rgb":
             if len(shape) != 3 or shape[0] != 3:
