@@ -76,7 +76,7 @@ from common import (
 )
 from hf_reference import hf_features, make_processor, stock_pixels
 from meta_reference import MetaReference, import_torchvision, start_meta
-from plotting import plot_encoder
+from plotting import plot_encoder, plot_encoder_goal
 
 STRIDES = (4, 8, 16)
 METHODS: dict[str, str] = {
@@ -790,6 +790,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_json(report, out)
     if not args.no_plots:
         report["plots"] = plot_encoder(report, out.parent, args.plot_size, args.latency_batches)
+        report["plots"].append(plot_encoder_goal(report, out.with_suffix(".png")))
         write_json(report, out)
     print(json.dumps(report, indent=1))
     log(f"wrote {out}")

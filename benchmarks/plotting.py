@@ -149,3 +149,28 @@ def plot_control_loop(report: dict[str, Any], path: Path) -> str | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)
+
+
+def plot_encoder_goal(report: dict[str, Any], path: Path) -> str | None:
+    """``encoder_goal.png``: ms per image of every method at each recorded size x batch (grouped bars)."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    rows = report["results"]
+    names = [m for m in METHOD_STYLE if any(m in r["methods"] for r in rows)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        xs = [j + i * width for j, r in enumerate(rows) if name in r["methods"]]
+        ys = [r["methods"][name]["ms_per_image"] for r in rows if name in r["methods"]]
+        ax.bar(xs, ys, width, color=METHOD_STYLE[name][0], label=METHOD_STYLE[name][1])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], [f"{r['size']} x {r['batch']}" for r in rows])
+    ax.set(ylabel="ms per image (median)", title="Encoder at the goal configuration (lower is better)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    m = report["machine"]
+    fig.suptitle(f"{m['cpu']}, {m['torch_threads']} thread(s), torch {m['torch']}", fontsize=8, y=0.995)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
