@@ -192,6 +192,7 @@ def test_no_download_when_disabled(tmp_path: Path) -> None:
 
 def test_relative_path_found_from_hydra_launch_dir(tmp_path: Path) -> None:
     """Hydra apps (Diffusion Policy's train.py) chdir into an output folder: relative paths still work."""
+    pytest.importorskip("hydra")  # the [dp] extra; the core runs without it
     meta_checkpoint(tmp_path)
     app = tmp_path / "app.py"
     app.write_text(
