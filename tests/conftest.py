@@ -128,3 +128,16 @@ def tiny_safetensors(tiny_video_state, tmp_path_factory: pytest.TempPathFactory)
     path = tmp_path_factory.mktemp("tiny_ckpt") / "sam2.1_hiera_tiny.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_video_state.items()}, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def present_checkpoint(tiny_video_state, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny weights as ``.safetensors``, object-score head biased so random weights keep objects present."""
+    from safetensors.torch import save_file
+
+    state = dict(tiny_video_state)
+    key = "mask_decoder.pred_obj_score_head.proj_out.bias"
+    state[key] = state[key] + 3.0
+    path = tmp_path_factory.mktemp("present_ckpt") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path

@@ -498,19 +498,6 @@ MASK_PROMPTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def present_checkpoint(tiny_video_state, tmp_path_factory) -> Path:
-    """The seeded tiny video weights as a .safetensors file, object score raised so objects stay present."""
-    from safetensors.torch import save_file
-
-    state = dict(tiny_video_state)
-    key = "mask_decoder.pred_obj_score_head.proj_out.bias"
-    state[key] = state[key] + 3.0
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return path
-
-
 def test_masks_command_tracks_every_episode_and_resumes(present_checkpoint: Path, tmp_path: Path, capsys) -> None:
     from sam2_encoder.diffusion_policy.mask_cache import MaskCache, build_mask_cache, weights_identity
     from sam2_encoder.diffusion_policy.synthetic import write_replay_buffer

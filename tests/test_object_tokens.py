@@ -155,16 +155,9 @@ def test_synthetic_scene_with_known_masks_gives_expected_tokens(scene_encoder: M
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_video_state, tmp_path_factory) -> Path:
-    """Perturbed tiny weights, object-score head biased so random weights keep objects present."""
-    from safetensors.torch import save_file
-
-    state = dict(tiny_video_state)
-    key = "mask_decoder.pred_obj_score_head.proj_out.bias"
-    state[key] = state[key] + 3.0
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return path
+def checkpoint(present_checkpoint: Path) -> Path:
+    """The shared tiny checkpoint whose objects stay present (conftest)."""
+    return present_checkpoint
 
 
 @pytest.mark.parametrize("fuse", ["pool", "coarse_to_fine"])

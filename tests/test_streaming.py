@@ -28,16 +28,9 @@ VARIANT = "sam2.1_hiera_tiny"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_video_state, tmp_path_factory) -> Path:
-    """The perturbed tiny weights, with the object-score head biased so random weights keep the object present."""
-    from safetensors.torch import save_file
-
-    state = dict(tiny_video_state)
-    key = "mask_decoder.pred_obj_score_head.proj_out.bias"
-    state[key] = state[key] + 3.0
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return path
+def checkpoint(present_checkpoint: Path) -> Path:
+    """The shared tiny checkpoint whose objects stay present (conftest)."""
+    return present_checkpoint
 
 
 @pytest.fixture(scope="module")
