@@ -301,8 +301,8 @@ class MultiCameraEncoder(nn.Module):
             )
         masks = self._object_masks(obs_dict, lead, n)  # {camera: (n, K, H, W) float}
         memo = self._memo if self.reuse_frames and not self.training and not torch.is_grad_enabled() else None
-        if memo is not None and not memo.tie(self):  # forgets remembered outputs of other weights
-            memo = None
+        if memo is not None and not memo.tie(self, obs_dict[self.rgb_keys[0]].device.type):
+            memo = None  # (tie forgets outputs of other weights or another autocast state)
         outputs: dict[str, torch.Tensor] = {}
         pending: list[tuple[str, torch.Tensor, torch.Tensor | None, _Lookup | None]] = []
         for key in self.rgb_keys:
@@ -590,9 +590,10 @@ class _FrameMemo:
     """The frames of the previous inference call per camera, with their head outputs.
 
     Rows are matched by a random projection fingerprint, then confirmed by exact equality.
-    Remembered outputs are tied to the weights they were computed with (:meth:`tie`): any change
-    of a parameter or buffer of the module (in place, by ``load_state_dict``, an optimizer step,
-    ``.to()`` or a replaced ``Parameter``) forgets them.
+    Remembered outputs are tied to the weights and the autocast state they were computed with
+    (:meth:`tie`): any change of a parameter or buffer of the module (in place, by
+    ``load_state_dict``, an optimizer step, ``.to()`` or a replaced ``Parameter``), or entering or
+    leaving ``torch.autocast`` (or changing its dtype), forgets them.
     """
 
     def __init__(self) -> None:
@@ -600,7 +601,7 @@ class _FrameMemo:
         self.outputs: dict[str, torch.Tensor] = {}
         self.prints: dict[str, torch.Tensor] = {}
         self._weights: dict[str, torch.Tensor] = {}
-        self._stamp: tuple[tuple[int, int, int], ...] | None = None
+        self._stamp: tuple[Any, ...] | None = None
         self._tree: tuple[int, tuple[int, ...], list[nn.Module]] | None = None  # (root id, children, modules)
         self._held: list[torch.Tensor] = []
 
@@ -611,8 +612,11 @@ class _FrameMemo:
         self._stamp = None
         self._held = []
 
-    def tie(self, module: nn.Module) -> bool:
-        """Forget remembered frames if any parameter or buffer of ``module`` changed since the last call.
+    def tie(self, module: nn.Module, device_type: str) -> bool:
+        """Forget remembered frames if the weights or the autocast state changed since the last call.
+
+        Outputs computed under ``torch.autocast`` differ from fp32 ones (and between autocast
+        dtypes), so the autocast state of ``device_type`` (the frames' device) is part of the stamp.
 
         The stamp of a tensor is its identity, storage address and version counter (which every
         in-place operation increments, ``load_state_dict``'s copies included). The module tree is
@@ -629,10 +633,12 @@ class _FrameMemo:
             tree = self._tree = (id(module), _children(modules), modules)
         tensors = [t for m in tree[2] for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
         try:
-            stamp = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+            weights = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
         except RuntimeError:  # inference tensors do not track versions
             self.clear()
             return False
+        autocast = torch.is_autocast_enabled(device_type)
+        stamp = (device_type, autocast, torch.get_autocast_dtype(device_type) if autocast else None, weights)
         if stamp != self._stamp:
             self.clear()
             self._stamp = stamp

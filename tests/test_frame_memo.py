@@ -135,3 +135,19 @@ def test_repeated_frames_with_the_coarse_to_fine_head(fuse: str) -> None:
     with torch.no_grad():
         assert torch.equal(enc(obs), plain(obs))
     assert rows == [2 * 2]
+
+
+def test_autocast_state_is_part_of_what_is_remembered() -> None:
+    """Features computed in fp32 are not reused under bf16 autocast (nor the other way round)."""
+    enc, plain = pair()
+    rows = trunk_rows(enc)
+    obs = pick(frames(2, seed=6), [[0, 1]])
+    with torch.no_grad():
+        fp32 = enc(obs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = enc(obs)
+            assert torch.equal(low, plain(obs)), "encoded under autocast, like an encoder without a memo"
+            assert torch.equal(enc(obs), low), "remembered under the same autocast state"
+        assert not torch.equal(low, fp32)
+        assert torch.equal(enc(obs), plain(obs)), "back in fp32: encoded again, not the bf16 features"
+    assert rows == [4, 4, 4], "fp32, bf16 (a new autocast state), bf16 remembered, fp32 again"
