@@ -183,7 +183,9 @@ class SAM2Transforms(nn.Module):
         if (low, high) == (0.0, 1.0):
             return x
         if (low, high) == (-1.0, 1.0):
-            return x * 0.5 + 0.5  # exact inverse of Diffusion Policy's x * 2 - 1
+            # inverse of Diffusion Policy's x * 2 - 1, which itself rounds below 0.5: 63 of the 256
+            # uint8 levels come back 1.5e-8 off (no formula recovers the bits that subtraction lost)
+            return x * 0.5 + 0.5
         return (x - low) / (high - low)
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
