@@ -118,20 +118,33 @@ def plot_encoder(report: dict[str, Any], out_dir: Path, plot_size: int, latency_
 
 
 def plot_control_loop(report: dict[str, Any], path: Path) -> str | None:
-    """Per-step latency of every control-loop row (p50 in the legend) against the 100 ms budget."""
+    """Per-step latency of every control-loop row (p50 in the legend) against the 100 ms budget.
+
+    A run with ``--heads`` gets a second panel: p50 and p99 per row as bars, heads side by side.
+    """
     plt = pyplot()
     if plt is None:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    heads = bool(report["config"].get("heads"))
+    if heads:
+        fig, (ax, bars) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.2))
     configs = sorted({(r["image_size"], r["threads"], r["precision"]) for r in report["rows"]})
-    cmap = plt.get_cmap("tab20")
-    for row in report["rows"]:
-        color = cmap(configs.index((row["image_size"], row["threads"], row["precision"])) % 20)
-        label = (
-            f"{row['image_size']} px, {row['threads']} thr, {row['precision']}, "
-            f"{'frame reuse' if row['frame_reuse'] else 'every frame'}: "
-            f"p50 {row['latency_ms']['p50']:.0f}, p99 {row['latency_ms']['p99']:.0f} ms"
-        )
+    cmap = plt.get_cmap("tab10" if heads else "tab20")
+
+    def name(row: dict[str, Any]) -> str:
+        what = "frame reuse" if row["frame_reuse"] else "every frame"
+        if heads:
+            what = f"{row['head']}" + ("" if row["frame_reuse"] else ", every frame")
+        return f"{row['image_size']} px, {row['threads']} thr, {row['precision']}, {what}"
+
+    for i, row in enumerate(report["rows"]):
+        if heads:  # one colour per row: the heads of one configuration side by side
+            color = cmap(i % 10)
+        else:
+            color = cmap(configs.index((row["image_size"], row["threads"], row["precision"])) % 20)
+        label = f"{name(row)}: p50 {row['latency_ms']['p50']:.0f}, p99 {row['latency_ms']['p99']:.0f} ms"
         xs = row["per_step_ms"]
         ax.plot(range(len(xs)), xs, label=label, ls="-" if row["frame_reuse"] else ":", color=color)
     ax.axhline(100, color="grey", ls="--", lw=1, label="10 Hz budget")
@@ -145,6 +158,24 @@ def plot_control_loop(report: dict[str, Any], path: Path) -> str | None:
     ax.title.set_fontsize(8)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=6)
+    if heads:
+        rows = report["rows"]
+        ys = range(len(rows))
+        p50 = [r["latency_ms"]["p50"] for r in rows]
+        p99 = [r["latency_ms"]["p99"] for r in rows]
+        bars.barh(ys, p99, color="lightgrey", label="p99")
+        bars.barh(ys, p50, color=[cmap(i % 10) for i in ys], label="p50")
+        for y, r in zip(ys, rows):
+            delta = r.get("vs_pool_p50_ms")
+            text = f"{r['latency_ms']['p50']:.0f}" + (f" ({delta:+.0f})" if delta and r["head"] != "pool" else "")
+            bars.text(r["latency_ms"]["p50"], y, " " + text, va="center", fontsize=7)
+        bars.set_xlim(0, 1.3 * max(p99))
+        bars.set_yticks(list(ys), [name(r) for r in rows], fontsize=7)
+        bars.invert_yaxis()
+        load = m.get("load_average_at_start")
+        bars.set(xlabel="ms per control step (p50 bar, p99 grey; +ms vs pooled)")
+        bars.set_title(f"heads, interleaved on the same frames (load at start {load})", fontsize=8)
+        bars.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
