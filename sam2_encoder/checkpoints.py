@@ -1,4 +1,7 @@
-"""Resolve, download, verify and convert SAM 2 checkpoints.
+"""Resolve, download, verify and load SAM 2 checkpoints.
+
+The HTTP transport and ``SHA256SUMS`` pins live in :mod:`sam2_encoder.downloads`, Meta's key
+names in :mod:`sam2_encoder.meta_names`; their public names are re-exported here.
 
 One ``checkpoint=`` argument accepts:
 
@@ -31,12 +34,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import http.client
 import json
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -47,6 +48,8 @@ from pathlib import Path
 
 import torch
 
+from .downloads import CheckpointError, DirLock, atomic_write_bytes, cache_dir, fetch, read_pins, sha256sum, write_pins
+from .meta_names import convert_meta_state_dict, has_vision_keys, looks_like_meta
 from .variants import VARIANTS, Variant, get_variant
 
 __all__ = [
@@ -67,295 +70,6 @@ __all__ = [
     "verify_checkpoint",
     "write_pins",
 ]
-
-_CHUNK = 1 << 20
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, of another variant, or fails its hash check."""
-
-
-def cache_dir() -> Path:
-    """Where downloaded checkpoints live.
-
-    ``$SAM2_ENCODER_CACHE`` if set, else ``$XDG_CACHE_HOME/sam2_encoder`` (``~/.cache/sam2_encoder``).
-    """
-    env = os.environ.get("SAM2_ENCODER_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "sam2_encoder"
-
-
-def sha256sum(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# --------------------------------------------------------------------------------------------
-# sha256 pins (SHA256SUMS)
-# --------------------------------------------------------------------------------------------
-
-_PIN_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](\S.*)")
-
-
-def read_pins(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Read a ``SHA256SUMS`` file (``sha256sum`` format: ``<hex>  <file name>`` per line).
-
-    Blank lines and ``#`` comments are skipped; a missing file holds no pins.
-
-    Args:
-        path: The pin file.
-
-    Returns:
-        ``{file name: lower-case hex sha256}``.
-
-    Raises:
-        CheckpointError: Naming the file and line, for a line that is not UTF-8, not in the
-            format above, or that pins one file name to two different hashes.
-    """
-    path = Path(path)
-    if not path.exists():
-        return {}
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"cannot read the sha256 pin file {path}: {e}") from e
-    pins: dict[str, str] = {}
-    fix = "fix or delete that line (it pins a checkpoint's sha256; a deleted pin is re-pinned on the next download)"
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            line = raw.decode("utf-8").strip()
-        except UnicodeDecodeError as e:
-            raise CheckpointError(
-                f"{path} line {number} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); {fix}"
-            ) from None
-        if not line or line.startswith("#"):
-            continue
-        m = _PIN_LINE.fullmatch(line)
-        if m is None:
-            raise CheckpointError(f"{path} line {number} is not '<64 hex digits>  <file name>': {line[:100]!r}; {fix}")
-        digest, name = m.group(1).lower(), m.group(2)
-        if pins.get(name, digest) != digest:
-            raise CheckpointError(
-                f"{path} line {number} pins {name} to a second sha256 ({pins[name]}, {digest}); {fix}"
-            )
-        pins[name] = digest
-    return pins
-
-
-def write_pins(path: str | os.PathLike[str], pins: Mapping[str, str]) -> None:
-    """Write ``SHA256SUMS`` atomically (temporary file, fsync, rename): never half-written.
-
-    Args:
-        path: The pin file.
-        pins: ``{file name: hex sha256}``; written sorted by name.
-
-    Raises:
-        ValueError: For a digest that is not 64 hex digits or a name with a line break.
-    """
-    lines = []
-    for name, digest in sorted(pins.items()):
-        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest) or "\n" in name or "\r" in name or not name.strip():
-            raise ValueError(f"cannot pin {name!r} to {digest!r}: expected a file name and 64 hex digits")
-        lines.append(f"{digest.lower()}  {name}\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, "".join(lines).encode("utf-8"))
-
-
-# --------------------------------------------------------------------------------------------
-# Download
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Transfer:
-    size: int
-    total: int | None  # what the server announced (Content-Length / Content-Range), None if nothing
-    content_type: str
-
-
-@functools.cache
-def _fcntl():  # noqa: ANN202 - module or None
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks, downloads are not serialised
-        return None
-    return fcntl
-
-
-class _DirLock:
-    """Exclusive advisory lock (``flock``) on a directory.
-
-    Two processes (DDP ranks) that fetch the same checkpoint then never write one ``.part`` at
-    once. Best effort: a no-op where ``flock`` is unavailable or refused (Windows, some network
-    file systems).
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.fd: int | None = None
-
-    def __enter__(self) -> _DirLock:
-        fcntl = _fcntl()
-        if fcntl is not None:
-            try:
-                self.fd = os.open(self.directory, os.O_RDONLY)
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
-            except OSError:
-                self.__exit__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-            self.fd = None
-
-
-def _content_range(value: str | None) -> tuple[int, int | None] | None:
-    """``bytes START-END/TOTAL`` -> ``(START, TOTAL or None)``; ``None`` if malformed."""
-    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value or "")
-    if m is None:
-        return None
-    start, end = int(m.group(1)), int(m.group(2))
-    total = None if m.group(3) == "*" else int(m.group(3))
-    if end < start or (total is not None and end >= total):
-        return None
-    return start, total
-
-
-def _int_header(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None and int(value) >= 0 else None
-    except ValueError:
-        return None
-
-
-def _transfer(url: str, part: Path, progress: bool, timeout: float, desc: str) -> _Transfer:
-    """Fetch ``url`` into ``part``, resuming from its size; returns what was received."""
-    resume_hint = f"run the same command again to resume from {part}"
-    have = part.stat().st_size if part.exists() else 0
-    for _ in range(3):
-        try:
-            request = urllib.request.Request(url, headers={"User-Agent": "sam2-encoder", "Accept-Encoding": "identity"})
-            if have:
-                request.add_header("Range", f"bytes={have}-")
-            response = urllib.request.urlopen(request, timeout=timeout)
-        except urllib.error.HTTPError as e:
-            with e:
-                if e.code == 416 and have:
-                    m = re.fullmatch(r"\s*bytes\s+\*/(\d+)\s*", e.headers.get("Content-Range") or "")
-                    if m and int(m.group(1)) == have:  # the .part already holds every byte
-                        return _Transfer(have, have, "")
-                    part.unlink(missing_ok=True)  # a .part longer than the file, or no total: start over
-                    have = 0
-                    continue
-                raise CheckpointError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
-        except urllib.error.URLError as e:
-            raise CheckpointError(f"download of {url} failed: {e.reason}") from e
-        except (OSError, http.client.HTTPException) as e:
-            raise CheckpointError(
-                f"download of {url} failed before any data arrived ({type(e).__name__}: {e}); "
-                "run the same command again"
-            ) from e
-        except ValueError as e:  # unknown URL type and the like
-            raise CheckpointError(f"cannot download {url!r}: {e}") from e
-
-        with response:
-            status = getattr(response, "status", None) or 200  # file:// URLs have no status
-            length = _int_header(response.headers.get("Content-Length"))
-            content_type = response.headers.get("Content-Type") or ""
-            if status == 206:
-                rng = _content_range(response.headers.get("Content-Range"))
-                if rng is None or rng[0] not in (0, have):
-                    if not have:
-                        raise CheckpointError(
-                            f"download of {url} failed: the server answered 206 with Content-Range "
-                            f"{response.headers.get('Content-Range')!r} to a request for the whole file"
-                        )
-                    # bytes that do not continue the .part: start over instead of appending garbage
-                    part.unlink(missing_ok=True)
-                    have = 0
-                    continue
-                start, total = rng
-                if total is None and length is not None:
-                    total = start + length
-            else:  # 200 (a server that ignores Range sends the whole file): start over
-                start, total = 0, length
-            size = start
-            bar_cls = _tqdm()
-            bar = bar_cls(
-                total=total,
-                initial=start,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=desc,
-                disable=not progress,
-            )
-            try:
-                f = open(part, "ab" if start else "wb")  # noqa: SIM115 - closed by the with below
-            except OSError as e:
-                raise CheckpointError(f"cannot write {part}: {e}") from e
-            # read1: what has arrived, so an interrupted transfer keeps every byte received (read
-            # would drop a partly filled chunk); an early close shows as a short count below
-            read = getattr(response, "read1", response.read)
-            with bar, f:
-                while True:
-                    try:
-                        chunk = read(_CHUNK)
-                    except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
-                        got = f"{size} of {total}" if total is not None else f"{size}"
-                        raise CheckpointError(
-                            f"download of {url} was interrupted after {got} bytes ({type(e).__name__}: {e}); "
-                            f"{resume_hint}"
-                        ) from e
-                    if not chunk:
-                        break
-                    try:
-                        f.write(chunk)
-                    except OSError as e:
-                        raise CheckpointError(f"cannot write {part}: {e}") from e
-                    size += len(chunk)
-                    bar.update(len(chunk))
-        size = part.stat().st_size
-        if total is not None and size < total:
-            raise CheckpointError(f"download of {url} stopped at {size} of {total} bytes; {resume_hint}")
-        if total is not None and size > total:
-            part.unlink(missing_ok=True)
-            raise CheckpointError(
-                f"download of {url} produced {size} bytes where the server announced {total}; "
-                f"the partial file was removed, run the same command again"
-            )
-        return _Transfer(size, total, content_type)
-    raise CheckpointError(
-        f"download of {url} failed: the server's answers to range requests do not continue {part}; "
-        f"delete it and run the same command again"
-    )
-
-
-def _tqdm():  # noqa: ANN202 - the tqdm class, imported when a download starts
-    from tqdm.auto import tqdm
-
-    return tqdm
 
 
 def download(
@@ -400,7 +114,7 @@ def download(
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _DirLock(dest.parent):
+    with DirLock(dest.parent):
         _download_unlocked(url, dest, sha256, progress, timeout, variant, verify)
     return dest
 
@@ -415,42 +129,22 @@ def _download_unlocked(
     verify: bool,
 ) -> str:
     """:func:`download` without the directory lock; returns the sha256 of the placed file."""
-    part = dest.with_name(dest.name + ".part")
-    transfer = _transfer(url, part, progress, timeout, dest.name)
-    if verify:
-        try:
-            if variant is not None:
-                _verify(part, get_variant(variant), source=f"the file downloaded from {url}", name=dest.name)
-            else:
-                state = _load(part, None, source=f"the file downloaded from {url}", name=dest.name)
-                if guess_variant(state) is None and not _has_vision_keys(state):
-                    raise CheckpointError(
-                        f"the file downloaded from {url} is not a SAM 2 checkpoint: "
-                        f"no vision_encoder weights among its {len(state)} tensors ({', '.join(list(state)[:5])}, ...)"
-                    )
-        except CheckpointError as e:
-            part.unlink(missing_ok=True)
-            why = ""
-            if transfer.total is None:
-                why = (
-                    " The server sent no length, so a connection that closed early looks complete; "
-                    "that is the likely cause."
-                )
-            if "html" in transfer.content_type.lower():
-                why += f" The server's Content-Type was {transfer.content_type!r}."
+
+    def check(part: Path) -> None:
+        source = f"the file downloaded from {url}"
+        if variant is not None:
+            _verify(part, get_variant(variant), source=source, name=dest.name)
+            return
+        state = _load(part, None, source=source, name=dest.name)
+        if guess_variant(state) is None and not has_vision_keys(state):
             raise CheckpointError(
-                f"{str(e).rstrip('.')}.{why} Nothing was saved to {dest} and the partial file was removed; "
-                f"check the URL and run the same command again"
-            ) from e
-    digest = sha256sum(part)
-    if sha256 is not None and digest != sha256.lower():
-        part.unlink(missing_ok=True)
-        raise CheckpointError(
-            f"sha256 mismatch for {url}: expected {sha256.lower()}, got {digest}; the file was removed"
-        )
-    os.replace(part, dest)
+                f"{source} is not a SAM 2 checkpoint: "
+                f"no vision_encoder weights among its {len(state)} tensors ({', '.join(list(state)[:5])}, ...)"
+            )
+
+    digest = fetch(url, dest, sha256=sha256, progress=progress, timeout=timeout, check=check if verify else None)
     if verify:
-        _remember_container(dest)  # verified as .part above: the first load need not redo it
+        _remember_container(dest)  # verified as .part: the first load need not redo it
     return digest
 
 
@@ -586,122 +280,10 @@ def _fetch(
             f"run `sam2-encoder download` first or allow downloads"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _DirLock(target.parent):
+    with DirLock(target.parent):
         if not target.exists():  # another process may have fetched it while we waited
             _download_unlocked(url, target, sha256, progress, 60.0, variant, True)
     return target
-
-
-# --------------------------------------------------------------------------------------------
-# Meta -> transformers names
-# --------------------------------------------------------------------------------------------
-
-_MLP3 = r"(output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head|object_pointer_proj)"
-
-# Applied in order, each to the result of the previous ones.
-_RENAMES: tuple[tuple[str, str], ...] = (
-    # image encoder
-    (r"^image_encoder\.trunk\.", "vision_encoder.backbone."),
-    (r"^image_encoder\.neck\.convs\.(\d+)\.conv\.", r"vision_encoder.neck.convs.\1."),
-    (r"\.patch_embed\.proj\.", ".patch_embed.projection."),
-    (r"^(vision_encoder\.backbone\.blocks\.\d+)\.norm([12])\.", r"\1.layer_norm\2."),
-    (r"^(vision_encoder\.backbone\.blocks\.\d+)\.mlp\.layers\.0\.", r"\1.mlp.proj_in."),
-    (r"^(vision_encoder\.backbone\.blocks\.\d+)\.mlp\.layers\.1\.", r"\1.mlp.proj_out."),
-    # prompt encoder
-    (r"^sam_prompt_encoder\.", "prompt_encoder."),
-    (r"^prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
-    (r"^prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
-    (r"^prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
-    (r"^prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
-    (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
-    # mask decoder
-    (r"^sam_mask_decoder\.", "mask_decoder."),
-    (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
-    (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
-    (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
-    (r"^(mask_decoder\.transformer\.layers\.\d+)\.norm([1-4])\.", r"\1.layer_norm\2."),
-    (r"^(mask_decoder\.transformer\.layers\.\d+)\.mlp\.layers\.0\.", r"\1.mlp.proj_in."),
-    (r"^(mask_decoder\.transformer\.layers\.\d+)\.mlp\.layers\.1\.", r"\1.mlp.proj_out."),
-    (r"\.norm_final_attn\.", ".layer_norm_final_attn."),
-    # object pointers and three-layer MLPs
-    (r"^obj_ptr_proj\.", "object_pointer_proj."),
-    (r"^obj_ptr_tpos_proj\.", "temporal_positional_encoding_projection_layer."),
-    (rf"(^|\.){_MLP3}\.layers\.0\.", r"\1\2.proj_in."),
-    (rf"(^|\.){_MLP3}\.layers\.1\.", r"\1\2.layers.0."),
-    (rf"(^|\.){_MLP3}\.layers\.2\.", r"\1\2.proj_out."),
-    # memory attention
-    (r"^(memory_attention\.layers\.\d+)\.norm([1-3])\.", r"\1.layer_norm\2."),
-    (r"^memory_attention\.norm\.", "memory_attention.layer_norm."),
-    # memory encoder
-    (r"^memory_encoder\.mask_downsampler\.encoder\.12\.", "memory_encoder.mask_downsampler.final_conv."),
-    (r"^memory_encoder\.pix_feat_proj\.", "memory_encoder.feature_projection."),
-    (r"^memory_encoder\.fuser\.", "memory_encoder.memory_fuser."),
-    (r"(memory_fuser\.layers\.\d+)\.dwconv\.", r"\1.depthwise_conv."),
-    (r"(memory_fuser\.layers\.\d+)\.norm\.", r"\1.layer_norm."),
-    (r"(memory_fuser\.layers\.\d+)\.pwconv([12])\.", r"\1.pointwise_conv\2."),
-    (r"(memory_fuser\.layers\.\d+)\.gamma$", r"\1.scale"),
-    (r"^memory_encoder\.out_proj\.", "memory_encoder.projection."),
-    (r"\.out_proj\.", ".o_proj."),
-    # top-level parameters
-    (r"^maskmem_tpos_enc$", "memory_temporal_positional_encoding"),
-    (r"^no_mem_embed$", "no_memory_embedding"),
-    (r"^no_mem_pos_enc$", "no_memory_positional_encoding"),
-    (r"^no_obj_ptr$", "no_object_pointer"),
-    (r"^no_obj_embed_spatial$", "occlusion_spatial_embedding_parameter"),
-)
-_COMPILED = tuple((re.compile(p), r) for p, r in _RENAMES)
-_MASK_DOWNSAMPLER = re.compile(r"^memory_encoder\.mask_downsampler\.encoder\.(\d+)\.(.+)$")
-_POINT_EMBED = re.compile(r"^sam_prompt_encoder\.point_embeddings\.(\d+)\.weight$")
-_GAUSSIAN = "sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
-
-
-def _rename(key: str) -> str:
-    m = _MASK_DOWNSAMPLER.match(key)
-    if m and m.group(1) != "12":
-        index = int(m.group(1))
-        part = "conv" if index % 3 == 0 else "layer_norm"
-        return f"memory_encoder.mask_downsampler.layers.{index // 3}.{part}.{m.group(2)}"
-    for pattern, repl in _COMPILED:
-        key = pattern.sub(repl, key)
-    return key
-
-
-def convert_meta_state_dict(meta: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Convert a Meta SAM 2 state dict to transformers ``Sam2VideoModel`` names.
-
-    Pure renames except two: the four ``point_embeddings.{0..3}.weight`` (1, 256) are
-    concatenated into ``prompt_encoder.point_embed.weight`` (4, 256), and the prompt encoder's
-    Gaussian matrix (2, 128) fills both ``prompt_encoder.shared_embedding.positional_embedding``
-    and ``shared_image_embedding.positional_embedding``.
-
-    Args:
-        meta: Meta's state dict (the ``"model"`` entry of a ``.pt`` file).
-
-    Returns:
-        A new dict in transformers' names; tensors are shared, not copied.
-    """
-    out: dict[str, torch.Tensor] = {}
-    points: dict[int, torch.Tensor] = {}
-    for key, value in meta.items():
-        m = _POINT_EMBED.match(key)
-        if m:
-            points[int(m.group(1))] = value
-        elif key == _GAUSSIAN:
-            out["prompt_encoder.shared_embedding.positional_embedding"] = value
-            out["shared_image_embedding.positional_embedding"] = value
-        else:
-            out[_rename(key)] = value
-    if points:
-        out["prompt_encoder.point_embed.weight"] = torch.cat([points[i] for i in sorted(points)], dim=0)
-    return out
-
-
-def _looks_like_meta(keys: Iterable[str]) -> bool:
-    return any(k.startswith(("image_encoder.", "sam_mask_decoder.", "sam_prompt_encoder.")) for k in keys)
-
-
-def _has_vision_keys(keys: Iterable[str]) -> bool:
-    return any(k.startswith("vision_encoder.") for k in keys)
 
 
 # --------------------------------------------------------------------------------------------
@@ -800,7 +382,7 @@ def _remember_container(path: Path) -> None:
     try:
         target = _record_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(target, json.dumps(record).encode())
+        atomic_write_bytes(target, json.dumps(record).encode())
     except OSError:  # read-only cache: the in-process record still spares reloads in this process
         pass
 
@@ -1031,7 +613,7 @@ def _check_family(state: Mapping[str, torch.Tensor], variant: Variant, source: s
 def _load(path: Path, variant: Variant | None, source: str, name: str | None) -> dict[str, torch.Tensor]:
     state = _read_state(path, source, name)
     _check_values(state, source)
-    if _looks_like_meta(state):
+    if looks_like_meta(state):
         state = convert_meta_state_dict(state)
     if variant is not None:
         _check_family(state, variant, source)
@@ -1268,7 +850,7 @@ def download_variant(
     dest = directory / v.filename
     url = f"{base_url.rstrip('/')}/{v.filename}" if base_url else v.url
     notes: list[str] = []
-    with _DirLock(directory):
+    with DirLock(directory):
         pins = read_pins(sums)
         pinned = pins.get(v.filename)
         status = "downloaded"
