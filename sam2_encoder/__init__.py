@@ -30,6 +30,8 @@ _EXPORTS = {
     "MultiCameraEncoder": "camera_encoder",
     "StreamingPredictor": "streaming",
     "TrackResult": "streaming",
+    "ObjectTracker": "object_tracking",
+    "TrackerModules": "object_tracking",
     "SAM2ObsEncoder": "diffusion_policy.obs_encoder",
 }
 
@@ -38,11 +40,13 @@ __all__ = [
     "CheckpointError",
     "FeaturePyramid",
     "MultiCameraEncoder",
+    "ObjectTracker",
     "SAM2ImageEncoder",
     "SAM2ObsEncoder",
     "SAM2Transforms",
     "StreamingPredictor",
     "TrackResult",
+    "TrackerModules",
     "Variant",
     "__version__",
     "convert_meta_state_dict",
@@ -56,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .checkpoints import CheckpointError, convert_meta_state_dict, load_checkpoint, resolve_checkpoint
     from .diffusion_policy.obs_encoder import SAM2ObsEncoder
     from .image_encoder import FeaturePyramid, SAM2ImageEncoder
+    from .object_tracking import ObjectTracker, TrackerModules
     from .streaming import StreamingPredictor, TrackResult
     from .transforms import SAM2Transforms
     from .variants import VARIANTS, Variant, get_variant

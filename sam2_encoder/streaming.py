@@ -371,6 +371,8 @@ class StreamingPredictor:
                 "(frame * 255).round() cast to uint8"
             )
         size = (int(shape[0]), int(shape[1]))
+        if size[0] == 0 or size[1] == 0:
+            raise ValueError(f"frame is empty: shape {shape} has no pixels (height and width must be at least 1)")
         if self._frame_size is not None and size != self._frame_size:
             raise ValueError(
                 f"frame size changed mid-stream: got {size[0]}x{size[1]} (H x W), the stream started at "
