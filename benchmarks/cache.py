@@ -78,7 +78,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     add_output_args(p, "cache")
     args = p.parse_args()
+    out = output_path(args, "cache")  # before the run: a bad path fails now, not after it
     torch.set_num_threads(args.threads)
+    machine = machine_info(torch.device("cpu")) | {"sam2_encoder": __version__}
     shape_meta = {
         "obs": {"image": {"shape": [3, args.frame_size, args.frame_size], "type": "rgb"}, "agent_pos": {"shape": [2]}},
         "action": {"shape": [2]},
@@ -102,15 +104,14 @@ def main() -> None:
     sec = {k: sum(v) / len(v) for k, v in rounds.items()}
     report = {
         "benchmark": "cache",
-        "machine": machine_info(torch.device("cpu")) | {"sam2_encoder": __version__},
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "machine": machine,
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "record")},
         "steps_per_s": {k: round(1 / v, 3) for k, v in sec.items()},
         "speedup": round(sec["on_the_fly"] / sec["cached"], 2),
         "cache_build_s": round(build_s, 2),
         "cache_build_frames_per_s": round(n_frames / build_s, 2),
         "break_even_steps": round(build_s / (sec["on_the_fly"] - sec["cached"]), 1),
     }
-    out = output_path(args, "cache")
     write_json(report, out)
     print(json.dumps(report, indent=1))
     plot(report, out.with_suffix(".png"))

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 import warnings
@@ -27,30 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import add_output_args, output_path, write_json
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import transformers
-
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": list(os.getloadavg()),
-    }
+from common import add_output_args, machine_info, output_path, write_json
 
 
 def build_model(variant: str, image_size: int, checkpoint: str | None, seed: int):
@@ -82,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
     from sam2_encoder.streaming import session_nbytes
 
     torch.set_num_threads(args.threads)
-    info = machine_info()
+    info = machine_info(torch.device("cpu"))
     pred = build_model(args.variant, args.image_size, args.checkpoint, args.seed)
     model, transforms = pred.model, pred.encoder.transforms
     ref = Sam2VideoInferenceSession(dtype=torch.float32)
@@ -117,6 +92,7 @@ def run(args: argparse.Namespace) -> dict:
         return out.pred_masks[:, 0], out.object_score_logits.reshape(-1), masks[:, 0]
 
     ms = {"ours": [], "transformers": []}
+    cpu_ms = {"ours": [], "transformers": []}  # process CPU time: what a step costs without waiting for a core
     state = {"ours": [], "transformers": []}
     mismatches = 0
     present = 0
@@ -126,9 +102,10 @@ def run(args: argparse.Namespace) -> dict:
         outputs = {}
         order = [("ours", ours_step), ("transformers", ref_step)]
         for name, step in order if i % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outputs[name] = step(i, frame)
             ms[name].append(1000 * (time.perf_counter() - t0))
+            cpu_ms[name].append(1000 * (time.process_time() - c0))
         state["ours"].append(pred.state_nbytes())
         state["transformers"].append(session_nbytes(ref))
         (a_logits, a_scores, a_masks), (b_logits, b_scores, b_masks) = outputs["ours"], outputs["transformers"]
@@ -152,12 +129,12 @@ def run(args: argparse.Namespace) -> dict:
         slope = np.polyfit(np.arange(half, n), np.asarray(mib[name][half:]), 1)[0]
         summary[name] = {
             "ms_per_frame": stats(ms[name][1:]),
+            "cpu_ms_per_frame": stats(cpu_ms[name][1:]),
             "ms_per_frame_first_100": stats(ms[name][1:101]),
             "ms_per_frame_last_100": stats(ms[name][-100:]),
             "state_mib_at_frame": {str(f): round(mib[name][f - 1], 3) for f in (20, 100, n // 2, n) if f <= n},
             "state_growth_kib_per_frame": round(float(slope) * 1024, 2) + 0.0,
         }
-    info["load_average_at_end"] = list(os.getloadavg())
     return {
         "benchmark": "streaming",
         "command": "python benchmarks/streaming.py " + " ".join(sys.argv[1:]),
@@ -249,8 +226,8 @@ def main() -> None:
         replot = Path(args.replot)
         plot(json.loads(replot.read_text()), Path(args.plot or replot.with_suffix(".png")))
         return
+    out = output_path(args, "streaming")  # before the run: a bad path fails now, not after it
     report = run(args)
-    out = output_path(args, "streaming")
     write_json(report, out)
     if args.plot != "":
         plot(report, Path(args.plot or out.with_suffix(".png")))
