@@ -20,6 +20,7 @@ from lerobot.optim import AdamConfig, DiffuserSchedulerConfig
 
 from ..finetune import FINETUNE_MODES
 from ..image_encoder import LEVELS
+from ..object_tracking import parse_object_prompts
 from ..pooling import check_pool_options
 from ..variants import check_image_size, get_variant
 
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 PREDICTION_TYPES = ("epsilon", "sample")
 NOISE_SCHEDULERS = ("DDPM", "DDIM")
 FUSE_MODES = ("pool", "coarse_to_fine")
+OBJECT_TOKEN_MODES = ("append", "replace")
+OBJECT_ABSENT_MODES = ("learned", "zero")
 
 
 @PreTrainedConfig.register_subclass("sam2_diffusion")
@@ -76,6 +79,27 @@ class SAM2DiffusionConfig(PreTrainedConfig):
         lora_rank: LoRA rank for ``lora``.
         lora_alpha: LoRA alpha for ``lora``.
         trunk_lr_scale: Learning-rate multiplier of the trainable SAM 2 weights.
+        object_masks: Object tokens: ``{camera key: mask feature key}``, e.g.
+            ``{"observation.image": "observation.masks.image"}``. The mask feature holds ``(K, H, W)``
+            masks per frame at the camera's ``H, W`` (bool, or float in [0, 1]; mask channel ``k``
+            is the object with the ``k``-th smallest id); it is never normalised and never part of
+            the state. Each such camera gets ``num_objects`` tokens, the mask-weighted average of
+            ``object_level`` (see ``sam2_encoder.object_tokens``). Training reads the masks from the
+            dataset; at inference a batch without them is tracked by the policy (``object_prompts``).
+            Empty: no object tokens.
+        num_objects: ``K``, the objects per camera.
+        object_level: Pyramid level the tokens pool (``s4``, ``s8``, ``s16``); with ``fuse="pool"``
+            the coarsest of ``levels``.
+        object_tokens: ``append`` (after the camera's readout) or ``replace`` (tokens only).
+        object_token_dim: Project each token to this size (``None``: the level's channels).
+        object_absent: Token of an empty mask (object absent or lost): ``learned`` or ``zero``.
+        object_prompts: First-frame prompts of the policy's own tracker, used when a batch comes
+            without masks (LeRobot's eval environments, a robot): ``{camera: {obj_id: {"points":
+            [[x, y], ...], "labels": [1, ...]} | {"box": [x0, y0, x1, y1]}}}`` in camera pixels,
+            ``num_objects`` ids per camera of ``object_masks``. Each episode (``reset()``) starts
+            new streams prompted on their first frame; ``policy.set_object_prompts(...)`` sets them
+            at run time (a person's clicks, a detector). Needs ``freeze=True`` (SAM 2's tracker
+            reads SAM 2's own features) and no ``resize_shape`` / crop.
         reuse_frames: At inference, frames already encoded in the previous prediction are not
             encoded again (one new frame per camera per control step; same actions).
         sam2_compile: ``torch.compile`` the SAM 2 pass.
@@ -150,6 +174,15 @@ class SAM2DiffusionConfig(PreTrainedConfig):
     sam2_compile: bool = False
     sam2_fast_attention: bool = True
     sam2_seed: int = 0
+
+    # object tokens: masks from the dataset in training, from the policy's own tracker at inference
+    object_masks: dict[str, str] = field(default_factory=dict)
+    num_objects: int = 1
+    object_level: str = "s16"
+    object_tokens: str = "append"
+    object_token_dim: int | None = None
+    object_absent: str = "learned"
+    object_prompts: dict[str, Any] = field(default_factory=dict)
 
     # UNet
     down_dims: tuple[int, ...] = (512, 1024, 2048)
@@ -236,6 +269,7 @@ class SAM2DiffusionConfig(PreTrainedConfig):
             )
         self._check_crop()
         self._check_sam2()
+        self._check_objects()
 
     def _check_crop(self) -> None:
         if self.resize_shape is not None:
@@ -310,6 +344,74 @@ class SAM2DiffusionConfig(PreTrainedConfig):
                 "(leave levels at ['s16'] or name all three)"
             )
 
+    def _check_objects(self) -> None:
+        masks = self.object_masks
+        if not isinstance(masks, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in masks.items()):
+            raise ValueError(
+                f"sam2_diffusion: object_masks must be {{camera key: mask feature key}} (strings), got {masks!r}"
+            )
+        if not masks:
+            if self.object_prompts:
+                raise ValueError(
+                    "sam2_diffusion: object_prompts are set but object_masks is empty; name the mask feature of each "
+                    "prompted camera, e.g. object_masks={'observation.image': 'observation.masks.image'}"
+                )
+            return
+        keys = list(masks.values())
+        if len(set(keys)) != len(keys) or set(keys) & set(masks) or "observation.state" in keys:
+            raise ValueError(
+                "sam2_diffusion: object_masks keys must be distinct from each other, from the cameras and from "
+                f"observation.state, got {masks}"
+            )
+        if isinstance(self.num_objects, bool) or not isinstance(self.num_objects, int) or self.num_objects < 1:
+            raise ValueError(f"sam2_diffusion: num_objects must be a whole number >= 1, got {self.num_objects!r}")
+        if self.object_level not in LEVELS:
+            raise ValueError(f"sam2_diffusion: object_level must be one of {list(LEVELS)}, got {self.object_level!r}")
+        coarsest = max(self.levels, key=LEVELS.index)
+        if self.fuse == "pool" and self.object_level != coarsest:
+            raise ValueError(
+                f"sam2_diffusion: object_level={self.object_level!r} with fuse='pool' must be the coarsest of "
+                f"levels {self.levels} ({coarsest!r}; finer levels are pooled away)"
+            )
+        if self.object_tokens not in OBJECT_TOKEN_MODES:
+            raise ValueError(
+                f"sam2_diffusion: object_tokens must be one of {OBJECT_TOKEN_MODES}, got {self.object_tokens!r}"
+            )
+        dim = self.object_token_dim
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ValueError(f"sam2_diffusion: object_token_dim must be None or a whole number >= 1, got {dim!r}")
+        if self.object_absent not in OBJECT_ABSENT_MODES:
+            raise ValueError(
+                f"sam2_diffusion: object_absent must be one of {OBJECT_ABSENT_MODES}, got {self.object_absent!r}"
+            )
+        if not isinstance(self.object_prompts, dict):
+            raise ValueError(
+                f"sam2_diffusion: object_prompts must be {{camera: {{obj_id: prompt}}}}, got {self.object_prompts!r}"
+            )
+        if self.object_prompts:
+            self.check_tracking()
+
+    def check_tracking(self) -> None:
+        """Raise unless the policy can track objects itself (the options its tracker needs).
+
+        Raises:
+            ValueError: With ``freeze=False`` (SAM 2's mask decoder and memory were trained on SAM 2's
+                own features: give fine-tuned policies masks in the batch), or with ``resize_shape`` /
+                a crop (the tracker sees whole camera frames).
+        """
+        if not self.freeze:
+            raise ValueError(
+                "sam2_diffusion: the policy's own object tracker (object_prompts / set_object_prompts) needs "
+                "freeze=true: SAM 2's tracker was trained on SAM 2's own features; with a fine-tuned trunk give "
+                f"the masks in the batch ({sorted(self.object_masks.values())}) from an external tracker"
+            )
+        if self.resize_shape is not None or self.crop_shape is not None:
+            raise ValueError(
+                "sam2_diffusion: the policy's own object tracker (object_prompts / set_object_prompts) needs whole "
+                f"camera frames: got resize_shape={self.resize_shape}, crop_shape={self.crop_shape}; leave both "
+                "unset (SAM 2 resizes frames itself)"
+            )
+
     def get_optimizer_preset(self) -> AdamConfig:
         """Adam with the ``optimizer_*`` options (the trunk's group scales its own lr)."""
         return AdamConfig(
@@ -327,8 +429,9 @@ class SAM2DiffusionConfig(PreTrainedConfig):
         """Check the input / output features against what the policy needs.
 
         Raises:
-            ValueError: No camera, a camera that is not (3, H, W), a crop larger than a camera, or
-                no ``action`` output.
+            ValueError: No camera, a camera that is not (3, H, W), a crop larger than a camera, no
+                ``action`` output, an ``object_masks`` camera or mask feature that is missing or of
+                the wrong shape, or ``object_prompts`` that do not fit the cameras.
         """
         if not self.image_features:
             raise ValueError(
@@ -349,6 +452,40 @@ class SAM2DiffusionConfig(PreTrainedConfig):
                 "sam2_diffusion needs an 'action' output feature; "
                 f"got output features {sorted(self.output_features or {})}"
             )
+        self._validate_object_features()
+
+    def _validate_object_features(self) -> None:
+        inputs = self.input_features or {}
+        cameras = self.image_features
+        for camera, key in self.object_masks.items():
+            if camera not in cameras:
+                raise ValueError(
+                    f"sam2_diffusion: object_masks names camera {camera!r}, which is not a camera input; "
+                    f"cameras: {sorted(cameras)}"
+                )
+            expected = (self.num_objects, *cameras[camera].shape[1:])
+            if key not in inputs:
+                raise ValueError(
+                    f"sam2_diffusion: object_masks[{camera!r}] = {key!r} is not an input feature (the dataset has no "
+                    f"such key); expected masks of shape {expected} (num_objects, H, W) there; input features: "
+                    f"{sorted(inputs)}"
+                )
+            if tuple(inputs[key].shape) != expected:
+                raise ValueError(
+                    f"sam2_diffusion: mask feature {key!r} of camera {camera!r} has shape {tuple(inputs[key].shape)}; "
+                    f"expected {expected}: num_objects={self.num_objects}, then the camera's H, W"
+                )
+        if self.object_masks and self.share_heads and set(self.object_masks) != set(cameras):
+            raise ValueError(
+                "sam2_diffusion: share_heads=true needs object masks for every camera or none; got them for "
+                f"{sorted(self.object_masks)} of {sorted(cameras)}"
+            )
+        if self.object_prompts:
+            frame_sizes = {camera: tuple(cameras[camera].shape[1:]) for camera in self.object_masks}
+            try:
+                parse_object_prompts(self.object_prompts, frame_sizes, self.num_objects)
+            except ValueError as e:
+                raise ValueError(f"sam2_diffusion: {e}") from e
 
     @property
     def observation_delta_indices(self) -> list[int]:

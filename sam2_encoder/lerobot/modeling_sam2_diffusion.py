@@ -29,6 +29,7 @@ from lerobot.utils.constants import ACTION, OBS_STATE
 from torch import Tensor
 
 from ..camera_encoder import MultiCameraEncoder
+from ..object_tracking import ObjectTracker, TrackerModules
 from .configuration_sam2_diffusion import SAM2DiffusionConfig
 
 __all__ = ["SAM2DiffusionPolicy"]
@@ -62,12 +63,15 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         config.validate_features()
         self.config = config
         self.camera_keys = list(config.image_features)
+        self.mask_keys = {camera: config.object_masks[camera] for camera in sorted(config.object_masks)}
         self.low_dim_keys = [
             key
             for key, ft in (config.input_features or {}).items()
-            if (ft.type is FeatureType.STATE and key == OBS_STATE) or ft.type is FeatureType.ENV
+            if ((ft.type is FeatureType.STATE and key == OBS_STATE) or ft.type is FeatureType.ENV)
+            and key not in self.mask_keys.values()  # masks are never state
         ]
         self.obs_keys = self.camera_keys + self.low_dim_keys
+        self.input_keys = self.obs_keys + list(self.mask_keys.values())  # what the denoiser's condition reads
         with warnings.catch_warnings():
             if not load_sam2_checkpoint:  # random weights on purpose: model.safetensors replaces them
                 warnings.filterwarnings("ignore", message=r".*has no checkpoint.*")
@@ -101,6 +105,31 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
                 seed=config.sam2_seed,
                 download=config.sam2_download and load_sam2_checkpoint,
                 reuse_frames=config.reuse_frames,
+                object_masks_key=dict(self.mask_keys) or None,
+                num_objects=config.num_objects,
+                object_level=config.object_level,
+                object_tokens=config.object_tokens,
+                object_token_dim=config.object_token_dim,
+                object_absent=config.object_absent,
+            )
+        # the policy's own tracker (object tokens, frozen trunk): its weights live in model.safetensors
+        self.tracker: TrackerModules | None = None
+        self.object_tracker: ObjectTracker | None = None
+        if self.mask_keys and config.freeze:
+            image_encoder = self.encoder.encoder
+            read = load_sam2_checkpoint and image_encoder.pending_checkpoint is None
+            self.tracker = TrackerModules(
+                image_encoder,
+                checkpoint=config.sam2_checkpoint if read else None,
+                seed=config.sam2_seed,
+                download=config.sam2_download and read,
+            )
+            self.object_tracker = ObjectTracker(
+                self.tracker.model,
+                config.sam2_variant,
+                {camera: tuple(config.image_features[camera].shape[1:]) for camera in self.mask_keys},
+                config.num_objects,
+                prompts=config.object_prompts,
             )
         self.obs_feature_dim = self.encoder.output_shape()[0]
         self.global_cond_dim = self.obs_feature_dim * config.n_obs_steps
@@ -119,6 +148,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         )
         self.num_inference_steps = config.num_inference_steps or config.num_train_timesteps
         self._queues: dict[str, deque] = {}
+        self._tracking: bool | None = None
         self.reset()
 
     # ----------------------------------------------------------------------------------------
@@ -144,11 +174,40 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         return out
 
     def reset(self) -> None:
-        """Clear the observation and action queues and the encoder's remembered frames (new episode)."""
+        """Start a new episode: clear the queues, the encoder's remembered frames and the object streams.
+
+        Object prompts (``object_prompts`` or :meth:`set_object_prompts`) are kept: the next frame
+        of every row is prompted with them.
+        """
         n_obs, n_act = self.config.n_obs_steps, self.config.n_action_steps
-        self._queues = {key: deque(maxlen=n_obs) for key in self.obs_keys}
+        self._queues = {key: deque(maxlen=n_obs) for key in self.input_keys}
         self._queues[ACTION] = deque(maxlen=n_act)
         self.encoder.forget_frames()
+        if self.object_tracker is not None:
+            self.object_tracker.reset()
+        self._tracking = None
+
+    def set_object_prompts(self, prompts: dict[str, Any], row: int | None = None) -> None:
+        """Set the object prompts of the policy's tracker at run time (a person's clicks, a detector).
+
+        The next :meth:`select_action` starts new object streams from them (for ``row`` only, or
+        every row), prompted on that step's frames; :meth:`reset` keeps them for later episodes.
+
+        Args:
+            prompts: ``{camera: {obj_id: {"points": [[x, y], ...], "labels": [1, ...]} |
+                {"box": [x0, y0, x1, y1]}}}`` in camera pixels, ``num_objects`` ids for every camera
+                of ``object_masks``.
+            row: A batch row (one environment / robot of several), or ``None`` for all rows.
+
+        Raises:
+            ValueError: Without object tokens, without a tracker (``freeze=False``), with
+                ``resize_shape`` / a crop, or for prompts that do not fit the cameras.
+        """
+        tracker = self._require_tracker("set_object_prompts")
+        try:
+            tracker.set_prompts(prompts, row=row)
+        except ValueError as e:
+            raise ValueError(f"sam2_diffusion.set_object_prompts: {e}") from e
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, None]:
         """Diffusion training loss on a batch of LeRobot samples.
@@ -163,7 +222,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         for key in (ACTION, "action_is_pad"):
             if key not in batch:
                 raise KeyError(f"sam2_diffusion.forward: batch is missing {key!r}; got keys {sorted(batch)}")
-        obs = self._stack_steps(batch)
+        obs = self._stack_steps(batch, training=True)
         actions = batch[ACTION]
         if actions.dim() != 3 or actions.shape[1] != self.config.horizon:
             raise ValueError(
@@ -195,7 +254,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
             ``(B, n_action_steps, A)`` normalised actions.
         """
         if any(len(self._queues[key]) for key in self.obs_keys):
-            obs = {key: torch.stack(list(self._queues[key]), dim=1) for key in self.obs_keys}
+            obs = {key: torch.stack(list(self._queues[key]), dim=1) for key in self.input_keys}
         else:
             obs = self._stack_steps(batch)
         return self._generate(obs, noise)
@@ -219,7 +278,12 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         missing = [key for key in self.obs_keys if key not in batch]
         if missing:
             raise KeyError(f"sam2_diffusion.select_action: missing {missing}; got keys {sorted(batch)}")
-        self._queues = populate_queues(self._queues, {key: batch[key] for key in self.obs_keys})
+        tracking = self._tracks(batch)
+        if tracking:  # no masks in the batch: the policy's tracker makes them from this step's encoder pass
+            step = self._track(batch)
+        else:
+            step = {key: batch[key] for key in self.input_keys}
+        self._queues = populate_queues(self._queues, step)
         if not self._queues[ACTION]:
             actions = self.predict_action_chunk(batch, noise=noise)
             self._queues[ACTION].extend(actions.transpose(0, 1))
@@ -269,10 +333,21 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
     # internals
     # ----------------------------------------------------------------------------------------
 
-    def _stack_steps(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``{key: (B, To, *shape)}`` for every observation key, checked."""
+    def _stack_steps(self, batch: dict[str, Tensor], training: bool = False) -> dict[str, Tensor]:
+        """``{key: (B, To, *shape)}`` for every observation key and object-mask key, checked."""
         obs = {}
-        for key in self.obs_keys:
+        for camera, key in self.mask_keys.items():
+            if key not in batch:
+                where = (
+                    "training reads them from the dataset: record (num_objects, H, W) masks per frame under that key"
+                    if training
+                    else "without masks the policy tracks objects itself, in select_action (a stream of frames)"
+                )
+                raise KeyError(
+                    f"sam2_diffusion: batch is missing {key!r}, the object masks of camera {camera!r}; {where}; "
+                    f"got keys {sorted(batch)}"
+                )
+        for key in self.input_keys:
             if key not in batch:
                 raise KeyError(
                     f"sam2_diffusion: batch is missing {key!r}; expected {self.obs_keys}, got {sorted(batch)}"
@@ -288,6 +363,71 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
                 )
             obs[key] = x
         return obs
+
+    def _require_tracker(self, what: str) -> ObjectTracker:
+        """The policy's object tracker, or one clear error saying why there is none."""
+        if not self.mask_keys:
+            raise ValueError(
+                f"sam2_diffusion.{what}: this policy has no object tokens (object_masks is empty), so nothing to track"
+            )
+        try:
+            self.config.check_tracking()
+        except ValueError as e:
+            raise ValueError(f"sam2_diffusion.{what}: {e}") from e
+        assert self.object_tracker is not None
+        return self.object_tracker
+
+    def _tracks(self, batch: dict[str, Tensor]) -> bool:
+        """Whether this step's masks come from the policy's tracker (the batch has none) or the batch."""
+        given = [key for key in self.mask_keys.values() if key in batch]
+        if given and len(given) != len(self.mask_keys):
+            raise KeyError(
+                f"sam2_diffusion.select_action: the batch has object masks {given} but not "
+                f"{sorted(set(self.mask_keys.values()) - set(given))}; give all of them or none (the policy then "
+                "tracks the objects itself)"
+            )
+        tracking = bool(self.mask_keys) and not given
+        if self._tracking is not None and tracking != self._tracking:
+            raise ValueError(
+                "sam2_diffusion.select_action: object masks "
+                + ("stopped" if tracking else "started")
+                + " coming with the batch mid-episode; call policy.reset() between episodes"
+            )
+        self._tracking = tracking
+        return tracking
+
+    def _track(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One step's queue entries when the policy tracks: camera features, masks, low-dim values.
+
+        Every camera's new frame goes through SAM 2 in ONE trunk pass; the tracker reads that pass
+        (no encoder of its own) and the queues keep the features, so a frame is never encoded twice.
+
+        Returns:
+            ``{camera: (B, *feature_shape), mask key: (B, K, H, W) bool, low-dim key: (B, S)}``.
+        """
+        tracker = self._require_tracker("select_action")
+        image_encoder = self.encoder.encoder
+        t = image_encoder.transforms
+        frames = {}
+        for key in self.camera_keys:
+            x = batch[key]
+            shape = tuple(self.config.image_features[key].shape)
+            if x.dim() != 4 or tuple(x.shape[1:]) != shape or not x.is_floating_point():
+                raise ValueError(
+                    f"sam2_diffusion.select_action: batch[{key!r}] is {tuple(x.shape)} {x.dtype}; expected "
+                    f"(B, {', '.join(map(str, shape))}) float in [0, 1]"
+                )
+            frames[key] = x
+        rows = len(frames[self.camera_keys[0]])
+        # the same preprocessing as the encoder's own (no resize / crop with tracking), one trunk pass
+        pixels = torch.cat([t.finish(t.to_rgb_unit(frames[key])) for key in self.camera_keys])
+        pyramid = image_encoder.encode(pixels)
+        per_camera = {key: pyramid.select(slice(i * rows, (i + 1) * rows)) for i, key in enumerate(self.camera_keys)}
+        masks = tracker.step({c: frames[c] for c in self.mask_keys}, {c: per_camera[c] for c in self.mask_keys})
+        step = {key: self.encoder.fuse_levels(per_camera[key]) for key in self.camera_keys}
+        step.update({self.mask_keys[camera]: masks[camera] for camera in self.mask_keys})
+        step.update({key: batch[key] for key in self.low_dim_keys})
+        return step
 
     def _global_cond(self, obs: dict[str, Tensor]) -> Tensor:
         """``(B, To * D)``: every camera and step through SAM 2 in one pass, per-step features concatenated."""

@@ -5,13 +5,26 @@ normalise, and unnormalise -> CPU. The config's ``normalization_mapping`` has ``
 so images reach the policy as LeRobot produces them (float in [0, 1]) and are normalised once, by
 SAM 2's own transforms inside the encoder; states and actions are normalised with the dataset
 statistics (``MIN_MAX`` by default).
+
+Object masks (the features named in ``object_masks``) are passed through untouched: LeRobot types
+every non-image ``observation.*`` feature as STATE and would min-max them. The normaliser is built
+without them (no features, no statistics) and with ``normalize_observation_keys`` listing every
+other input, which is saved in ``policy_preprocessor.json``: a reloaded pipeline, and
+``lerobot-train``'s fine-tuning overrides (which replace the normaliser's features), leave them
+alone too.
 """
 
 from typing import Any
 
 import torch
 from lerobot.configs import NormalizationMode
-from lerobot.processor import PolicyAction, PolicyProcessorPipeline, make_default_pre_post_processors
+from lerobot.processor import (
+    NormalizerProcessorStep,
+    PolicyAction,
+    PolicyProcessorPipeline,
+    make_default_policy_processor_steps,
+    make_policy_processor_pipelines,
+)
 
 from .configuration_sam2_diffusion import SAM2DiffusionConfig
 
@@ -30,7 +43,8 @@ def make_sam2_diffusion_pre_post_processors(
     Args:
         config: The policy configuration (features, normalisation mapping, device).
         dataset_stats: Per-feature statistics (``mean``, ``std``, ``min``, ``max``...) used for
-            states and actions; image statistics (even ImageNet's) are not applied.
+            states and actions; image statistics (even ImageNet's) are not applied, object-mask
+            statistics are dropped.
 
     Returns:
         ``(preprocessor, postprocessor)``.
@@ -44,4 +58,17 @@ def make_sam2_diffusion_pre_post_processors(
             f"sam2_diffusion: normalization_mapping['VISUAL'] is {visual.name}; it must be IDENTITY "
             "(SAM 2 normalises images itself)"
         )
-    return make_default_pre_post_processors(config, dataset_stats)
+    s = make_default_policy_processor_steps(config, dataset_stats)
+    masks = set(config.object_masks.values())
+    if masks:  # object masks pass through: neither features nor statistics of the normaliser
+        inputs = {k: v for k, v in config.input_features.items() if k not in masks}
+        s.normalize = NormalizerProcessorStep(
+            features={**inputs, **config.output_features},
+            norm_map=config.normalization_mapping,
+            stats=None if dataset_stats is None else {k: v for k, v in dataset_stats.items() if k not in masks},
+            normalize_observation_keys=set(inputs),
+        )
+    return make_policy_processor_pipelines(
+        input_steps=[s.rename_observations, s.add_batch_dim, s.to_device, s.normalize],
+        output_steps=[s.unnormalize, s.to_cpu],
+    )
