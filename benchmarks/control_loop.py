@@ -246,6 +246,41 @@ def main() -> None:
             hook.remove()
         return trajectory[:, to - 1 : to - 1 + 8], cond, sum(rows), encode_ms
 
+    def head_only_ms(policies: dict[str, Policy], history: deque, reps: int = 20) -> dict[str, dict[str, float]]:
+        """Median ms (wall, CPU) of each policy's heads alone on one frame per camera (a step's head work with reuse).
+
+        The heads read the newest frames' pyramid (encoded once, untimed) as precomputed features, with
+        the step's given masks for object tokens. Untimed in the loop: a noise-free view of what the
+        step rows' differences measure amid the trunk's run-to-run variation.
+        """
+        frames, masks = history[-1]
+        with torch.no_grad():
+            pyramid = policies["reuse"].encoder.encoder.encode(
+                policies["reuse"].encoder.encoder.transforms(torch.stack([f for _, f in frames]).to(device))
+            )
+            out = {}
+            for name, policy in policies.items():
+                if not policy.frame_reuse:
+                    continue
+                features = policy.encoder.fuse_levels(pyramid)
+                obs = {c: features[i : i + 1] for i, c in enumerate(cams)} | {
+                    "robot_eef_pose": torch.zeros(1, 2, device=device)
+                }
+                obs |= {mask_keys[c]: masks[None] for c in cams} if policy.encoder.object_masks else {}
+                wall, cpu = [], []
+                for _ in range(reps + 1):
+                    sync()
+                    start, cpu_start = time.perf_counter(), time.process_time()
+                    policy.encoder(obs)
+                    sync()
+                    wall.append(1000 * (time.perf_counter() - start))
+                    cpu.append(1000 * (time.process_time() - cpu_start))
+                out[name] = {
+                    "wall_p50": round(float(np.median(wall[1:])), 3),
+                    "cpu_p50": round(float(np.median(cpu[1:])), 3),
+                }
+        return out
+
     rows: list[dict[str, Any]] = []
     outputs: dict[tuple[int, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for threads in args.threads:
@@ -298,8 +333,10 @@ def main() -> None:
                         with torch.no_grad():
                             diff = global_cond(policy.encoder, own) - results[name][1]
                         tracked_vs_own[name] = float(diff.abs().max())
+                head_ms = head_only_ms(policies, history) if args.heads else {}
             outputs.setdefault((size, precision), kept)
             pool_p50 = float(np.percentile(lat["reuse"], 50))
+            pool_cpu_p50 = float(np.percentile(cpu_ms["reuse"], 50))
             for name in ["reuse", "plain"] + names[2:]:
                 policy = policies[name]
                 row = {
@@ -325,7 +362,11 @@ def main() -> None:
                         "condition_dim": policy.encoder.output_shape()[0] * to,
                         "head_params": sum(p.numel() for p in policy.encoder.heads.parameters()),
                         "vs_pool_p50_ms": round(float(np.percentile(lat[name], 50)) - pool_p50, 2),
+                        # CPU time: the difference without the waits for a core of a shared machine
+                        "vs_pool_cpu_p50_ms": round(float(np.percentile(cpu_ms[name], 50)) - pool_cpu_p50, 2),
                     }
+                if name in head_ms:
+                    row["heads_alone_ms"] = head_ms[name]
                 if name in tracked_vs_own:
                     row["condition_max_abs_diff_vs_policy_encoding_the_frames"] = tracked_vs_own[name]
                 rows.append(row)
@@ -374,7 +415,12 @@ def main() -> None:
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1))
     for r in rows:
         head = f" {r['head']:<21}" if args.heads else ""
-        extra = f" {r['vs_pool_p50_ms']:+7.1f} ms vs pool" if "vs_pool_p50_ms" in r else ""
+        extra = ""
+        if "vs_pool_p50_ms" in r:
+            extra = (
+                f" {r['vs_pool_p50_ms']:+7.1f} ms vs pool (CPU time {r['vs_pool_cpu_p50_ms']:+.1f}; "
+                f"heads alone {r['heads_alone_ms']['wall_p50']:.1f} ms, CPU {r['heads_alone_ms']['cpu_p50']:.1f})"
+            )
         print(
             f"{r['image_size']} px {r['threads']} thread(s) {r['precision']:<16} reuse={r['frame_reuse']!s:<5}{head} "
             f"p50 {r['latency_ms']['p50']:7.1f}  p99 {r['latency_ms']['p99']:7.1f} ms{extra} "

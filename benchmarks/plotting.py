@@ -165,17 +165,20 @@ def plot_control_loop(report: dict[str, Any], path: Path) -> str | None:
         p99 = [r["latency_ms"]["p99"] for r in rows]
         bars.barh(ys, p99, color="lightgrey", label="p99")
         bars.barh(ys, p50, color=[cmap(i % 10) for i in ys], label="p50")
+        cpu = [r["cpu_ms"]["p50"] for r in rows]
+        bars.scatter(cpu, list(ys), marker="|", s=400, color="black", label="CPU time p50", zorder=3)
         for y, r in zip(ys, rows):
-            delta = r.get("vs_pool_p50_ms")
-            text = f"{r['latency_ms']['p50']:.0f}" + (f" ({delta:+.0f})" if delta and r["head"] != "pool" else "")
-            bars.text(r["latency_ms"]["p50"], y, " " + text, va="center", fontsize=7)
-        bars.set_xlim(0, 1.3 * max(p99))
+            text = f"{r['latency_ms']['p50']:.0f}, CPU {r['cpu_ms']['p50']:.0f}"
+            if r["head"] != "pool" and "vs_pool_p50_ms" in r:
+                text += f" ({r['vs_pool_p50_ms']:+.0f} / CPU {r['vs_pool_cpu_p50_ms']:+.0f})"
+            bars.text(max(r["latency_ms"]["p99"], r["latency_ms"]["p50"]), y, " " + text, va="center", fontsize=7)
+        bars.set_xlim(0, 1.6 * max(p99))
         bars.set_yticks(list(ys), [name(r) for r in rows], fontsize=7)
         bars.invert_yaxis()
         load = m.get("load_average_at_start")
-        bars.set(xlabel="ms per control step (p50 bar, p99 grey; +ms vs pooled)")
+        bars.set(xlabel="ms per control step (in brackets: vs pool, wall / CPU time)")
         bars.set_title(f"heads, interleaved on the same frames (load at start {load})", fontsize=8)
-        bars.legend(fontsize=7, loc="lower right")
+        bars.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
