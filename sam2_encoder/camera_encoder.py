@@ -161,6 +161,9 @@ class MultiCameraEncoder(nn.Module):
             self.levels = LEVELS
         self.fuse = fuse
         self.object_masks = object_mask_keys(object_masks_key, self.rgb_shapes, self.low_dim_shapes)
+        self.num_objects = _count(num_objects, "num_objects")
+        if object_token_dim is not None:
+            _count(object_token_dim, "object_token_dim")
         if self.object_masks:
             if object_level not in LEVELS:
                 raise ValueError(f"object_level must be one of {LEVELS}, got {object_level!r}")
@@ -177,7 +180,6 @@ class MultiCameraEncoder(nn.Module):
                     f"share_heads=True needs object masks for every camera {list(self.rgb_shapes)}, "
                     f"got them for {list(self.object_masks)}"
                 )
-        self.num_objects = int(num_objects)
         self.object_level = object_level
         if freeze and finetune is not None:
             raise ValueError(f"finetune={finetune!r} needs freeze=False")

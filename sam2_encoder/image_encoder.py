@@ -118,7 +118,15 @@ class FeaturePyramid:
 
 
 def build_seeded(factory, seed: int):
-    """Call ``factory()`` with the global RNG seeded, leaving the caller's RNG state untouched."""
+    """Call ``factory()`` with the global RNG seeded, leaving the caller's RNG state untouched.
+
+    Raises:
+        ValueError: For a seed that is not a whole number torch accepts (``-2**63 .. 2**64 - 1``).
+    """
+    import numbers
+
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must be a whole number in [-2**63, 2**64), got {seed!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return factory()
@@ -713,4 +721,3 @@ def _block_forward(block: nn.Module, x: torch.Tensor, skip_padding: bool = False
         x = attn.proj(x)  # real tokens only
     x = residual + x
     return x + block.mlp(block.layer_norm2(x))
-

@@ -46,6 +46,8 @@ def object_mask_keys(
     if spec is None:
         return {}
     if isinstance(spec, str):
+        if not spec:
+            raise ValueError("object_masks_key is an empty string; give the obs key of the object masks, or None")
         if len(cameras) != 1:
             raise ValueError(
                 f"object_masks_key={spec!r} names one key but there are {len(cameras)} cameras {sorted(cameras)}; "
@@ -57,7 +59,10 @@ def object_mask_keys(
     unknown = sorted(set(spec) - set(cameras))
     if unknown:
         raise ValueError(f"object_masks_key names cameras {unknown} that are not among {sorted(cameras)}")
-    keys = [str(k) for k in spec.values()]
+    bad = {camera: key for camera, key in spec.items() if not isinstance(key, str) or not key}
+    if bad:
+        raise ValueError(f"object_masks_key must map each camera to a non-empty obs key (a string), got {bad}")
+    keys = list(spec.values())
     taken = sorted(set(keys) & (set(cameras) | set(other_keys)))
     if len(set(keys)) != len(keys) or taken:
         raise ValueError(
@@ -170,8 +175,11 @@ class ObjectTokens(nn.Module):
         self, in_channels: int, num_objects: int, token_dim: int | None = None, absent: str = "learned"
     ) -> None:
         super().__init__()
-        if num_objects < 1:
-            raise ValueError(f"num_objects must be >= 1, got {num_objects}")
+        for name, value in (("in_channels", in_channels), ("num_objects", num_objects), ("token_dim", token_dim)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"{name} must be a whole number >= 1{' or None' if name == 'token_dim' else ''}, got {value!r}"
+                )
         if absent not in ("learned", "zero"):
             raise ValueError(f"absent must be 'learned' or 'zero', got {absent!r}")
         dim = token_dim or in_channels

@@ -261,7 +261,7 @@ def test_masks_get_the_images_resize_and_random_crop() -> None:
         (dict(object_masks_key={"a": "m"}, object_tokens="both"), ValueError, r"'append' or 'replace'"),
         (dict(object_masks_key={"a": "m"}, object_absent="nan"), ValueError, r"'learned' or 'zero'"),
         (dict(object_masks_key={"a": "m"}, share_heads=True), ValueError, r"share_heads=True needs object masks"),
-        (dict(object_masks_key={"a": "m"}, num_objects=0), ValueError, r"num_objects must be >= 1"),
+        (dict(object_masks_key={"a": "m"}, num_objects=0), ValueError, r"num_objects must be a whole number >= 1"),
     ],
 )
 def test_bad_object_token_options(kwargs: dict, error: type, match: str) -> None:
@@ -311,3 +311,39 @@ def test_cameras_without_masks_keep_their_plain_head_and_output_size() -> None:
     obs |= {"pos": torch.rand(2, 2, generator=g), "b_masks": torch.rand(2, 3, 32, 32, generator=g)}
     out = enc(obs)
     assert out.shape == (2, enc.output_shape()[0]) and math.isfinite(out.sum().item())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_objects": 2.5}, "num_objects must be a whole number >= 1, got 2.5"),
+        ({"num_objects": "2"}, "num_objects must be a whole number >= 1, got '2'"),
+        ({"num_objects": True}, "num_objects must be a whole number >= 1, got True"),
+        ({"num_objects": 0}, "num_objects must be a whole number >= 1, got 0"),
+        ({"object_token_dim": 0}, "object_token_dim must be a whole number >= 1, got 0"),
+        ({"object_token_dim": -3}, "object_token_dim must be a whole number >= 1, got -3"),
+        ({"object_masks_key": ""}, "object_masks_key is an empty string"),
+        ({"object_masks_key": {"cam": 5}}, "must map each camera to a non-empty obs key (a string), got {'cam': 5}"),
+        ({"seed": 2.5}, "seed must be a whole number in [-2**63, 2**64), got 2.5"),
+    ],
+)
+def test_bad_object_token_options_get_one_clear_error(options: dict, message: str) -> None:
+    options = {"object_masks_key": "m", **options}
+    with pytest.raises(ValueError) as info:
+        MultiCameraEncoder({"cam": (3, 40, 40)}, image_size=SIZE, **options)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((8, 0), "num_objects must be a whole number >= 1, got 0"),
+        ((8, 2.0), "num_objects must be a whole number >= 1, got 2.0"),
+        ((0, 2), "in_channels must be a whole number >= 1, got 0"),
+        ((8, 2, 0), "token_dim must be a whole number >= 1 or None, got 0"),
+    ],
+)
+def test_object_tokens_module_checks_its_sizes(args: tuple, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        ObjectTokens(*args)
+    assert message in str(info.value)
