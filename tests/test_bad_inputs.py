@@ -27,6 +27,7 @@ from sam2_encoder.checkpoints import (
     write_pins,
 )
 from sam2_encoder.diffusion_policy.feature_cache import CacheError
+from sam2_encoder.diffusion_policy.mask_cache import MaskCacheError
 from sam2_encoder.transforms import SAM2Transforms
 from sam2_encoder.variants import check_image_size, get_variant
 
@@ -561,6 +562,34 @@ def _open_cache(path: Path) -> object:
     return FeatureCache(path)
 
 
+def _masks(path: Path, format_: int | None = None, damage: str | None = None) -> Path:
+    """A complete 1-episode mask cache (no prompts: empty masks), its format or a file then damaged."""
+    from sam2_encoder.diffusion_policy.mask_cache import build_mask_cache
+    from sam2_encoder.diffusion_policy.zarr_io import chunk_path
+
+    if not _PREDICTOR:
+        _prompt(points=[[1, 1]])  # builds the shared predictor
+    prompts = {"objects": [1], "episodes": {"0": {}}}
+    out = build_mask_cache(_replay(path), "img", prompts, path / "m.zarr", _PREDICTOR[0], "w")
+    if format_ is not None:
+        attrs = json.loads((out / ".zattrs").read_text())
+        attrs["sam2_encoder_masks"]["format"] = format_
+        (out / ".zattrs").write_text(json.dumps(attrs))
+    if damage is not None:  # "masks" or "checksums": its first chunk file overwritten with other bytes
+        _write(chunk_path(out, damage, (0, 0, 0, 0) if damage == "masks" else (0,)), b"not a chunk of this array")
+    return out
+
+
+def _open_masks(path: Path, frames: list[int] | None = None, **dataset: object) -> object:
+    from sam2_encoder.diffusion_policy.mask_cache import MaskCache, MaskDataset
+    from sam2_encoder.diffusion_policy.synthetic import ReplayImageDataset
+
+    cache = MaskCache(path)
+    if dataset:
+        return MaskDataset(cache, "image_masks", dataset=ReplayImageDataset(path.parent / "replay.zarr"), **dataset)
+    return cache.masks(frames or [0])
+
+
 def _plain_zarr(path: Path) -> Path:
     from sam2_encoder.diffusion_policy.zarr_io import create_array, open_group
 
@@ -1030,6 +1059,55 @@ MODEL_CASES: list[Bad] = [
         lambda t: _open_cache(_plain_zarr(t / "p.zarr")),
         CacheError,
         "is not a sam2_encoder feature cache (no 'sam2_encoder' attributes)",
+    ),
+    Bad(
+        "feature cache is a mask cache",
+        lambda t: _open_cache(_masks(t)),
+        CacheError,
+        "(no 'sam2_encoder' attributes) (it is a mask cache: `sam2-encoder masks --verify` checks those)",
+    ),
+    # --- mask caches (sam2-encoder masks) ---
+    Bad(
+        "mask cache missing",
+        lambda t: _open_masks(t / "none.zarr"),
+        MaskCacheError,
+        "mask cache not found: ",
+    ),
+    Bad(
+        "mask cache of format 1",
+        lambda t: _open_masks(_masks(t, format_=1)),
+        MaskCacheError,
+        "has format 1 (no checksums); this version reads format 2 (a CRC-32 per frame): delete it and rebuild it",
+    ),
+    Bad(
+        "mask cache is a feature cache",
+        lambda t: _open_masks(_build(t)),
+        MaskCacheError,
+        "is not a mask cache (no 'sam2_encoder_masks' attributes) (it is a feature cache",
+    ),
+    Bad(
+        "mask cache chunk overwritten",
+        lambda t: _open_masks(_masks(t, damage="masks"), [1, 0]),
+        MaskCacheError,
+        "masks chunk 0 (frame 0, episode 0): ",
+    ),
+    Bad(
+        "mask cache checksums overwritten",
+        lambda t: _open_masks(_masks(t, damage="checksums")),
+        MaskCacheError,
+        "is damaged: checksums ",
+    ),
+    Bad(
+        "mask cache frame outside",
+        lambda t: _open_masks(_masks(t), [4]),
+        IndexError,
+        "frame 4 is outside mask cache",
+    ),
+    Bad(
+        "mask dataset other shape",
+        lambda t: _open_masks(_masks(t), shape=[3, 32, 32]),
+        MaskCacheError,
+        "holds 1 object(s) [1] on 32x32 frames, masks [1, 32, 32]; the policy expects image_masks of shape [3, 32, 32]",
     ),
     # --- prompts (StreamingPredictor) and frames ---
     Bad("prompt empty", lambda t: _prompt(), ValueError, "empty prompt for object 1: give points=[[x, y], ...]"),

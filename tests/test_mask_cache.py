@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +297,192 @@ def test_cached_packed_features_and_cached_masks_equal_live_images_and_masks(pre
             checked += 1
     assert checked >= 4
     assert MaskCache(masks).masks(range(STEPS)).any(), "objects tracked in episode 0"
+
+
+# --------------------------------------------------------------------------------------------
+# integrity: a CRC-32 per frame, verified on first read, by --verify and by reruns
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def whole_masks(predictor, replay, tmp_path_factory) -> Path:
+    """A complete mask cache of the 3 episodes (episode 0: both objects, 1: object 2, 2: none)."""
+    return build_mask_cache(replay, "img", PROMPTS, tmp_path_factory.mktemp("whole") / "m.zarr", predictor, "w")
+
+
+def _copy(cache: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(cache, tmp_path / cache.name))
+
+
+def _chunk(cache: Path, frame: int) -> Path:
+    from sam2_encoder.diffusion_policy.zarr_io import chunk_path
+
+    path = chunk_path(cache, "masks", (frame, 0, 0, 0))
+    assert path.is_file(), f"frame {frame} has masks, so its chunk file is written"
+    return path
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_damaged_chunks_are_named_on_first_read(whole_masks: Path, tmp_path: Path) -> None:
+    path = _copy(whole_masks, tmp_path)
+    intact = MaskCache(whole_masks)
+    assert intact.masks(range(3 * STEPS))[[1, 2, 5]].any(axis=(1, 2, 3)).all(), "the damaged frames hold masks"
+    _chunk(path, 1).unlink()  # zarr alone reads an all-False frame here
+    _truncate(_chunk(path, 2))
+    _flip(_chunk(path, 5))
+    cache = MaskCache(path)
+    assert np.array_equal(cache.masks([0, 3, 4, 8]), intact.masks([0, 3, 4, 8]))
+    missing = r"masks chunk 1 \(frame 1, episode 0\): damaged, CRC-32 .*, which is missing"
+    with pytest.raises(MaskCacheError, match=missing):
+        cache.masks([0, 1])
+    truncated = r"masks chunk 2 \(frame 2, episode 0\): (damaged|the chunk file .* cannot be decoded)"
+    with pytest.raises(MaskCacheError, match=truncated):
+        cache.masks([2])
+    with pytest.raises(MaskCacheError, match=r"masks chunk 5 \(frame 5, episode 1\): .*sam2-encoder masks --verify"):
+        cache.masks([5])
+    base = ReplayImageDataset(replay_of(whole_masks), horizon=2, pad_before=0, pad_after=0)
+    with pytest.raises(MaskCacheError, match=missing):
+        MaskDataset(MaskCache(path), "image_masks", dataset=base)[0]  # frames 0 and 1
+
+
+def replay_of(cache: Path) -> str:
+    return MaskCache(cache).spec["replay"]
+
+
+def test_verify_reports_every_bad_frame(whole_masks: Path, tmp_path: Path, capsys) -> None:
+    from sam2_encoder.cli import main
+    from sam2_encoder.diffusion_policy.mask_cache import verify_mask_cache
+
+    assert verify_mask_cache(whole_masks) == []
+    assert main(["masks", "--verify", str(whole_masks)]) == 0
+    assert "every frame's masks match their checksum" in capsys.readouterr().out
+    path = _copy(whole_masks, tmp_path)
+    _chunk(path, 0).unlink()
+    _flip(_chunk(path, 6))
+    _truncate(_chunk(path, 3))
+    problems = verify_mask_cache(path)
+    assert len(problems) == 3, problems
+    assert main(["masks", "--verify", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "masks chunk 0 (frame 0, episode 0): damaged" in err[0] and "which is missing" in err[0]
+    assert "masks chunk 3 (frame 3, episode 0)" in err[1]
+    assert "masks chunk 6 (frame 6, episode 1)" in err[2]
+    assert err[3].endswith("3 problem(s); delete the mask cache and rebuild it")
+    assert main(["masks", "--verify", str(tmp_path / "none.zarr")]) == 2
+    assert "mask cache not found" in capsys.readouterr().err
+    assert main(["masks", "--verify", str(path), "--key", "img"]) == 2
+    assert "--verify CACHE checks an existing mask cache" in capsys.readouterr().err
+
+
+def test_old_caches_and_damaged_arrays_are_refused(predictor, whole_masks: Path, tmp_path: Path) -> None:
+    from sam2_encoder.diffusion_policy.mask_cache import verify_mask_cache
+    from sam2_encoder.diffusion_policy.zarr_io import chunk_path
+
+    old = _copy(whole_masks, tmp_path)
+    attrs = json.loads((old / ".zattrs").read_text())
+    attrs["sam2_encoder_masks"]["format"] = 1
+    (old / ".zattrs").write_text(json.dumps(attrs))
+    expected = r"has format 1 \(no checksums\); this version reads format 2 .*: delete it and rebuild it with the same"
+    for call in (MaskCache, verify_mask_cache):
+        with pytest.raises(MaskCacheError, match=expected):
+            call(old)
+    with pytest.raises(MaskCacheError, match=expected + r" `sam2-encoder masks` command; or pass another --out"):
+        build_mask_cache(replay_of(whole_masks), "img", PROMPTS, old, predictor, "w")
+
+    damaged = _copy(whole_masks, tmp_path / "d")
+    sums = chunk_path(damaged, "checksums", (0,))
+    _truncate(sums)
+    # blosc may decode a truncated chunk into garbage rather than fail: either way it is refused
+    damage = r"checksums (cannot be read|is damaged: CRC-32 \w+ of its values differs from the recorded \w+)"
+    with pytest.raises(MaskCacheError, match=r"is damaged: " + damage + r".*--verify"):
+        MaskCache(damaged)
+    assert re.match(damage, verify_mask_cache(damaged)[0])
+    sums.unlink()
+    with pytest.raises(MaskCacheError, match=r"checksums is damaged: CRC-32"):
+        MaskCache(damaged)
+    attrs = json.loads((damaged / ".zattrs").read_text())
+    del attrs["sam2_encoder_masks"]["sealed_crc32"]
+    (damaged / ".zattrs").write_text(json.dumps(attrs))
+    with pytest.raises(MaskCacheError, match=r"checksums has no recorded CRC-32 \(sealed_crc32\) in a complete cache"):
+        MaskCache(damaged)
+    meta = damaged / "masks" / ".zarray"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "chunks": [2, 2, SIZE, SIZE]}))
+    with pytest.raises(MaskCacheError, match=r"masks is bool \(12, 2, 48, 48\) in chunks of \(2, 2, 48, 48\)"):
+        MaskCache(damaged)
+
+
+def test_a_rerun_tracks_damaged_episodes_again(predictor, replay, whole_masks: Path, tmp_path: Path) -> None:
+    from sam2_encoder.diffusion_policy.mask_cache import verify_mask_cache
+
+    path = _copy(whole_masks, tmp_path)
+    _flip(_chunk(path, 5))
+    reported: list[list[str]] = []
+
+    def interrupt(problems: list[str]) -> None:
+        reported.append(problems)
+        raise Interrupt
+
+    with pytest.raises(Interrupt):  # killed right after the check: the cache no longer claims to be complete
+        build_mask_cache(replay, "img", PROMPTS, path, predictor, "w", on_damaged=interrupt)
+    assert len(reported[0]) == 1 and "masks chunk 5 (frame 5, episode 1)" in reported[0][0]
+    with pytest.raises(MaskCacheError, match=r"incomplete \(2 of 3 episodes\)"):
+        MaskCache(path)
+    tracked, starts = [], []
+    original = predictor.track
+    predictor.track = lambda *a, **k: tracked.append(1) or original(*a, **k)
+    try:
+        build_mask_cache(replay, "img", PROMPTS, path, predictor, "w", on_start=lambda d, t: starts.append((d, t)))
+    finally:
+        del predictor.track
+    assert starts == [(2, 3)] and len(tracked) == STEPS - 1, "episode 1 alone was tracked again"
+    assert verify_mask_cache(path) == []
+    assert np.array_equal(MaskCache(path).masks(range(3 * STEPS)), MaskCache(whole_masks).masks(range(3 * STEPS)))
+
+
+def test_damage_during_a_run_is_caught_before_the_cache_is_complete(predictor, replay, tmp_path: Path) -> None:
+    out = tmp_path / "m.zarr"
+
+    def damage_episode_0(done: int, total: int) -> None:
+        if done == 2:
+            _chunk(out, 1).unlink()
+
+    with pytest.raises(MaskCacheError, match=r"1 frame\(s\) failed the read-back check .*masks chunk 1 \(frame 1"):
+        build_mask_cache(replay, "img", PROMPTS, out, predictor, "w", on_episode=damage_episode_0)
+    with pytest.raises(MaskCacheError, match=r"incomplete \(2 of 3 episodes\)"):
+        MaskCache(out)
+    build_mask_cache(replay, "img", PROMPTS, out, predictor, "w")
+    from sam2_encoder.diffusion_policy.mask_cache import verify_mask_cache
+
+    assert verify_mask_cache(out) == []
+
+
+def test_the_command_reports_and_repairs_damage_on_rerun(checkpoint, replay, tmp_path: Path, capsys) -> None:
+    from sam2_encoder.cli import main
+
+    (tmp_path / "p.json").write_text(json.dumps(PROMPTS))
+    out = tmp_path / "m.zarr"
+    args = ["masks", str(replay), "--key", "img", "--prompts", str(tmp_path / "p.json"), "--out", str(out)]
+    args += ["--checkpoint", str(checkpoint), "--image-size", "64", "--quiet"]
+    assert main(args) == 0
+    built = MaskCache(out).masks(range(3 * STEPS))
+    _flip(_chunk(out, 5))
+    assert main(["masks", "--verify", str(out)]) == 2
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("warning: masks chunk 5 (frame 5, episode 1): ") and len(err) == 3, err
+    assert err[1] == f"{out}: tracking the damaged episodes again"
+    assert err[2] == f"resuming {out}: 2 of 3 episodes already tracked"
+    assert main(["masks", "--verify", str(out)]) == 0
+    assert np.array_equal(MaskCache(out).masks(range(3 * STEPS)), built)

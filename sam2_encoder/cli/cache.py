@@ -15,7 +15,7 @@ from typing import Any
 
 from .common import CLIError, add_model_args, build_model, non_negative_int, positive_int
 
-__all__ = ["register", "run"]
+__all__ = ["register", "report_problems", "run"]
 
 _NEEDS_ZARR = "the cache command needs zarr: pip install 'sam2-encoder[dp]'"
 
@@ -48,13 +48,27 @@ def _verify(path: str) -> int:
         from ..diffusion_policy.feature_cache import verify_cache
     except ImportError as e:
         raise CLIError(f"{_NEEDS_ZARR} ({e})") from e
-    problems = verify_cache(path)
+    return report_problems(path, verify_cache(path), "cache", "every chunk matches its checksum")
+
+
+def report_problems(path: str, problems: list[str], what: str, whole: str) -> int:
+    """Print a ``--verify`` result: one ``error:`` line per problem and a summary; the exit status.
+
+    Args:
+        path: The checked cache.
+        problems: What the check found (empty: the cache is whole).
+        what: The kind of cache, for the advice (``"cache"``, ``"mask cache"``).
+        whole: What is printed for a whole cache.
+
+    Returns:
+        0 for a whole cache, 2 otherwise.
+    """
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
-        print(f"{path}: {len(problems)} problem(s); delete the cache and rebuild it", file=sys.stderr)
+        print(f"{path}: {len(problems)} problem(s); delete the {what} and rebuild it", file=sys.stderr)
         return 2
-    print(f"{path}: every chunk matches its checksum")
+    print(f"{path}: {whole}")
     return 0
 
 

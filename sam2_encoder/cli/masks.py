@@ -4,7 +4,9 @@ Prompts each episode's first frame from a small JSON file (points / boxes per ep
 :mod:`sam2_encoder.diffusion_policy.mask_cache`), tracks the rest of the episode with the streaming
 predictor and stores ``(N, K, H, W)`` bool masks beside the replay buffer, for object tokens
 (``MaskDataset``). Resumable: rerun the same command after an interruption and only the episodes
-not yet finished are tracked. Needs zarr (``sam2-encoder[dp]``).
+not yet finished are tracked, after the finished ones are read back against their checksums (damaged
+ones are tracked again). ``sam2-encoder masks --verify CACHE.zarr`` checks a whole mask cache (every
+frame against its CRC-32) and lists each problem. Needs zarr (``sam2-encoder[dp]``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from .cache import report_problems
 from .common import CLIError, add_model_args, build_model, non_negative_int
 
 __all__ = ["register", "run"]
@@ -27,16 +30,17 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "masks",
         help="track objects through every episode of a Diffusion Policy replay buffer from first-frame prompts "
-        "into a zarr mask cache (resumable)",
+        "into a zarr mask cache (resumable), or --verify one",
         description="Track objects through every episode of a Diffusion Policy replay buffer, prompted on each "
         "episode's first frame from a JSON file, into a zarr mask cache for object tokens. Resumable: rerun the "
-        "same command after an interruption.",
+        "same command after an interruption. --verify CACHE checks every frame of an existing mask cache against its "
+        "checksum.",
     )
-    p.add_argument("replay", help="replay buffer .zarr (data/<key> (N,H,W,3) uint8, meta/episode_ends)")
-    p.add_argument("--key", required=True, help="camera key under data/")
+    p.add_argument("replay", nargs="?", help="replay buffer .zarr (data/<key> (N,H,W,3) uint8, meta/episode_ends)")
+    p.add_argument("--verify", metavar="CACHE", help="check every frame of a mask cache; exit 2 if any is bad")
+    p.add_argument("--key", help="camera key under data/ (required to build)")
     p.add_argument(
         "--prompts",
-        required=True,
         help='JSON: {"objects": [ids], "episodes": {"0": {"<id>": {"points": [[x, y]], "labels": [1]} | '
         '{"box": [x0, y0, x1, y1]}}, ...}} with every episode listed ({} for none), frame pixels',
     )
@@ -55,6 +59,14 @@ def register(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _verify(path: str) -> int:
+    try:
+        from ..diffusion_policy.mask_cache import verify_mask_cache
+    except ImportError as e:
+        raise CLIError(f"{_NEEDS_ZARR} ({e})") from e
+    return report_problems(path, verify_mask_cache(path), "mask cache", "every frame's masks match their checksum")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``sam2-encoder masks`` with parsed arguments; returns the exit status.
 
@@ -63,8 +75,18 @@ def run(args: argparse.Namespace) -> int:
     a run that fails before finishing an episode leaves nothing behind.
 
     Raises:
-        CLIError: For a missing replay buffer, prompts file or key, or no zarr.
+        CLIError: For a missing replay buffer, prompts file or key, ``--verify`` mixed with a build,
+            or no zarr.
     """
+    if args.verify is not None:
+        if args.replay is not None or args.key or args.prompts:
+            raise CLIError("--verify CACHE checks an existing mask cache: give no replay buffer, --key or --prompts")
+        return _verify(args.verify)
+    for name, value in (("--key", args.key), ("--prompts", args.prompts)):
+        if not value:
+            raise CLIError(f"the following arguments are required: {name} (or --verify CACHE to check a mask cache)")
+    if args.replay is None:
+        raise CLIError("give the replay buffer to track (REPLAY.zarr) with --key and --prompts, or --verify CACHE")
     if not os.path.exists(args.replay):
         raise CLIError(f"replay buffer not found: {args.replay}")
     if not os.path.isfile(args.prompts):
@@ -108,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
         name = os.path.basename(str(out))
         bar = tqdm(total=total, initial=done, desc=f"masks {name}", unit="episode", disable=args.quiet)
 
+    def damaged(problems: list[str]) -> None:
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        print(f"{out}: tracking the damaged episodes again", file=sys.stderr)
+
     def step(done: int, total: int) -> None:
         if bar is not None:
             bar.update(done - bar.n)
@@ -123,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             weights_identity(args.checkpoint),
             on_episode=step,
             on_start=start,
+            on_damaged=damaged,
         )
     finally:
         if bar is not None:

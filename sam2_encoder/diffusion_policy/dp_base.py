@@ -1,16 +1,110 @@
-"""Our dataset wrappers as Diffusion Policy datasets, without importing DP until asked.
+"""What our Diffusion Policy dataset wrappers share, and DP's base class mixed in without importing DP.
 
-DP's image workspace asserts ``isinstance(dataset, BaseImageDataset)``. A wrapper class that
-forwards to a DP dataset gets DP's base mixed in on first use (through its module's
-``__getattr__``), so that importing our modules never imports DP, while Hydra's ``_target_`` and
-pickle both find the class by name.
+:class:`DPDatasetWrapper` is the forwarding both wrappers need (``CachedFeatureDataset`` serves
+cached features, ``MaskDataset`` cached object masks): build or take the wrapped DP dataset, check
+its sampler, forward every other attribute to it, give the buffer frames of each sample, the
+validation split and a normaliser with identity entries for the keys the wrapper serves.
+
+DP's image workspace asserts ``isinstance(dataset, BaseImageDataset)``. A wrapper class gets DP's
+base mixed in on first use (through its module's ``__getattr__``, :func:`serve_dp_class`), so
+that importing our modules never imports DP, while Hydra's ``_target_`` and pickle both find the
+class by name.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["serve_dp_class", "with_dp_base"]
+import numpy as np
+import torch
+
+__all__ = ["DPDatasetWrapper", "sequence_frames", "serve_dp_class", "with_dp_base"]
+
+
+def sequence_frames(indices_row: Sequence[int], sequence_length: int) -> np.ndarray:
+    """Buffer frame of every step of one sample of Diffusion Policy's ``SequenceSampler``.
+
+    Args:
+        indices_row: ``(buffer_start, buffer_end, sample_start, sample_end)``.
+        sequence_length: Steps per sample.
+
+    Returns:
+        ``(sequence_length,)`` frame indices; padded steps repeat the first / last frame, as the
+        sampler pads.
+    """
+    buffer_start, buffer_end, sample_start, sample_end = (int(v) for v in indices_row)
+    frames = np.empty(sequence_length, dtype=np.int64)
+    frames[:sample_start] = buffer_start
+    frames[sample_end:] = buffer_end - 1
+    frames[sample_start:sample_end] = np.arange(buffer_start, buffer_end)
+    return frames
+
+
+class DPDatasetWrapper(torch.utils.data.Dataset):
+    """Base of a dataset that adds or replaces obs keys of a wrapped Diffusion Policy dataset.
+
+    The wrapped dataset has ``sampler.indices`` / ``sampler.sequence_length`` like DP's
+    ``SequenceSampler``, items ``{"obs": {...}, "action": ...}``, ``get_normalizer()`` and
+    ``get_validation_dataset()``. Attributes the wrapper does not have are the wrapped dataset's.
+    Subclasses set :attr:`served_keys` (the obs keys whose values they serve, normalised through
+    the identity) and implement ``__getitem__`` with :meth:`sample_frames`.
+
+    Args:
+        dataset: The DP dataset to wrap, or ``None`` to build ``dataset_target(**dataset_kwargs)``.
+        dataset_target: Import path of the DP dataset class (from Hydra configs, where the
+            wrapper's node is merged over the task's dataset node, whose arguments arrive as kwargs).
+        dataset_kwargs: Arguments of ``dataset_target``.
+
+    Raises:
+        ValueError: If neither ``dataset`` nor ``dataset_target`` is given.
+        TypeError: If the dataset has no DP-style sampler.
+    """
+
+    served_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self, dataset: Any = None, dataset_target: str | None = None, dataset_kwargs: Mapping[str, Any] | None = None
+    ) -> None:
+        if dataset is None:
+            if dataset_target is None:
+                raise ValueError(f"{type(self).__name__} needs dataset= or dataset_target=")
+            from hydra.utils import get_class
+
+            dataset = get_class(dataset_target)(**(dataset_kwargs or {}))
+        sampler = getattr(dataset, "sampler", None)
+        if sampler is None or not hasattr(sampler, "indices"):
+            raise TypeError(f"{type(dataset).__name__} has no DP-style sampler with .indices")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def sample_frames(self, idx: int) -> np.ndarray:
+        """``(sequence_length,)`` replay-buffer frames of sample ``idx`` (see :func:`sequence_frames`)."""
+        sampler = self.dataset.sampler
+        return sequence_frames(sampler.indices[idx], sampler.sequence_length)
+
+    def get_validation_dataset(self) -> DPDatasetWrapper:
+        """The wrapped dataset's validation split, served the same way (same class, same caches)."""
+        clone = copy.copy(self)
+        clone.dataset = self.dataset.get_validation_dataset()
+        return clone
+
+    def get_normalizer(self, *args: Any, **kwargs: Any):
+        """The wrapped dataset's normaliser with :attr:`served_keys` mapped through the identity."""
+        from diffusion_policy.model.common.normalizer import SingleFieldLinearNormalizer
+
+        normalizer = self.dataset.get_normalizer(*args, **kwargs)
+        for key in self.served_keys:
+            normalizer[key] = SingleFieldLinearNormalizer.create_identity()
+        return normalizer
 
 
 def with_dp_base(cls: type, name: str, module: str) -> type:

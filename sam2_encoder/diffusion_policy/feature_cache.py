@@ -38,11 +38,9 @@ What is verified when:
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import shutil
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +52,8 @@ from .. import __version__
 from ..checkpoints import find_local_path
 from ..image_encoder import LEVELS, SAM2ImageEncoder
 from ..pooling import fuse_levels, pack_pyramid
-from .zarr_io import chunk_path, create_array, open_group, read_all, store_format
+from .dp_base import DPDatasetWrapper, sequence_frames
+from .zarr_io import chunk_path, crc32, create_array, open_group, read_all, store_format
 
 __all__ = [
     "LAYOUTS",
@@ -64,6 +63,7 @@ __all__ = [
     "build_cache",
     "check_layout",
     "default_cache_path",
+    "sequence_frames",
     "verify_cache",
 ]
 
@@ -93,11 +93,6 @@ def check_layout(layout: str) -> str:
             f"layout must be one of {sorted(LAYOUTS)} (an encoder's fuse value names its own), got {layout!r}"
         )
     return LAYOUTS[layout]
-
-
-def _checksum(block: np.ndarray) -> int:
-    """CRC-32 of an array's values (C order, its stored dtype)."""
-    return zlib.crc32(np.ascontiguousarray(block).view(np.uint8).reshape(-1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +253,7 @@ def build_cache(
             for level in levels:
                 block = pyramid[level].float().cpu().numpy().astype(dtype)
                 group["features"][key][level][start:stop] = block
-                group["checksums"][key][level][i] = _checksum(block)
+                group["checksums"][key][level][i] = crc32(block)
             group["progress"][key][i] = True  # only after the data and its checksums are written
             done += 1
     except Exception:
@@ -344,7 +339,7 @@ def _chunk_problem(root: Path, group: Any, spec: Mapping[str, Any], key: str, le
         block = np.asarray(array[start:stop])
     except Exception as e:  # noqa: BLE001 - a chunk that cannot be decoded is damaged
         return f"{where}: the chunk file {file} cannot be decoded ({type(e).__name__}: {e})"
-    actual = _checksum(block)
+    actual = crc32(block)
     if actual != expected:
         return f"{where}: damaged, CRC-32 {actual:08x} of its values differs from the recorded {expected:08x} ({file})"
     return None
@@ -401,7 +396,9 @@ def _open_spec(path: Path) -> tuple[Any, dict[str, Any]]:
     group = open_group(path)
     spec = group.attrs.get("sam2_encoder")
     if spec is None:
-        raise CacheError(f"{path} is not a sam2_encoder feature cache (no 'sam2_encoder' attributes)")
+        mask_cache = "sam2_encoder_masks" in group.attrs
+        hint = " (it is a mask cache: `sam2-encoder masks --verify` checks those)" if mask_cache else ""
+        raise CacheError(f"{path} is not a sam2_encoder feature cache (no 'sam2_encoder' attributes){hint}")
     if spec.get("format") != FORMAT:
         raise CacheError(
             f"feature cache {path} has layout format {spec.get('format')!r}; this version reads format {FORMAT} "
@@ -640,26 +637,7 @@ class FeatureCache:
 # --------------------------------------------------------------------------------------------
 
 
-def sequence_frames(indices_row: Sequence[int], sequence_length: int) -> np.ndarray:
-    """Buffer frame of every step of one sample of Diffusion Policy's ``SequenceSampler``.
-
-    Args:
-        indices_row: ``(buffer_start, buffer_end, sample_start, sample_end)``.
-        sequence_length: Steps per sample.
-
-    Returns:
-        ``(sequence_length,)`` frame indices; padded steps repeat the first / last frame, as the
-        sampler pads.
-    """
-    buffer_start, buffer_end, sample_start, sample_end = (int(v) for v in indices_row)
-    frames = np.empty(sequence_length, dtype=np.int64)
-    frames[:sample_start] = buffer_start
-    frames[sample_end:] = buffer_end - 1
-    frames[sample_start:sample_end] = np.arange(buffer_start, buffer_end)
-    return frames
-
-
-class CachedFeatureDataset(torch.utils.data.Dataset):
+class CachedFeatureDataset(DPDatasetWrapper):
     """Serves cached SAM 2 features in place of images for a Diffusion Policy dataset.
 
     Wraps a DP image dataset (anything with ``sampler.indices`` / ``sampler.sequence_length`` like
@@ -697,13 +675,7 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         **dataset_kwargs: Any,
     ) -> None:
         self.layout = check_layout(layout)
-        if dataset is None:
-            if dataset_target is None:
-                raise ValueError("CachedFeatureDataset needs dataset= or dataset_target=")
-            from hydra.utils import get_class
-
-            dataset = get_class(dataset_target)(**dataset_kwargs)
-        self.dataset = dataset
+        super().__init__(dataset, dataset_target, dataset_kwargs)
         self.cache = FeatureCache(feature_cache)
         self.cached_keys = dict(cached_keys)
         unknown = [v for v in self.cached_keys.values() if v not in self.cache.keys]
@@ -714,22 +686,11 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         else:
             self.levels = list(levels) if levels is not None else self.cache.levels
         self.n_obs_steps = n_obs_steps
-        sampler = getattr(dataset, "sampler", None)
-        if sampler is None or not hasattr(sampler, "indices"):
-            raise TypeError(f"{type(dataset).__name__} has no DP-style sampler with .indices")
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "dataset":  # not set yet (unpickling)
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+        self.served_keys = tuple(self.cached_keys)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         item = self.dataset[idx]
-        sampler = self.dataset.sampler
-        frames = sequence_frames(sampler.indices[idx], sampler.sequence_length)
+        frames = self.sample_frames(idx)
         steps = len(frames) if self.n_obs_steps is None else min(self.n_obs_steps, len(frames))
         obs = dict(item["obs"])
         for obs_key, cache_key in self.cached_keys.items():
@@ -738,21 +699,6 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
                 features = torch.cat([features, features.new_zeros(len(frames) - steps, *features.shape[1:])])
             obs[obs_key] = features
         return {**item, "obs": obs}
-
-    def get_validation_dataset(self) -> CachedFeatureDataset:
-        """The wrapped dataset's validation split, served from the same cache."""
-        clone = copy.copy(self)
-        clone.dataset = self.dataset.get_validation_dataset()
-        return clone
-
-    def get_normalizer(self, *args: Any, **kwargs: Any):
-        """The wrapped dataset's normaliser with cached keys mapped through the identity."""
-        from diffusion_policy.model.common.normalizer import SingleFieldLinearNormalizer
-
-        normalizer = self.dataset.get_normalizer(*args, **kwargs)
-        for obs_key in self.cached_keys:
-            normalizer[obs_key] = SingleFieldLinearNormalizer.create_identity()
-        return normalizer
 
 
 def __getattr__(name: str) -> Any:

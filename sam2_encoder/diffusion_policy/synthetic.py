@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .feature_cache import sequence_frames
+from .dp_base import sequence_frames
 from .zarr_io import create_array, open_group
 
 __all__ = [

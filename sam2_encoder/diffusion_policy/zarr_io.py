@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-__all__ = ["ZARR3", "ZarrFormatError", "chunk_path", "create_array", "open_group", "read_all", "store_format"]
+__all__ = [
+    "ZARR3",
+    "ZarrFormatError",
+    "chunk_path",
+    "crc32",
+    "create_array",
+    "open_group",
+    "read_all",
+    "store_format",
+]
 
 ZARR3 = int(zarr.__version__.split(".")[0]) >= 3
 """Whether the installed zarr is version 3 or newer."""
@@ -96,3 +106,8 @@ def chunk_path(root: str | os.PathLike[str], name: str, index: tuple[int, ...]) 
 def read_all(array: zarr.Array) -> np.ndarray:
     """The whole array as numpy."""
     return np.asarray(array[...])
+
+
+def crc32(block: np.ndarray) -> int:
+    """CRC-32 of an array's values (C order, its stored dtype): what the caches record per chunk."""
+    return zlib.crc32(np.ascontiguousarray(block).view(np.uint8).reshape(-1))
