@@ -26,6 +26,7 @@ from .heads import CameraHead
 from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder, build_seeded
 from .object_tokens import ObjectTokens, check_masks, object_mask_keys
 from .pooling import CoarseToFine, build_pool, check_pool_options, coarse_to_fine_shape, fuse_levels, pack_pyramid
+from .transforms import UINT8_HINT
 
 __all__ = ["MultiCameraEncoder", "whole_dims"]
 
@@ -329,7 +330,11 @@ class MultiCameraEncoder(nn.Module):
                 outputs[key] = hit.merge(fresh)
                 memo.store(key, _with_masks(x, m), outputs[key], hit)
         parts = [outputs[key] for key in self.rgb_keys]
-        parts += [obs_dict[key].reshape(n, -1).to(parts[0].dtype) for key in self.low_dim_keys]
+        for key in self.low_dim_keys:
+            value = obs_dict[key].reshape(n, -1).to(parts[0].dtype)
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"obs_dict[{key!r}] (low-dim input) contains NaN or inf: {_first_bad(value)}")
+            parts.append(value)
         return torch.cat(parts, dim=-1).reshape(*lead, -1)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -491,8 +496,9 @@ class MultiCameraEncoder(nn.Module):
         t = self.encoder.transforms
         try:
             x = t.to_rgb_unit(x)
-        except ValueError as e:
-            raise ValueError(f"obs_dict[{key!r}]: {e}") from e
+        except ValueError as e:  # this encoder takes float images only: rescaling is the fix
+            message = str(e).replace(UINT8_HINT, f"; scale 0..255 images to input_range {t.input_range}")
+            raise ValueError(f"obs_dict[{key!r}]: {message}") from e
         if masks is not None:  # one tensor through resize and crop: the masks get the images' crops
             x = torch.cat([x, masks.to(x.dtype)], dim=1)
         if self.resize_shape is not None and tuple(x.shape[-2:]) != self.resize_shape:
@@ -700,6 +706,12 @@ def _with_masks(x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         return x
     dtype = torch.promote_types(x.dtype, masks.dtype)
     return torch.cat([x.reshape(len(x), -1).to(dtype), masks.reshape(len(masks), -1).to(dtype)], dim=1)
+
+
+def _first_bad(value: torch.Tensor) -> str:
+    """Where the first non-finite entry of a ``(N, D)`` tensor is, and its value."""
+    row, col = (~torch.isfinite(value)).nonzero()[0].tolist()
+    return f"row {row}, entry {col} is {value[row, col].item()}"
 
 
 def _rows(

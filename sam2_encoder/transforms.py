@@ -24,7 +24,9 @@ from torch import nn
 
 from .variants import check_image_size
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SAM2Transforms"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "UINT8_HINT", "SAM2Transforms"]
+
+UINT8_HINT = "; pass uint8 for 0..255 images"  # the range error's hint for images that look like 0..255
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -174,7 +176,7 @@ class SAM2Transforms(nn.Module):
             if lo < low - self.tolerance or hi > high + self.tolerance:
                 hint = ""
                 if hi > 1.5 and high <= 1.0:
-                    hint = "; pass uint8 for 0..255 images"
+                    hint = UINT8_HINT
                 elif lo < -self.tolerance and low >= 0.0:
                     hint = "; Diffusion Policy's normaliser yields [-1, 1]: use input_range=(-1, 1)"
                 raise ValueError(

@@ -194,6 +194,21 @@ def test_presets_for_every_variant() -> None:
             r"obs_dict\['camera_1'\]: images have values in \[-\d.*outside input_range \(-1.0, 1.0\)",
         ),
         (lambda o: o.update(gripper=o["gripper"][:1]), ValueError, r"batch dims \(1,\), other keys have \(2,\)"),
+        (
+            lambda o: o.update(camera_0=(o["camera_0"] + 1) * 127.5),
+            ValueError,
+            r"outside input_range \(-1.0, 1.0\); scale 0..255 images to input_range \(-1.0, 1.0\)$",
+        ),
+        (
+            lambda o: o["robot_eef_pose"].__setitem__((1, 4), float("nan")),
+            ValueError,
+            r"obs_dict\['robot_eef_pose'\] \(low-dim input\) contains NaN or inf: row 1, entry 4 is nan",
+        ),
+        (
+            lambda o: o["gripper"].__setitem__((0, 0), float("-inf")),
+            ValueError,
+            r"obs_dict\['gripper'\] \(low-dim input\) contains NaN or inf: row 0, entry 0 is -inf",
+        ),
     ],
 )
 def test_input_validation(encoder: SAM2ObsEncoder, obs_change, error, match) -> None:
