@@ -486,3 +486,46 @@ def test_the_command_reports_and_repairs_damage_on_rerun(checkpoint, replay, tmp
     assert err[2] == f"resuming {out}: 2 of 3 episodes already tracked"
     assert main(["masks", "--verify", str(out)]) == 0
     assert np.array_equal(MaskCache(out).masks(range(3 * STEPS)), built)
+
+
+def test_masks_workspace_preset_composes_and_builds(whole_masks: Path, replay, tmp_path: Path) -> None:
+    """Our masks DP workspace over DP's (stub) configs: shape_meta's mask entry, the dataset wrapper, the encoder."""
+    import importlib.util
+
+    pytest.importorskip("hydra")
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    stub = Path(__file__).parent / "dp_stub_config"
+    overrides = [
+        f"object_masks={whole_masks}",
+        "num_objects=2",
+        "policy.obs_encoder.image_size=32",
+        "task.shape_meta.obs.image.shape=[3,48,48]",
+        "policy.obs_encoder.crop_shape=[40,40]",
+        "horizon=4",
+        f"task.dataset.zarr_path={replay}",
+        "task.dataset.dataset_target=sam2_encoder.diffusion_policy.synthetic.ReplayImageDataset",
+    ]
+    with initialize_config_dir(config_dir=str(stub), version_base=None):
+        cfg = compose(config_name="train_diffusion_unet_sam2_masks_workspace", overrides=overrides)
+        wrong = compose(config_name="train_diffusion_unet_sam2_masks_workspace", overrides=overrides[1:] + [
+            f"object_masks={whole_masks}", "num_objects=3"])  # fmt: skip
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    assert cfg.shape_meta.obs.image_masks == {"shape": [2, 48, 48], "type": "mask", "camera": "image"}
+    assert cfg.task.dataset._target_ == "sam2_encoder.diffusion_policy.mask_cache.DPMaskDataset"
+    if importlib.util.find_spec("diffusion_policy") is None:  # core CI: no DP, so no DP base class to mix in
+        cfg.task.dataset._target_ = "sam2_encoder.diffusion_policy.mask_cache.MaskDataset"
+    dataset = instantiate(cfg.task.dataset)
+    encoder = instantiate(cfg.policy.obs_encoder).eval()
+    assert encoder.object_masks == {"image": "image_masks"} and encoder.num_objects == 2
+    item = dataset[3]
+    assert item["obs"]["image_masks"].shape == (cfg.horizon, 2, SIZE, SIZE)
+    obs = {k: v[: cfg.n_obs_steps] for k, v in item["obs"].items()}
+    assert encoder(obs).shape == (cfg.n_obs_steps, encoder.output_shape()[0])
+    assert type(dataset.get_validation_dataset()) is type(dataset)
+    wrong = OmegaConf.create(OmegaConf.to_container(wrong, resolve=True))
+    wrong.task.dataset._target_ = cfg.task.dataset._target_
+    with pytest.raises(Exception, match=r"holds 2 object\(s\) \[1, 2\] on 48x48 frames.*set num_objects=2"):
+        instantiate(wrong.task.dataset)

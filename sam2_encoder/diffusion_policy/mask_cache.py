@@ -627,7 +627,7 @@ class MaskCache:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = find_local_path(path)  # inside DP's train.py: relative to the launch directory
         self.root = _open(self.path)
         self.spec = dict(self.root.attrs[_ATTR])
         if not self.spec.get("complete"):
