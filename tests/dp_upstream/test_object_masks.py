@@ -74,12 +74,27 @@ def trained(dp_dir: Path, pusht_zarr: Path, meta_weights: Path, tmp_path_factory
             "masks_output": result.stdout + result.stderr}  # fmt: skip
 
 
-def test_masks_workspace_trains(trained) -> None:
-    from sam2_encoder.diffusion_policy.mask_cache import MaskCache
+def test_masks_workspace_trains(trained, tmp_path: Path) -> None:
+    import shutil
+
+    from sam2_encoder.diffusion_policy.mask_cache import MaskCache, MaskCacheError, verify_mask_cache
+    from sam2_encoder.diffusion_policy.zarr_io import chunk_path
 
     assert "mask cache ready" in trained["masks_output"]
     masks = MaskCache(trained["masks"]).masks(range(60))
     assert masks[:40].any() and not masks[40:].any(), "tracked in episodes 0 and 1, none in the unprompted one"
+    # under DP's zarr 2.18 too, an altered chunk is named on its first read and by --verify
+    damaged = Path(shutil.copytree(trained["masks"], tmp_path / "damaged.zarr"))
+    frame = int(np.flatnonzero(masks.any(axis=(1, 2, 3)))[0])
+    chunk = chunk_path(damaged, "masks", (frame, 0, 0, 0))
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    where = f"masks chunk {frame} (frame {frame}, episode 0)"
+    with pytest.raises(MaskCacheError, match=re.escape(where)):
+        MaskCache(damaged).masks([frame])
+    problems = verify_mask_cache(damaged)
+    assert len(problems) == 1 and problems[0].startswith(where), problems
     logs = read_logs(trained["out"])
     epochs = [entry for entry in logs if "val_loss" in entry]
     assert [entry["epoch"] for entry in epochs] == [0] and np.isfinite(epochs[0]["train_loss"]), logs
