@@ -15,8 +15,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from lerobot.configs import NormalizationMode, PreTrainedConfig
+from lerobot.configs import FeatureType, NormalizationMode, PreTrainedConfig
 from lerobot.optim import AdamConfig, DiffuserSchedulerConfig
+from lerobot.utils.constants import OBS_STATE
 
 from ..finetune import FINETUNE_MODES
 from ..image_encoder import LEVELS
@@ -80,7 +81,8 @@ class SAM2DiffusionConfig(PreTrainedConfig):
         lora_alpha: LoRA alpha for ``lora``.
         trunk_lr_scale: Learning-rate multiplier of the trainable SAM 2 weights.
         object_masks: Object tokens: ``{camera key: mask feature key}``, e.g.
-            ``{"observation.image": "observation.masks.image"}``. The mask feature holds ``(K, H, W)``
+            ``{"observation.image": "observation.masks"}`` (a mask key must not contain ``image``:
+            LeRobot's dataset statistics would take it for a camera). The mask feature holds ``(K, H, W)``
             masks per frame at the camera's ``H, W`` (bool, or float in [0, 1]; mask channel ``k``
             is the object with the ``k``-th smallest id); it is never normalised and never part of
             the state. Each such camera gets ``num_objects`` tokens, the mask-weighted average of
@@ -354,7 +356,7 @@ class SAM2DiffusionConfig(PreTrainedConfig):
             if self.object_prompts:
                 raise ValueError(
                     "sam2_diffusion: object_prompts are set but object_masks is empty; name the mask feature of each "
-                    "prompted camera, e.g. object_masks={'observation.image': 'observation.masks.image'}"
+                    "prompted camera, e.g. object_masks={'observation.image': 'observation.masks'}"
                 )
             return
         keys = list(masks.values())
@@ -362,6 +364,13 @@ class SAM2DiffusionConfig(PreTrainedConfig):
             raise ValueError(
                 "sam2_diffusion: object_masks keys must be distinct from each other, from the cameras and from "
                 f"observation.state, got {masks}"
+            )
+        imagelike = sorted(key for key in keys if "image" in key)
+        if imagelike:
+            raise ValueError(
+                f"sam2_diffusion: object mask keys must not contain 'image', got {imagelike}: LeRobot 0.6's dataset "
+                "statistics treat every such key as a camera; name them e.g. 'observation.masks' or "
+                "'observation.masks.top'"
             )
         if isinstance(self.num_objects, bool) or not isinstance(self.num_objects, int) or self.num_objects < 1:
             raise ValueError(f"sam2_diffusion: num_objects must be a whole number >= 1, got {self.num_objects!r}")
@@ -486,6 +495,16 @@ class SAM2DiffusionConfig(PreTrainedConfig):
                 parse_object_prompts(self.object_prompts, frame_sizes, self.num_objects)
             except ValueError as e:
                 raise ValueError(f"sam2_diffusion: {e}") from e
+
+    @property
+    def low_dim_keys(self) -> list[str]:
+        """The vector inputs the policy reads: ``observation.state`` and ENV features (never object masks)."""
+        masks = set(self.object_masks.values())
+        return [
+            key
+            for key, ft in (self.input_features or {}).items()
+            if ((ft.type is FeatureType.STATE and key == OBS_STATE) or ft.type is FeatureType.ENV) and key not in masks
+        ]
 
     @property
     def observation_delta_indices(self) -> list[int]:

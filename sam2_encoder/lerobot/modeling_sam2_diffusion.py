@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
-from lerobot.configs import FeatureType, PreTrainedConfig
+from lerobot.configs import PreTrainedConfig
 from lerobot.policies.diffusion.modeling_diffusion import DiffusionConditionalUnet1d
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.policies.utils import populate_queues
-from lerobot.utils.constants import ACTION, OBS_STATE
+from lerobot.utils.constants import ACTION
 from torch import Tensor
 
 from ..camera_encoder import MultiCameraEncoder
@@ -64,12 +64,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         self.config = config
         self.camera_keys = list(config.image_features)
         self.mask_keys = {camera: config.object_masks[camera] for camera in sorted(config.object_masks)}
-        self.low_dim_keys = [
-            key
-            for key, ft in (config.input_features or {}).items()
-            if ((ft.type is FeatureType.STATE and key == OBS_STATE) or ft.type is FeatureType.ENV)
-            and key not in self.mask_keys.values()  # masks are never state
-        ]
+        self.low_dim_keys = config.low_dim_keys  # observation.state and ENV features; masks are never state
         self.obs_keys = self.camera_keys + self.low_dim_keys
         self.input_keys = self.obs_keys + list(self.mask_keys.values())  # what the denoiser's condition reads
         with warnings.catch_warnings():

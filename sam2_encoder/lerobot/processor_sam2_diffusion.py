@@ -6,12 +6,13 @@ so images reach the policy as LeRobot produces them (float in [0, 1]) and are no
 SAM 2's own transforms inside the encoder; states and actions are normalised with the dataset
 statistics (``MIN_MAX`` by default).
 
-Object masks (the features named in ``object_masks``) are passed through untouched: LeRobot types
-every non-image ``observation.*`` feature as STATE and would min-max them. The normaliser is built
-without them (no features, no statistics) and with ``normalize_observation_keys`` listing every
-other input, which is saved in ``policy_preprocessor.json``: a reloaded pipeline, and
-``lerobot-train``'s fine-tuning overrides (which replace the normaliser's features), leave them
-alone too.
+Only the inputs the policy reads as cameras or vectors (``observation.state``, ENV features) are
+normalised. Object masks (the features named in ``object_masks``) and any other dataset feature
+pass through untouched: LeRobot types every non-image ``observation.*`` feature as STATE and would
+min-max them (a bool mask feature would even stop training). The normaliser is built without them
+(no features, no statistics) and with ``normalize_observation_keys`` listing the read inputs, which
+is saved in ``policy_preprocessor.json``: a reloaded pipeline, and ``lerobot-train``'s fine-tuning
+overrides (which replace the normaliser's features), leave them alone too.
 """
 
 from typing import Any
@@ -43,8 +44,8 @@ def make_sam2_diffusion_pre_post_processors(
     Args:
         config: The policy configuration (features, normalisation mapping, device).
         dataset_stats: Per-feature statistics (``mean``, ``std``, ``min``, ``max``...) used for
-            states and actions; image statistics (even ImageNet's) are not applied, object-mask
-            statistics are dropped.
+            states and actions; image statistics (even ImageNet's) are not applied, statistics
+            of features the policy does not normalise (object masks) are dropped.
 
     Returns:
         ``(preprocessor, postprocessor)``.
@@ -59,15 +60,17 @@ def make_sam2_diffusion_pre_post_processors(
             "(SAM 2 normalises images itself)"
         )
     s = make_default_policy_processor_steps(config, dataset_stats)
-    masks = set(config.object_masks.values())
-    if masks:  # object masks pass through: neither features nor statistics of the normaliser
-        inputs = {k: v for k, v in config.input_features.items() if k not in masks}
-        s.normalize = NormalizerProcessorStep(
-            features={**inputs, **config.output_features},
-            norm_map=config.normalization_mapping,
-            stats=None if dataset_stats is None else {k: v for k, v in dataset_stats.items() if k not in masks},
-            normalize_observation_keys=set(inputs),
-        )
+    # only what the policy reads as images or vectors is normalised: object masks (and any other
+    # dataset feature the policy does not read, e.g. masks recorded for another policy) pass through
+    used = [*config.image_features, *config.low_dim_keys]
+    inputs = {key: config.input_features[key] for key in used}
+    keep = {*inputs, *config.output_features}
+    s.normalize = NormalizerProcessorStep(
+        features={**inputs, **config.output_features},
+        norm_map=config.normalization_mapping,
+        stats=None if dataset_stats is None else {k: v for k, v in dataset_stats.items() if k in keep},
+        normalize_observation_keys=set(inputs),
+    )
     return make_policy_processor_pipelines(
         input_steps=[s.rename_observations, s.add_batch_dim, s.to_device, s.normalize],
         output_steps=[s.unnormalize, s.to_cpu],

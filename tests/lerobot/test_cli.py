@@ -34,7 +34,7 @@ from safetensors.torch import load_file  # noqa: E402
 from sam2_encoder import SAM2ImageEncoder  # noqa: E402
 from sam2_encoder.lerobot import SAM2DiffusionConfig, SAM2DiffusionPolicy  # noqa: E402
 
-from .pusht_data import REPO_ID, record_pusht  # noqa: E402
+from .pusht_data import MASKS, REPO_ID, record_pusht  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -63,10 +63,18 @@ def offline_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, offline_env, meta_checkpoint: Path) -> dict[str, Path]:
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two recorded pusht episodes, with the agent's and the block's masks (:data:`MASKS`)."""
+    return record_pusht(tmp_path_factory.mktemp("pusht") / "data", episodes=2, frames=24, masks=True)
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, offline_env, meta_checkpoint: Path, dataset: Path
+) -> dict[str, Path]:
     """``lerobot-train`` for 4 steps; the SAM 2 checkpoint file is deleted afterwards."""
     work = tmp_path_factory.mktemp("lerobot")
-    data = record_pusht(work / "data", episodes=2, frames=24)
+    data = dataset
     ckpt = work / "sam2.1_hiera_tiny.pt"
     shutil.copy(meta_checkpoint, ckpt)
     out = work / "train"
@@ -114,6 +122,8 @@ def test_lerobot_train_runs_and_saves_a_self_contained_policy(trained) -> None:
     pre = json.loads((model / "policy_preprocessor.json").read_text())
     norm = next(s for s in pre["steps"] if s["registry_name"] == "normalizer_processor")
     assert norm["config"]["norm_map"]["VISUAL"] == "IDENTITY"
+    # the dataset's mask feature is not read by this policy: it is not normalised (LeRobot would fail on bools)
+    assert MASKS in config["input_features"] and MASKS not in norm["config"]["normalize_observation_keys"]
     weights = load_file(str(model / "model.safetensors"))
     for key, value in trained["sam2"].items():  # the checkpoint's SAM 2 weights, frozen through training
         assert torch.equal(weights[f"encoder.encoder.{key}"], value), key
@@ -163,3 +173,99 @@ def test_lerobot_train_resumes_without_the_sam2_file(trained, offline_env) -> No
     log = (trained["work"] / "resume.log").read_text()
     assert "Resuming data order" in log and "step:5 " in log
     assert (trained["work"] / "train" / "checkpoints" / "000005" / "pretrained_model" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# object tokens: masks from the dataset in training, the policy's own tracker in lerobot-eval
+# ------------------------------------------------------------------------------------------------
+
+# eval prompts: the environment's objects start anywhere, so a fixed left / right half box each
+# (a robot would call policy.set_object_prompts with a person's clicks or a detector's boxes)
+EVAL_PROMPTS = '{"observation.image": {"1": {"box": [0, 0, 48, 96]}, "2": {"box": [48, 0, 96, 96]}}}'
+
+
+@pytest.fixture(scope="module")
+def trained_objects(
+    tmp_path_factory: pytest.TempPathFactory, offline_env, meta_checkpoint: Path, dataset: Path
+) -> dict[str, Path]:
+    """``lerobot-train`` 2 steps with object tokens from the dataset's masks; the SAM 2 file is then deleted."""
+    work = tmp_path_factory.mktemp("lerobot_objects")
+    ckpt = work / "sam2.1_hiera_tiny.pt"
+    shutil.copy(meta_checkpoint, ckpt)
+    out = work / "train"
+    run(
+        [
+            str(BIN / "lerobot-train"),
+            "--policy.type=sam2_diffusion",
+            f"--dataset.repo_id={REPO_ID}",
+            f"--dataset.root={dataset}",
+            "--policy.device=cpu",
+            "--policy.push_to_hub=false",
+            f"--policy.sam2_checkpoint={ckpt}",
+            "--policy.sam2_image_size=64",
+            "--policy.down_dims=[32,64]",
+            "--policy.num_train_timesteps=10",
+            f'--policy.object_masks={{"observation.image": "{MASKS}"}}',
+            "--policy.num_objects=2",
+            "--policy.object_token_dim=16",
+            f"--policy.object_prompts={EVAL_PROMPTS}",
+            "--steps=2",
+            "--batch_size=4",
+            "--num_workers=0",
+            "--save_freq=2",
+            "--log_freq=1",
+            "--wandb.enable=false",
+            f"--output_dir={out}",
+        ],
+        offline_env,
+        work / "train.log",
+    )
+    ckpt.unlink()
+    return {"work": work, "model": out / "checkpoints" / "last" / "pretrained_model", "log": work / "train.log"}
+
+
+def test_lerobot_train_with_dataset_masks_keeps_them_out_of_normalisation(trained_objects) -> None:
+    assert "step:2 " in trained_objects["log"].read_text()
+    model = trained_objects["model"]
+    config = json.loads((model / "config.json").read_text())
+    assert config["object_masks"] == {"observation.image": MASKS} and config["num_objects"] == 2
+    assert config["input_features"][MASKS]["shape"] == [2, 96, 96]
+    pre = json.loads((model / "policy_preprocessor.json").read_text())
+    norm = next(s for s in pre["steps"] if s["registry_name"] == "normalizer_processor")
+    assert MASKS not in norm["config"]["features"]
+    assert MASKS not in norm["config"]["normalize_observation_keys"]
+    assert "observation.state" in norm["config"]["normalize_observation_keys"]
+    stats = load_file(str(model / (norm["state_file"])))
+    assert not any(key.startswith(MASKS) for key in stats) and any(k.startswith("observation.state") for k in stats)
+    weights = load_file(str(model / "model.safetensors"))
+    assert any(key.startswith("tracker.parts.memory_attention.") for key in weights), "tracker weights saved"
+
+
+def test_lerobot_eval_tracks_the_objects_itself_and_the_policy_reloads_strictly(
+    trained_objects, offline_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = trained_objects["work"] / "eval"
+    run(
+        [
+            str(BIN / "lerobot-eval"),
+            f"--policy.path={trained_objects['model']}",
+            "--policy.device=cpu",
+            "--env.type=pusht",
+            "--env.episode_length=8",
+            "--eval.n_episodes=1",
+            "--eval.batch_size=1",
+            f"--output_dir={out}",
+        ],
+        offline_env,
+        trained_objects["work"] / "eval.log",
+    )
+    info = json.loads((out / "eval_info.json").read_text())
+    assert info["overall"]["n_episodes"] == 1
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    policy = SAM2DiffusionPolicy.from_pretrained(trained_objects["model"])
+    saved = load_file(str(trained_objects["model"] / "model.safetensors"))
+    state = policy.state_dict()
+    assert set(saved) == set(state) and all(torch.equal(state[k], v) for k, v in saved.items())
+    assert policy.object_tracker is not None and policy.object_tracker.prompts(0)["observation.image"][1] == {
+        "box": [0.0, 0.0, 48.0, 96.0]
+    }

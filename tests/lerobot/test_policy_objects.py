@@ -256,6 +256,10 @@ def test_strict_reload_tracks_like_the_saved_policy(present_checkpoint: Path, tm
         ({"object_masks": {TOP: "observation.masks.side"}}, r"'observation.masks.side' is not an input feature"),
         ({"num_objects": 3, "object_prompts": {}}, r"has shape \(2, 48, 64\); expected \(3, 48, 64\)"),
         ({"object_masks": {TOP: TOP}}, "must be distinct from each other, from the cameras"),
+        (
+            {"object_masks": {TOP: "observation.masks.image"}},
+            r"must not contain 'image', got \['observation.masks.image'\]",
+        ),
         ({"object_level": "s8"}, r"object_level='s8' with fuse='pool' must be the coarsest of levels \['s16'\]"),
         ({"object_tokens": "prepend"}, r"object_tokens must be one of \('append', 'replace'\), got 'prepend'"),
         ({"object_absent": "none"}, "object_absent must be one of"),
