@@ -39,8 +39,9 @@ at every step, max abs and relative (L2) difference, and the encoder's condition
 
     python benchmarks/control_loop.py                      # 1 and 2 threads, fp32 (+ bf16 if native)
     python benchmarks/control_loop.py --emulated-bf16      # + bf16 rows and fidelity on any CPU
-    python benchmarks/control_loop.py --threads 1 --heads pool coarse_to_fine_s8 coarse_to_fine_s4 \\
-        object_tokens object_tokens_tracked --out benchmarks/results/local/heads.json
+    python benchmarks/control_loop.py --image-sizes 224 --threads 1 --precisions fp32 --heads pool \\
+        coarse_to_fine_s8 coarse_to_fine_s4 object_tokens object_tokens_tracked --steps 30 \\
+        --record --out benchmarks/results/control_loop_heads.json   # the recorded head costs
     python benchmarks/control_loop.py --record             # into benchmarks/results/ (quiet machine only)
 """
 
