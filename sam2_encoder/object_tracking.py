@@ -21,6 +21,22 @@ the objects itself, host-neutrally (no LeRobot or Diffusion Policy import):
 
 Mask channel ``k`` of a camera is the object with the ``k``-th smallest id of that camera, the
 layout the masks of a dataset must have too.
+
+A robot loop around a :class:`~sam2_encoder.camera_encoder.MultiCameraEncoder` with object tokens
+(Diffusion Policy's real-robot evaluation, say; ``frames``: ``(1, 3, H, W)`` float in [0, 1])::
+
+    image_encoder = policy_encoder.encoder                      # frozen SAM2ImageEncoder
+    modules = TrackerModules(image_encoder, checkpoint="checkpoints/sam2.1_hiera_tiny.pt")
+    tracker = ObjectTracker(modules.model, "sam2.1_hiera_tiny", {"cam": (H, W)}, num_objects=2,
+                            prompts={"cam": {1: {"points": [[320, 240]]}, 2: {"box": [10, 20, 200, 220]}}})
+    for frames in camera:                                       # each control step
+        t = image_encoder.transforms
+        pyramid = image_encoder.encode(t.finish(t.to_rgb_unit(frames)))   # the one encoder pass
+        masks = tracker.step({"cam": frames}, {"cam": pyramid})["cam"]    # (1, K, H, W) bool
+        features = policy_encoder.fuse_levels(pyramid)                    # the head's input, no re-encode
+        obs = policy_encoder({"cam": features, "cam_masks": masks})       # (1, D)
+
+(``sam2_diffusion``, the LeRobot policy, does exactly this inside ``select_action``.)
 """
 
 from __future__ import annotations

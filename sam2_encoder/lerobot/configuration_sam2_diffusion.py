@@ -102,6 +102,10 @@ class SAM2DiffusionConfig(PreTrainedConfig):
             new streams prompted on their first frame; ``policy.set_object_prompts(...)`` sets them
             at run time (a person's clicks, a detector). Needs ``freeze=True`` (SAM 2's tracker
             reads SAM 2's own features) and no ``resize_shape`` / crop.
+        object_tracker: Build the policy's own tracker when object tokens are on and the trunk is
+            frozen (its SAM 2 prompt encoder, mask decoder and memory weights are saved in
+            ``model.safetensors``: 47 MB for the tiny model; ``sam2_checkpoint`` must then be a full
+            SAM 2 checkpoint). ``false``: no tracker, every batch must carry the masks.
         reuse_frames: At inference, frames already encoded in the previous prediction are not
             encoded again (one new frame per camera per control step; same actions).
         sam2_compile: ``torch.compile`` the SAM 2 pass.
@@ -185,6 +189,7 @@ class SAM2DiffusionConfig(PreTrainedConfig):
     object_token_dim: int | None = None
     object_absent: str = "learned"
     object_prompts: dict[str, Any] = field(default_factory=dict)
+    object_tracker: bool = True
 
     # UNet
     down_dims: tuple[int, ...] = (512, 1024, 2048)
@@ -408,6 +413,11 @@ class SAM2DiffusionConfig(PreTrainedConfig):
                 own features: give fine-tuned policies masks in the batch), or with ``resize_shape`` /
                 a crop (the tracker sees whole camera frames).
         """
+        if not self.object_tracker:
+            raise ValueError(
+                "sam2_diffusion: the policy's own object tracker (object_prompts / set_object_prompts) is off "
+                "(object_tracker=false): give the masks in the batch, or set object_tracker=true"
+            )
         if not self.freeze:
             raise ValueError(
                 "sam2_diffusion: the policy's own object tracker (object_prompts / set_object_prompts) needs "

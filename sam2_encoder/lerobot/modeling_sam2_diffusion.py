@@ -110,7 +110,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         # the policy's own tracker (object tokens, frozen trunk): its weights live in model.safetensors
         self.tracker: TrackerModules | None = None
         self.object_tracker: ObjectTracker | None = None
-        if self.mask_keys and config.freeze:
+        if self.mask_keys and config.freeze and config.object_tracker:
             image_encoder = self.encoder.encoder
             read = load_sam2_checkpoint and image_encoder.pending_checkpoint is None
             self.tracker = TrackerModules(

@@ -171,22 +171,26 @@ def test_mask_features_pass_the_processors_untouched_also_after_reload(tmp_path:
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("cameras", [(TOP,), (TOP, WRIST)], ids=["one_camera", "two_cameras_one_tracked"])
 def test_tracker_path_encodes_each_frame_once_and_masks_equal_a_standalone_predictor(
-    present_checkpoint: Path,
+    present_checkpoint: Path, cameras: tuple[str, ...]
 ) -> None:
-    policy = make_policy(present_checkpoint, n_action_steps=1).eval()
+    policy = make_policy(present_checkpoint, cameras=cameras, n_action_steps=1).eval()
     reference = Sam2VideoModel(policy.tracker.model.config)
     reference.load_state_dict(policy.tracker.model.state_dict())
     standalone = StreamingPredictor("sam2.1_hiera_tiny", image_size=64, model=reference)
-    given = make_policy(present_checkpoint, n_action_steps=1).eval()  # the same policy, masks in the batch
+    given = make_policy(present_checkpoint, cameras=cameras, n_action_steps=1).eval()  # masks in the batch
     given.load_state_dict(policy.state_dict())
     calls = trunk_calls(policy)
-    frames = video(6)
+    frames, wrist = video(6), video(6, seed=2)
     seen = False
     for t, frame in enumerate(frames):
         noise = torch.randn(1, 8, 2, generator=torch.Generator().manual_seed(t))
+        obs = observation(frame, t)
+        if WRIST in cameras:  # an untracked camera: encoded in the same pass
+            obs[WRIST] = wrist[t].permute(2, 0, 1)[None].float() / 255
         torch.manual_seed(t)  # DDPM's denoising steps draw from the global generator
-        action = policy.select_action(observation(frame, t), noise=noise)
+        action = policy.select_action(dict(obs), noise=noise)
         masks = policy._queues[MASKS][-1]
         if t == 0:
             standalone.add_prompt(frame.numpy(), obj_id=1, **PROMPTS[TOP][1])
@@ -197,9 +201,9 @@ def test_tracker_path_encodes_each_frame_once_and_masks_equal_a_standalone_predi
         seen |= bool(masks.any())
         # the same actions as the policy encoding the frames itself with these masks given
         torch.manual_seed(t)
-        assert torch.equal(action, given.select_action(observation(frame, t, **{MASKS: masks}), noise=noise)), t
+        assert torch.equal(action, given.select_action(dict(obs, **{MASKS: masks}), noise=noise)), t
     assert seen, "objects are present: the comparison is not of empty masks"
-    assert calls == [1] * len(frames), "one trunk pass per frame, shared by the tracker and the policy head"
+    assert calls == [len(cameras)] * len(frames), "one trunk pass per step (each camera's frame once), shared"
 
 
 def test_reset_restarts_the_streams_and_prompts_can_be_set_per_row(present_checkpoint: Path) -> None:
@@ -268,6 +272,7 @@ def test_strict_reload_tracks_like_the_saved_policy(present_checkpoint: Path, tm
         ({"object_masks": {}}, "object_prompts are set but object_masks is empty"),
         ({"freeze": False}, "own object tracker .* needs freeze=true"),
         ({"resize_shape": (40, 56)}, "own object tracker .* needs whole camera frames"),
+        ({"object_tracker": False}, r"own object tracker .* is off \(object_tracker=false\)"),
         ({"object_prompts": {TOP: {1: {"points": [[20, 20]]}}}}, r"prompts 1 objects \[1\]; expected num_objects=2"),
         ({"object_prompts": {TOP: {1: {"points": [[65, 20]]}, 2: {"box": [0, 0, 4, 4]}}}}, r"outside the 64x48"),
         ({"object_prompts": {WRIST: PROMPTS[TOP]}}, r"names cameras \['observation.images.wrist'\] that get no"),
@@ -309,6 +314,10 @@ def test_bad_object_inputs_give_one_clear_error() -> None:
     with pytest.raises(ValueError, match="select_action: .*needs freeze=true"):
         finetuned.eval().select_action(observation(frame, 0))
     assert finetuned.tracker is None and not any(k.startswith("tracker.") for k in finetuned.state_dict())
+    untracked = make_policy(object_tracker=False, object_prompts={})
+    assert untracked.tracker is None and not any(k.startswith("tracker.") for k in untracked.state_dict())
+    with pytest.raises(ValueError, match=r"object tracker .* is off \(object_tracker=false\)"):
+        untracked.eval().select_action(observation(frame, 0))
     plain = make_policy(object_masks={}, object_prompts={})
     with pytest.raises(ValueError, match="has no object tokens"):
         plain.set_object_prompts(PROMPTS)
