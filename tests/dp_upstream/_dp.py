@@ -208,7 +208,7 @@ def write_real_dataset(folder: Path, shape_meta: Mapping, episodes: int = 3, ste
                     frames[t, y : y + 8, x : x + 8] = (220, 180 - 50 * c, 40 + 60 * c)
                     frames[t, 0, :8, 0] = [(e * steps + t) >> b & 1 for b in range(8)]
                 episode[key] = frames
-            else:
+            elif attr.get("type", "low_dim") == "low_dim":  # DP's loader skips other types (our masks)
                 episode[key] = np.concatenate([pos, pos[:, :1]], axis=1)[:, : attr["shape"][0]].astype(np.float32)
         buffer.add_episode(episode)
     with zarr.ZipStore(str(folder / f"{shape_meta_hash(shape_meta)}.zarr.zip"), mode="w") as store:

@@ -15,6 +15,7 @@ import pytest
 
 from ._dp import (
     NO_SIM_RUNNER,
+    REAL_DEPS,
     assert_reload_and_robot_loop,
     guide_block,
     link_weights,
@@ -23,7 +24,9 @@ from ._dp import (
     read_logs,
     run_train,
     tiny_overrides,
+    write_real_dataset,
 )
+from .conftest import require
 
 BLOCK = (40, 60, 200)  # the pusht-style block's colour in write_pusht_replay
 
@@ -178,3 +181,44 @@ def test_the_guides_reload_snippet_works_on_the_masks_checkpoint(trained, dp_dir
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"predict_action: \(1, 8, 2\) \[[-\d.]+, [-\d.]+\]", result.stdout), result.stdout
+
+
+def test_masks_over_dp_real_robot_dataset(trained, tmp_path: Path) -> None:
+    """DP's RealPushTImageDataset takes a shape_meta with our mask entry (it skips the type) and, wrapped,
+    its get_all_actions, normaliser and split come through DPMaskDataset (masks of a buffer of as many frames)."""
+    require(REAL_DEPS, "DP real-robot dataset extras")
+    import torch
+    from diffusion_policy.dataset.base_dataset import BaseImageDataset
+    from diffusion_policy.dataset.real_pusht_image_dataset import RealPushTImageDataset
+    from omegaconf import OmegaConf
+
+    from sam2_encoder.diffusion_policy.mask_cache import DPMaskDataset
+
+    meta = {  # 3 episodes x 20 steps, like the pusht buffer the masks were tracked on
+        "obs": {
+            "camera_1": {"shape": [3, 96, 96], "type": "rgb"},
+            "camera_1_masks": {"shape": [2, 96, 96], "type": "mask", "camera": "camera_1"},
+            "robot_eef_pose": {"shape": [2], "type": "low_dim"},
+        },
+        "action": {"shape": [2]},
+    }
+    inner = RealPushTImageDataset(
+        shape_meta=OmegaConf.create(meta), dataset_path=str(write_real_dataset(tmp_path / "real", meta)),
+        horizon=4, pad_before=1, pad_after=1, use_cache=True, val_ratio=0.4,
+    )  # fmt: skip
+    dataset = DPMaskDataset(trained["masks"], "camera_1_masks", dataset=inner, shape=[2, 96, 96])
+    assert isinstance(dataset, BaseImageDataset)
+    # forwarded to DP's RealPushTImageDataset.get_all_actions, which fails on its own at 5ba07ac with a cached
+    # replay buffer (torch.from_numpy of a zarr array); DP's base class would raise NotImplementedError instead
+    with pytest.raises(TypeError, match="expected np.ndarray") as info:
+        dataset.get_all_actions()
+    assert info.traceback[-1].path.name == "real_pusht_image_dataset.py"
+    assert info.traceback[-1].name == "get_all_actions"
+    with pytest.raises(TypeError, match="expected np.ndarray"):
+        inner.get_all_actions()
+    item = dataset[5]
+    assert item["obs"]["camera_1_masks"].shape == (4, 2, 96, 96) and "camera_1" in item["obs"]
+    masks = item["obs"]["camera_1_masks"]
+    assert torch.equal(dataset.get_normalizer()["camera_1_masks"].normalize(masks), masks)
+    val = dataset.get_validation_dataset()
+    assert type(val) is DPMaskDataset and len(val) == len(inner.get_validation_dataset()) > 0
