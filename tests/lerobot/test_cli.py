@@ -208,7 +208,6 @@ def trained_objects(
             f'--policy.object_masks={{"observation.image": "{MASKS}"}}',
             "--policy.num_objects=2",
             "--policy.object_token_dim=16",
-            f"--policy.object_prompts={EVAL_PROMPTS}",
             "--steps=2",
             "--batch_size=4",
             "--num_workers=0",
@@ -250,6 +249,7 @@ def test_lerobot_eval_tracks_the_objects_itself_and_the_policy_reloads_strictly(
             str(BIN / "lerobot-eval"),
             f"--policy.path={trained_objects['model']}",
             "--policy.device=cpu",
+            f"--policy.object_prompts={EVAL_PROMPTS}",  # chosen at evaluation time
             "--env.type=pusht",
             "--env.episode_length=8",
             "--eval.n_episodes=1",
@@ -266,6 +266,8 @@ def test_lerobot_eval_tracks_the_objects_itself_and_the_policy_reloads_strictly(
     saved = load_file(str(trained_objects["model"] / "model.safetensors"))
     state = policy.state_dict()
     assert set(saved) == set(state) and all(torch.equal(state[k], v) for k, v in saved.items())
-    assert policy.object_tracker is not None and policy.object_tracker.prompts(0)["observation.image"][1] == {
-        "box": [0.0, 0.0, 48.0, 96.0]
-    }
+    # training saved no prompts: the episode above ran on --policy.object_prompts (without them the
+    # policy stops with "no object prompts for batch row 0")
+    assert policy.object_tracker is not None and policy.config.object_prompts == {}
+    with pytest.raises(ValueError, match="no object prompts for batch row 0"):
+        policy.select_action({"observation.image": torch.rand(1, 3, 96, 96), "observation.state": torch.zeros(1, 2)})
