@@ -1109,6 +1109,12 @@ MODEL_CASES: list[Bad] = [
         MaskCacheError,
         "holds 1 object(s) [1] on 32x32 frames, masks [1, 32, 32]; the policy expects image_masks of shape [3, 32, 32]",
     ),
+    Bad(
+        "mask dataset given twice",
+        lambda t: _open_masks(_masks(t), zarr_path="other.zarr"),
+        ValueError,
+        "MaskDataset got dataset= and also ['zarr_path'], which would be ignored: give the dataset, or dataset_target=",
+    ),
     # --- prompts (StreamingPredictor) and frames ---
     Bad("prompt empty", lambda t: _prompt(), ValueError, "empty prompt for object 1: give points=[[x, y], ...]"),
     Bad("prompt no points", lambda t: _prompt(points=np.zeros((0, 2))), ValueError, "empty prompt for object 1"),

@@ -58,7 +58,8 @@ class DPDatasetWrapper(torch.utils.data.Dataset):
         dataset_kwargs: Arguments of ``dataset_target``.
 
     Raises:
-        ValueError: If neither ``dataset`` nor ``dataset_target`` is given.
+        ValueError: If neither ``dataset`` nor ``dataset_target`` is given, or ``dataset`` with
+            ``dataset_target`` or its arguments.
         TypeError: If the dataset has no DP-style sampler.
     """
 
@@ -67,6 +68,12 @@ class DPDatasetWrapper(torch.utils.data.Dataset):
     def __init__(
         self, dataset: Any = None, dataset_target: str | None = None, dataset_kwargs: Mapping[str, Any] | None = None
     ) -> None:
+        if dataset is not None and (dataset_target is not None or dataset_kwargs):
+            given = sorted(dataset_kwargs or {}) if dataset_target is None else ["dataset_target"]
+            raise ValueError(
+                f"{type(self).__name__} got dataset= and also {given}, which would be ignored: give the dataset, "
+                "or dataset_target= with its arguments"
+            )
         if dataset is None:
             if dataset_target is None:
                 raise ValueError(f"{type(self).__name__} needs dataset= or dataset_target=")

@@ -8,7 +8,7 @@ episode from a small JSON file, tracks the rest of the episode and stores the ma
       .zattrs            {"sam2_encoder_masks": {format, replay, key, objects, prompts_sha256,
                           variant, weights, image_size, frame_shape, n_frames, n_episodes, complete}}
       masks              (N, K, H, W) bool, one chunk per frame, objects in ``objects`` order
-      checksums          (N,) int64: CRC-32 of each frame's chunk values, -1 until written
+      checksums          (N,) int64: CRC-32 of each frame's chunk values, -1 until written (16384 a chunk)
       episode_ends       (E,) int64: the replay buffer's meta/episode_ends
       episode_done       (E,) bool: set only after the episode's masks and checksums are written
 
@@ -65,6 +65,7 @@ FORMAT = 2
 """Mask-cache layout version: 2 added per-frame checksums (format-1 caches are refused: rebuild them)."""
 
 _NO_CHECKSUM = -1
+_SUM_CHUNK = 1 << 14  # checksums per chunk file: an episode rewrites only the one or two it touches
 _SEALED = ("checksums", "episode_ends")  # small arrays whose CRC-32 the attributes of a complete cache record
 _ATTR = "sam2_encoder_masks"
 _PROMPT_FIELDS = ("points", "labels", "box")
@@ -342,7 +343,7 @@ def build_mask_cache(
         try:
             group = open_group(tmp, mode="w")
             create_array(group, "masks", (shape[0], k, h, w), (1, k, h, w), "bool", False)
-            create_array(group, "checksums", (shape[0],), (shape[0],), "int64", _NO_CHECKSUM)
+            create_array(group, "checksums", (shape[0],), (min(shape[0], _SUM_CHUNK),), "int64", _NO_CHECKSUM)
             create_array(group, "episode_ends", (len(ends),), (len(ends),), "int64", 0)[...] = ends
             create_array(group, "episode_done", (len(ends),), (len(ends),), "bool", False)
             group.attrs[_ATTR] = {**spec, "complete": False}
@@ -377,7 +378,7 @@ def build_mask_cache(
             block = _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e)
             masks[start:end] = block
             sums[start:end] = [crc32(values) for values in block]
-            checksums[...] = sums  # one chunk file, replaced whole
+            checksums[start:end] = sums[start:end]  # the chunk files it touches, each replaced whole
             finished[e] = True
             done[...] = finished  # only after the masks and their checksums are written
             tracked.append(e)
