@@ -29,6 +29,7 @@ from lerobot.utils.constants import ACTION
 from torch import Tensor
 
 from ..camera_encoder import MultiCameraEncoder
+from ..checkpoints import CheckpointError
 from ..object_tracking import ObjectTracker, TrackerModules
 from .configuration_sam2_diffusion import SAM2DiffusionConfig
 
@@ -53,6 +54,8 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         ``forward(batch)``: cameras ``(B, To, 3, H, W)`` float in [0, 1], ``observation.state``
         ``(B, To, S)``, ``action`` ``(B, horizon, A)``, ``action_is_pad`` ``(B, horizon)`` ->
         scalar loss. ``select_action(obs)``: cameras ``(B, 3, H, W)``, state ``(B, S)`` -> ``(B, A)``.
+        With object tokens, each ``object_masks`` feature is ``(B, To, K, H, W)`` in training and
+        ``(B, K, H, W)`` (or absent: the policy tracks, see ``object_prompts``) in ``select_action``.
     """
 
     config_class = SAM2DiffusionConfig
@@ -113,12 +116,18 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         if self.mask_keys and config.freeze and config.object_tracker:
             image_encoder = self.encoder.encoder
             read = load_sam2_checkpoint and image_encoder.pending_checkpoint is None
-            self.tracker = TrackerModules(
-                image_encoder,
-                checkpoint=config.sam2_checkpoint if read else None,
-                seed=config.sam2_seed,
-                download=config.sam2_download and read,
-            )
+            try:
+                self.tracker = TrackerModules(
+                    image_encoder,
+                    checkpoint=config.sam2_checkpoint if read else None,
+                    seed=config.sam2_seed,
+                    download=config.sam2_download and read,
+                )
+            except CheckpointError as e:
+                raise CheckpointError(
+                    f"{e}\nsam2_diffusion: the policy's own object tracker needs a full SAM 2 checkpoint (memory "
+                    "attention / encoder); pass one, or set object_tracker=false and give the masks in every batch"
+                ) from e
             self.object_tracker = ObjectTracker(
                 self.tracker.model,
                 config.sam2_variant,
