@@ -303,7 +303,9 @@ class ObjectTracker:
         for camera, (h, w) in self.frame_sizes.items():
             if h < 1 or w < 1:
                 raise ValueError(f"camera {camera!r}: frame size must be at least 1x1, got {h}x{w}")
-        self.num_objects = int(num_objects)
+        if isinstance(num_objects, bool) or not isinstance(num_objects, int) or num_objects < 1:
+            raise ValueError(f"num_objects must be a whole number >= 1, got {num_objects!r}")
+        self.num_objects = num_objects
         self.image_size = int(model.config.image_size)
         self._default: Prompts = parse_object_prompts(prompts, self.frame_sizes, self.num_objects)
         self._rows: dict[int, Prompts] = {}

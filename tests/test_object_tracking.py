@@ -268,3 +268,6 @@ def test_tracker_errors(encoder: SAM2ImageEncoder, modules: TrackerModules) -> N
         tracker.set_prompts(PROMPTS, row=-1)
     with pytest.raises(ValueError, match=r"expected num_objects=2"):
         ObjectTracker(modules.model, VARIANT, {"cam": (H, W)}, 2, {"cam": {1: {"points": [[1, 1]]}}})
+    for bad in (0, 2.5, "2", True):
+        with pytest.raises(ValueError, match=rf"num_objects must be a whole number >= 1, got {bad!r}"):
+            ObjectTracker(modules.model, VARIANT, {"cam": (H, W)}, bad)
