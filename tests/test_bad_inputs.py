@@ -556,6 +556,21 @@ def _build(path: Path, **kwargs: object) -> object:
     return build_cache(_replay(path), encoder=encoder, out=path / "c.zarr", progress=False, **kwargs)
 
 
+def _with_masks(
+    path: Path, keys: object = ("img",), prompts: object = None, mask_only: bool = False, **kwargs: object
+) -> object:
+    """``build_cache_with_masks`` over a 1-episode 32x32 replay buffer with the shared 64 px predictor."""
+    from sam2_encoder.diffusion_policy.mask_cache import build_mask_cache
+    from sam2_encoder.diffusion_policy.tracked_cache import build_cache_with_masks
+
+    _prompt(points=[[1, 1]])  # builds the shared predictor
+    prompts = prompts or {"objects": [1], "episodes": {"0": {"1": {"points": [[4, 4]]}}}}
+    if mask_only:
+        return build_mask_cache(_replay(path), "img", prompts, path / "m.zarr", _PREDICTOR[0], "w", on_features=print)
+    kwargs.setdefault("out", path / "f.zarr")
+    return build_cache_with_masks(_replay(path), list(keys), _PREDICTOR[0], prompts, "w", **kwargs)
+
+
 def _open_cache(path: Path) -> object:
     from sam2_encoder.diffusion_policy.feature_cache import FeatureCache
 
@@ -1047,6 +1062,42 @@ MODEL_CASES: list[Bad] = [
         "has no data/cam; it has ['action', 'agent_pos', 'img']",
     ),
     Bad("cache key not images", lambda t: _build(t, keys=["action"]), ValueError, "data/action of"),
+    Bad(
+        "cache keys twice",
+        lambda t: _build(t, keys=["img", "img"]),
+        ValueError,
+        "keys must be distinct, got ['img', 'img']",
+    ),
+    Bad(
+        "cache with masks: several keys, no mask key",
+        lambda t: _with_masks(t, keys=["img", "agent_pos"]),
+        ValueError,
+        "the prompts track one camera: with several keys ['img', 'agent_pos'], name it with mask_key=",
+    ),
+    Bad(
+        "cache with masks: mask key not cached",
+        lambda t: _with_masks(t, mask_key="cam"),
+        ValueError,
+        "mask_key 'cam' is not one of the keys to cache ['img']",
+    ),
+    Bad(
+        "cache with masks: one folder for both",
+        lambda t: _with_masks(t, out=t / "x.zarr", masks_out=t / "x.zarr"),
+        ValueError,
+        "x.zarr: give them two folders",
+    ),
+    Bad(
+        "cache with masks: prompt outside the frame",
+        lambda t: _with_masks(t, prompts={"objects": [1], "episodes": {"0": {"1": {"points": [[33, 1]]}}}}),
+        ValueError,
+        "prompts: episode 0 object 1: (x, y) = [33.0, 1.0] lies outside the 32x32 (W x H) frames",
+    ),
+    Bad(
+        "mask cache: on_features without needs_features",
+        lambda t: _with_masks(t, mask_only=True),
+        ValueError,
+        "needs_features and on_features go together: give both or neither",
+    ),
     Bad(
         "cache is a file",
         lambda t: _open_cache(_write(t / "x.zarr", b"")),

@@ -154,6 +154,21 @@ def _masks(t: Path, prompts: object = ONE_EPISODE, *extra: str) -> list[str]:
     return ["masks", str(replay), "--key", "img", "--prompts", str(_json(t / "p.json", prompts)), *SMALL, *extra]
 
 
+def _cache_prompts(t: Path, prompts: object = ONE_EPISODE) -> list[str]:
+    """``cache --prompts`` over a fresh 1-episode 32x32 replay buffer."""
+    replay = _replay(t / "r.zarr")
+    return ["cache", str(replay), "--keys", "img", "--prompts", str(_json(t / "p.json", prompts)), *SMALL, "--quiet"]
+
+
+def _feature_cache(t: Path) -> Path:
+    """A complete feature cache of a 1-episode replay buffer (seeded random weights)."""
+    from sam2_encoder import SAM2ImageEncoder
+    from sam2_encoder.diffusion_policy.feature_cache import build_cache
+
+    encoder = SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=32)
+    return build_cache(_replay(t / "other.zarr"), ["img"], encoder, out=t / "f.zarr", progress=False)
+
+
 SMALL = ["--image-size", "64"]
 USER_ERRORS = [
     # (id, argv builder(tmp_path), message fragment)
@@ -400,6 +415,57 @@ USER_ERRORS = [
     ),
     ("masks unknown variant", lambda t: [*_masks(t), "--variant", "sam9"], "--variant 'sam9': unknown SAM 2 variant"),
     ("masks image size 100", lambda t: [*_masks(t), "--image-size", "100"], "got 100 (nearest valid: 96)"),
+    (
+        "cache mask key without prompts",
+        lambda t: ["cache", str(_replay(t / "r.zarr")), "--keys", "img", "--mask-key", "img"],
+        "--mask-key img goes with --prompts P.json",
+    ),
+    (
+        "cache masks out without prompts",
+        lambda t: ["cache", str(_replay(t / "r.zarr")), "--keys", "img", "--masks-out", "m.zarr"],
+        "--masks-out m.zarr goes with --prompts P.json",
+    ),
+    (
+        "cache prompts with two keys",
+        lambda t: [*_cache_prompts(t), "--keys", "wrist"],
+        "--prompts tracks one camera: with several --keys (img, wrist) name it with --mask-key",
+    ),
+    (
+        "cache mask key not a key",
+        lambda t: [*_cache_prompts(t), "--mask-key", "wrist"],
+        "--mask-key wrist is not one of --keys img",
+    ),
+    ("cache keys twice", lambda t: [*_cache_prompts(t), "--keys", "img"], "--keys img given more than once"),
+    (
+        "cache prompts missing",
+        lambda t: ["cache", str(_replay(t / "r.zarr")), "--keys", "img", "--prompts", str(t / "p.json")],
+        "p.json: no such file",
+    ),
+    (
+        "cache prompts outside the frame",
+        lambda t: _cache_prompts(t, {"objects": [1], "episodes": {"0": {"1": {"box": [4, 4, 40, 8]}}}}),
+        "p.json: episode 0 object 1: (x, y) = [40.0, 8.0] lies outside the 32x32 (W x H) frames",
+    ),
+    (
+        "cache prompts key not in replay",
+        lambda t: [*_cache_prompts(t), "--keys", "cam", "--mask-key", "cam"],
+        "has no data/cam",
+    ),
+    (
+        "cache out is masks out",
+        lambda t: [*_cache_prompts(t), "--out", str(t / "x.zarr"), "--masks-out", str(t / "x.zarr")],
+        "--out and --masks-out are both",
+    ),
+    (
+        "cache masks out is a feature cache",
+        lambda t: [*_cache_prompts(t), "--masks-out", str(_feature_cache(t))],
+        "is not a mask cache (no 'sam2_encoder_masks' attributes) (it is a feature cache",
+    ),
+    (
+        "cache verify with prompts",
+        lambda t: ["cache", "--verify", "c.zarr", "--prompts", "p.json"],
+        "--verify CACHE checks an existing feature cache: give no --prompts with it",
+    ),
     ("download nothing", lambda t: ["download"], "name at least one variant, or --all"),
     (
         "download unknown",
@@ -445,6 +511,13 @@ def test_user_errors_are_one_line_exit_2_and_leave_nothing(case, tmp_path: Path,
     assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
     assert errors[0].startswith("error: ") and fragment in errors[0], errors[0]
     assert _tree(tmp_path) == before, "a failed run left files behind"
+
+
+def test_cache_prompts_refused_under_torchrun(tmp_path: Path, capsys, monkeypatch) -> None:
+    argv = _cache_prompts(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(argv) == 2
+    assert "error: --prompts tracks each episode in one process: run it without torchrun" in capsys.readouterr().err
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

@@ -529,3 +529,211 @@ def test_masks_workspace_preset_composes_and_builds(whole_masks: Path, replay, t
     wrong.task.dataset._target_ = cfg.task.dataset._target_
     with pytest.raises(Exception, match=r"holds 2 object\(s\) \[1, 2\] on 48x48 frames.*set num_objects=2"):
         instantiate(wrong.task.dataset)
+
+
+# --------------------------------------------------------------------------------------------
+# `sam2-encoder cache --prompts`: the feature cache and a mask cache from one encoder pass per frame
+# --------------------------------------------------------------------------------------------
+
+LEVELS3 = ["--levels", "s4", "s8", "s16", "--dtype", "float32"]
+
+
+@pytest.fixture(scope="module")
+def two_cameras(tmp_path_factory) -> Path:
+    return Path(
+        write_replay_buffer(
+            tmp_path_factory.mktemp("two") / "replay.zarr", episodes=3, steps=STEPS, cameras=("img", "wrist")
+        )
+    )
+
+
+def _features(path: Path) -> dict[str, np.ndarray]:
+    from sam2_encoder.diffusion_policy.zarr_io import open_group
+
+    group = open_group(path)
+    return {
+        f"{k}/{lv}": np.asarray(group["features"][k][lv][...]) for k in ("img", "wrist") for lv in ("s4", "s8", "s16")
+    }
+
+
+@pytest.fixture(scope="module")
+def plain_features(two_cameras, checkpoint, tmp_path_factory) -> dict[int, dict[str, np.ndarray]]:
+    """`sam2-encoder cache` alone (SAM2ImageEncoder) of both cameras, in encoder batches of 8 and of 1 frame."""
+    from sam2_encoder.cli import main
+
+    out = {}
+    for batch in (8, 1):
+        path = tmp_path_factory.mktemp("plain") / f"b{batch}.zarr"
+        argv = ["cache", str(two_cameras), "--keys", "img", "--keys", "wrist", "--out", str(path), "--batch-size"]
+        assert main([*argv, str(batch), "--checkpoint", str(checkpoint), *SMALL_ARGS, *LEVELS3]) == 0
+        out[batch] = _features(path)
+    return out
+
+
+SMALL_ARGS = ["--image-size", "64", "--quiet"]
+
+
+def _cache_with_prompts(replay: Path, checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    prompts = replay.with_name("prompts.json")
+    prompts.write_text(json.dumps(PROMPTS))
+    argv = ["cache", str(replay), "--keys", "img", "--keys", "wrist", "--mask-key", "img", "--prompts", str(prompts)]
+    return [
+        *argv,
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--checkpoint",
+        str(checkpoint),
+        *SMALL_ARGS,
+        *LEVELS3,
+        *extra,
+    ]
+
+
+def test_cache_with_prompts_encodes_each_frame_once_into_both_caches(
+    two_cameras, checkpoint, predictor, plain_features, tmp_path, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    from sam2_encoder.cli import main
+    from sam2_encoder.diffusion_policy.feature_cache import FeatureCache, verify_cache
+    from sam2_encoder.diffusion_policy.mask_cache import verify_mask_cache
+
+    replay = Path(shutil.copytree(two_cameras, tmp_path / "replay.zarr"))
+    passes: list[int] = []  # batch size of every trunk pass (the patch embedding runs once per pass)
+    patch_embed = type(predictor.model.vision_encoder.backbone.patch_embed)
+    original = patch_embed.forward
+    monkeypatch.setattr(
+        patch_embed, "forward", lambda self, x, *a, **k: passes.append(x.shape[0]) or original(self, x, *a, **k)
+    )
+    assert main(_cache_with_prompts(replay, checkpoint, tmp_path / "f.zarr")) == 0
+    monkeypatch.undo()
+    out = capsys.readouterr().out
+    masks_path = replay.with_name("replay.img_masks.zarr")  # the default, as `sam2-encoder masks` names it
+    assert f"feature cache ready: {tmp_path / 'f.zarr'}" in out and f"mask cache ready: {masks_path}\n" in out, out
+    # img: one pass per frame (the tracker's); wrist: batches of 8 frames, as `sam2-encoder cache` encodes them
+    assert sorted(passes) == [1] * (3 * STEPS) + [4, 8], passes
+
+    # the masks are those of `sam2-encoder masks` (tracking each episode by hand), in the same format
+    frames = np.asarray(open_group_data(replay)["img"][...])
+    masks = MaskCache(masks_path).masks(range(3 * STEPS))
+    for e in range(3):
+        expected = by_hand(predictor, frames[e * STEPS : (e + 1) * STEPS], PROMPTS["episodes"][str(e)])
+        assert np.array_equal(masks[e * STEPS : (e + 1) * STEPS], expected), e
+    assert masks[:STEPS].any() and verify_mask_cache(masks_path) == [] and verify_cache(tmp_path / "f.zarr") == []
+
+    # the features: those of `sam2-encoder cache` alone, bit for bit in the same batch composition (the tracked
+    # camera against batches of 1, the other against batches of 8); the tracked camera against batches of 8 within
+    # the reference's batch-composition variance (tests/test_numerics.py: < 1e-5 of the values' magnitude)
+    features = _features(tmp_path / "f.zarr")
+    for name, values in features.items():
+        reference = plain_features[1 if name.startswith("img/") else 8][name]
+        assert np.array_equal(values, reference), name
+        batched = plain_features[8][name]
+        assert np.abs(values - batched).max() <= 1e-5 * np.abs(batched).max(), name
+    cache = FeatureCache(tmp_path / "f.zarr")
+    assert cache.keys == ["img", "wrist"] and cache.spec["weights"] == weights_identity(checkpoint)
+    alone = SAM2ImageEncoderFor(checkpoint)
+    cache.check_compatible(alone, ["s4", "s8", "s16"], "coarse_to_fine")  # an encoder of that checkpoint reads it
+
+
+def open_group_data(replay: Path):  # noqa: ANN201 - a zarr group
+    from sam2_encoder.diffusion_policy.zarr_io import open_group
+
+    return open_group(replay)["data"]
+
+
+def SAM2ImageEncoderFor(checkpoint: Path):  # noqa: ANN201, N802
+    from sam2_encoder import SAM2ImageEncoder
+
+    return SAM2ImageEncoder("sam2.1_hiera_tiny", checkpoint=checkpoint, image_size=64)
+
+
+def test_cache_with_prompts_resumes_after_an_interruption(two_cameras, checkpoint, predictor, tmp_path) -> None:
+    """Interrupted after episode 0 (its masks done, feature chunk 0 = episodes 0-1 not), then after episode 1:
+    each rerun tracks what is missing and the result equals an uninterrupted run's, byte for byte."""
+    from sam2_encoder.diffusion_policy.feature_cache import CacheError, FeatureCache, verify_cache
+    from sam2_encoder.diffusion_policy.tracked_cache import build_cache_with_masks
+    from sam2_encoder.diffusion_policy.zarr_io import chunk_path
+
+    def run(name: str, stop_at: int | None = None, **kwargs):  # noqa: ANN202
+        def step(done: int, total: int) -> None:
+            if done == stop_at:
+                raise Interrupt
+
+        return build_cache_with_masks(
+            two_cameras, ["img"], predictor, PROMPTS, "w", out=tmp_path / f"{name}.zarr",
+            masks_out=tmp_path / f"{name}_masks.zarr", levels=["s16"], dtype="float32", chunk_frames=8,
+            on_episode=step, **kwargs,
+        )  # fmt: skip
+
+    full = run("full")
+    with pytest.raises(Interrupt):
+        run("part", stop_at=1)
+    with pytest.raises(CacheError, match="is incomplete"):
+        FeatureCache(tmp_path / "part.zarr")
+    tracked = []
+    original = predictor.track
+    predictor.track = lambda *a, **k: tracked.append(1) or original(*a, **k)
+    try:
+        with pytest.raises(Interrupt):  # episode 0 tracked again for chunk 0's features (masks kept), then 1
+            run("part", stop_at=2)
+        assert len(tracked) == 2 * (STEPS - 1)
+        assert verify_cache(tmp_path / "part.zarr")[0].endswith("(1 of 2 chunks still to encode): rerun the same "
+                                                                "`sam2-encoder cache` command")  # fmt: skip
+        tracked.clear()
+        run("part")  # episode 2 has no prompts: encoded frame by frame, nothing tracked
+        assert tracked == []
+    finally:
+        del predictor.track
+    for a, b in zip(full, (tmp_path / "part.zarr", tmp_path / "part_masks.zarr")):
+        assert _arrays(a) == _arrays(b), b
+    # a chunk damaged between runs is found by the read-back before the cache is complete; the next run redoes it
+    with pytest.raises(Interrupt):
+        run("bad", stop_at=2)
+    chunk = chunk_path(tmp_path / "bad.zarr", "features/img/s16", (0, 0, 0, 0))
+    chunk.write_bytes(chunk.read_bytes()[:-7])
+    with pytest.raises(CacheError, match=r"features/img/s16 chunk 0 \(frames 0-7\)"):
+        run("bad")
+    run("bad")
+    assert _arrays(tmp_path / "bad.zarr") == _arrays(full[0])
+
+
+def _arrays(path: Path) -> dict[str, bytes]:
+    """Every array's values (by name) of a zarr group."""
+    from sam2_encoder.diffusion_policy.zarr_io import open_group
+
+    out: dict[str, bytes] = {}
+
+    def walk(group, prefix: str) -> None:  # noqa: ANN001
+        for name in sorted(group.keys()):
+            item = group[name]
+            if hasattr(item, "shape"):
+                out[prefix + name] = np.asarray(item[...]).tobytes()
+            else:
+                walk(item, f"{prefix}{name}/")
+
+    walk(open_group(path), "")
+    return out
+
+
+def test_cache_with_prompts_refuses_conflicts(two_cameras, predictor, tmp_path) -> None:
+    from sam2_encoder.diffusion_policy.mask_cache import build_mask_cache as build
+    from sam2_encoder.diffusion_policy.tracked_cache import build_cache_with_masks
+
+    def run(keys, **kwargs):  # noqa: ANN202
+        return build_cache_with_masks(two_cameras, keys, predictor, PROMPTS, "w", **kwargs)
+
+    with pytest.raises(ValueError, match=r"with several keys \['img', 'wrist'\], name it with mask_key="):
+        run(["img", "wrist"], out=tmp_path / "a")
+    with pytest.raises(ValueError, match=r"mask_key 'cam' is not one of the keys to cache \['img'\]"):
+        run(["img"], mask_key="cam", out=tmp_path / "a")
+    with pytest.raises(ValueError, match=r"would both be .*same.zarr: give them two folders"):
+        run(["img"], out=tmp_path / "same.zarr", masks_out=tmp_path / "same.zarr")
+    bad = {"objects": [1], "episodes": {"0": {"1": {"box": [0, 0, 99, 9]}}, "1": {}, "2": {}}}
+    with pytest.raises(ValueError, match=r"episode 0 object 1: \(x, y\) = \[99.0, 9.0\] lies outside"):
+        build_cache_with_masks(two_cameras, ["img"], predictor, bad, "w", out=tmp_path / "a", masks_out=tmp_path / "m")
+    with pytest.raises(ValueError, match="needs_features and on_features go together"):
+        build(two_cameras, "img", PROMPTS, tmp_path / "m", predictor, "w", needs_features=lambda a, b: True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing written"

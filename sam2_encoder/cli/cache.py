@@ -3,6 +3,12 @@
 Resumable, and sharded across ranks when launched by ``torchrun``. ``sam2-encoder cache --verify
 CACHE.zarr`` checks a whole cache (every chunk against its checksum) and lists each problem.
 Needs zarr (``sam2-encoder[dp]``).
+
+With ``--prompts P.json`` (the prompts file of ``sam2-encoder masks``) SAM 2's tracker follows the
+prompted objects through every episode of one camera (``--mask-key``, default: the only ``--keys``)
+and its encoder pass of each frame is also the frame's cached features: one pass per frame gives
+the feature cache and a mask cache beside it (``--masks-out``, default as ``sam2-encoder masks``:
+``REPLAY.<key>_masks.zarr``). Other ``--keys`` are cached as without ``--prompts``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,16 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=32, help="frames per chunk and per encoder batch")
     p.add_argument("--channel-order", default="RGB", choices=["RGB", "BGR"])
     p.add_argument("--download", action="store_true", help="allow downloading the checkpoint")
+    p.add_argument(
+        "--prompts",
+        metavar="P.json",
+        help="also track objects from first-frame prompts (the JSON of `sam2-encoder masks`) through every episode "
+        "of one camera into a mask cache; the tracker's encoder pass of each frame is also its cached features",
+    )
+    p.add_argument("--mask-key", help="the --keys camera the prompts are for (default: the only --keys)")
+    p.add_argument(
+        "--masks-out", help="mask cache folder with --prompts (default: REPLAY.<mask-key>_masks.zarr beside the replay)"
+    )
     p.add_argument("--threads", type=non_negative_int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -78,9 +94,16 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         CLIError: For a missing replay buffer or key, ``--verify`` mixed with a build, or no zarr.
     """
+    tracking = {"--prompts": args.prompts, "--mask-key": args.mask_key, "--masks-out": args.masks_out}
     if args.verify is not None:
         if args.replay is not None or args.keys:
             raise CLIError("--verify CACHE checks an existing cache: give no replay buffer or --keys with it")
+        given = [name for name, value in tracking.items() if value is not None]
+        if given:
+            raise CLIError(
+                f"--verify CACHE checks an existing feature cache: give no {given[0]} with it "
+                "(`sam2-encoder masks --verify MASKS` checks a mask cache)"
+            )
         return _verify(args.verify)
     if args.replay is None:
         raise CLIError("give the replay buffer to encode (REPLAY.zarr) and --keys, or --verify CACHE")
@@ -88,6 +111,15 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"name the image keys of {args.replay} to encode with --keys KEY (repeatable)")
     if not os.path.exists(args.replay):
         raise CLIError(f"replay buffer not found: {args.replay}")
+    if len(set(args.keys)) != len(args.keys):
+        twice = sorted({k for k in args.keys if args.keys.count(k) > 1})
+        raise CLIError(f"--keys {' '.join(twice)} given more than once")
+    if args.prompts is None:
+        for name in ("--mask-key", "--masks-out"):
+            if tracking[name] is not None:
+                raise CLIError(f"{name} {tracking[name]} goes with --prompts P.json (the objects to track)")
+    else:
+        return _run_with_masks(args)
     import torch
 
     try:
@@ -146,4 +178,105 @@ def run(args: argparse.Namespace) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+    return 0
+
+
+def _run_with_masks(args: argparse.Namespace) -> int:
+    """``cache --prompts``: the feature cache and a mask cache from one encoder pass per frame."""
+    if args.mask_key is None and len(args.keys) > 1:
+        raise CLIError(
+            f"--prompts tracks one camera: with several --keys ({', '.join(args.keys)}) name it with --mask-key "
+            "(the other keys are cached as usual)"
+        )
+    mask_key = args.mask_key or args.keys[0]
+    if mask_key not in args.keys:
+        raise CLIError(
+            f"--mask-key {mask_key} is not one of --keys {', '.join(args.keys)}: the tracked camera is cached too"
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CLIError(
+            "--prompts tracks each episode in one process: run it without torchrun (or cache without --prompts)"
+        )
+    if not os.path.isfile(args.prompts):
+        raise CLIError(f"--prompts {args.prompts}: no such file")
+    try:
+        from ..diffusion_policy.feature_cache import default_cache_path
+        from ..diffusion_policy.mask_cache import check_mask_inputs, default_mask_path, weights_identity
+        from ..diffusion_policy.tracked_cache import build_cache_with_masks
+    except ImportError as e:
+        raise CLIError(f"{_NEEDS_ZARR} ({e})") from e
+    out = args.out or default_cache_path(args.replay, args.variant, args.image_size)
+    masks_out = args.masks_out or default_mask_path(args.replay, mask_key)
+    if os.path.abspath(out) == os.path.abspath(masks_out):
+        raise CLIError(f"--out and --masks-out are both {out}: the feature cache and the mask cache need two folders")
+    try:  # everything but the model, before building it
+        check_mask_inputs(args.replay, mask_key, args.prompts, masks_out)
+    except KeyError as e:
+        raise CLIError(str(e.args[0]) if e.args else str(e)) from e
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..checkpoints import resolve_checkpoint
+    from ..streaming import StreamingPredictor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.checkpoint is not None:  # a file, so that both caches record its sha256 (as SAM2ImageEncoder does)
+        args.checkpoint = str(resolve_checkpoint(args.checkpoint, download_missing=args.download))
+    predictor = build_model(
+        StreamingPredictor,
+        args,
+        "features and masks",
+        device=args.device,
+        channel_order=args.channel_order,
+        download=args.download,
+    )
+    weights = weights_identity(args.checkpoint)
+    # seeded random weights of the video model are not SAM2ImageEncoder's seeded ones: say so in the feature cache
+    feature_weights = weights if args.checkpoint is not None else f"{weights}:video_model"
+    bar = None
+
+    def start(done: int, total: int) -> None:
+        nonlocal bar
+        if done:
+            print(f"resuming {masks_out}: {done} of {total} episodes already tracked", file=sys.stderr)
+        bar = tqdm(total=total, initial=done, desc=f"track {mask_key}", unit="episode", disable=args.quiet)
+
+    def damaged(problems: list[str]) -> None:
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        print(f"{masks_out}: tracking the damaged episodes again", file=sys.stderr)
+
+    def step(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    began = time.perf_counter()
+    try:
+        try:
+            path, masks_path = build_cache_with_masks(
+                args.replay,
+                args.keys,
+                predictor,
+                args.prompts,
+                weights,
+                feature_weights=feature_weights,
+                mask_key=mask_key,
+                out=out,
+                masks_out=masks_out,
+                levels=args.levels,
+                dtype=args.dtype,
+                chunk_frames=args.batch_size,
+                on_episode=step,
+                on_start=start,
+                on_damaged=damaged,
+            )
+        except KeyError as e:
+            raise CLIError(str(e.args[0]) if e.args else str(e)) from e
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - began
+    print(f"feature cache ready: {path} ({seconds:.1f} s, 1 process(es), {mask_key} encoded once by the tracker)")
+    print(f"mask cache ready: {masks_path}")
     return 0

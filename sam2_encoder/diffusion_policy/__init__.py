@@ -19,6 +19,7 @@ _EXPORTS = {
     "CachedFeatureDataset": "feature_cache",
     "DPCachedFeatureDataset": "feature_cache",
     "FeatureCache": "feature_cache",
+    "FeatureWriter": "feature_cache",
     "LAYOUTS": "feature_cache",
     "build_cache": "feature_cache",
     "check_layout": "feature_cache",
@@ -28,6 +29,7 @@ _EXPORTS = {
     "MaskDataset": "mask_cache",
     "DPMaskDataset": "mask_cache",
     "build_mask_cache": "mask_cache",
+    "build_cache_with_masks": "tracked_cache",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -60,6 +60,7 @@ __all__ = [
     "CacheError",
     "CachedFeatureDataset",
     "FeatureCache",
+    "FeatureWriter",
     "build_cache",
     "check_layout",
     "default_cache_path",
@@ -115,12 +116,13 @@ def _spec(
     n_frames: int,
     chunk: int,
     source: str,
+    weights: str | None = None,
 ) -> dict[str, Any]:
     t = encoder.transforms
     return {
         "format": FORMAT,
         "variant": encoder.variant.name,
-        "weights": encoder.weights_id,
+        "weights": encoder.weights_id if weights is None else weights,
         "image_size": list(encoder.image_size),
         "levels": list(levels),
         "dtype": dtype,
@@ -160,6 +162,180 @@ def _replay_frames(replay: str | os.PathLike[str], keys: Sequence[str]) -> tuple
     if n_frames == 0:
         raise ValueError(f"replay buffer {replay}: data/{keys[0]} holds no frames")
     return data, n_frames
+
+
+def _check_build_args(
+    keys: Sequence[str], levels: Sequence[str], dtype: str, chunk_frames: Any
+) -> tuple[list[str], int]:
+    """``(levels in pyramid order, chunk_frames)`` after checking every build argument."""
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    if isinstance(keys, str) or not keys:
+        raise ValueError(f"keys must be a non-empty list of replay-buffer keys, got {keys!r}")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"keys must be distinct, got {list(keys)}")
+    if isinstance(levels, str):
+        levels = [levels]
+    unknown = [lv for lv in levels if lv not in LEVELS]
+    levels = [lv for lv in LEVELS if lv in levels]
+    if unknown or not levels:
+        raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {unknown or list(levels)}")
+    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int | np.integer) or chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be a whole number >= 1, got {chunk_frames!r}")
+    return levels, int(chunk_frames)
+
+
+class FeatureWriter:
+    """A feature cache being written: created (or checked against its arguments) on construction.
+
+    Chunks are written whole, their checksums recorded, and only then flagged done, either from a
+    batch of frames encoded here (:meth:`encode_chunk`) or frame by frame from pyramids computed
+    elsewhere (:meth:`put`, e.g. the tracker's one encoder pass per frame: a chunk is written once
+    all its frames have arrived). :meth:`finish` reads the whole cache back against its checksums
+    and sets ``complete``. :func:`build_cache` is this class driven over every chunk.
+
+    Args:
+        replay: The replay buffer (see :func:`build_cache`).
+        keys: Image keys under ``data/`` the cache holds.
+        encoder: The image encoder (its variant, image size and transforms are recorded; it
+            encodes the chunks of :meth:`encode_chunk`).
+        out: Cache path (default: :func:`default_cache_path`).
+        levels: Pyramid levels to store.
+        dtype: ``"float16"`` or ``"float32"``.
+        chunk_frames: Frames per zarr chunk.
+        weights: Identity of the weights recorded in the cache (default: ``encoder.weights_id``);
+            for pyramids that come from another module sharing the weights (the tracker's).
+        prepare: Create or check the folder (rank 0 only when sharded).
+        barrier: Called after preparing (ranks wait for rank 0).
+
+    Raises:
+        CacheError: If an existing cache at ``out`` was built with other arguments, or is not one.
+        KeyError: If a key is not in the replay buffer.
+        ValueError: For bad arguments or frames that are not (N, H, W, 3) uint8.
+    """
+
+    def __init__(
+        self,
+        replay: str | os.PathLike[str],
+        keys: Sequence[str],
+        encoder: SAM2ImageEncoder,
+        out: str | os.PathLike[str] | None = None,
+        levels: Sequence[str] = ("s16",),
+        dtype: str = "float16",
+        chunk_frames: int = 32,
+        weights: str | None = None,
+        prepare: bool = True,
+        barrier: Callable[[], None] | None = None,
+    ) -> None:
+        levels, chunk_frames = _check_build_args(keys, levels, dtype, chunk_frames)
+        self.keys, self.levels, self.dtype, self.chunk_frames = list(keys), levels, dtype, chunk_frames
+        self.encoder = encoder
+        if out is None:
+            out = default_cache_path(replay, encoder.variant.name, encoder.image_size[0])
+        self.out = Path(out)
+        self.data, self.n_frames = _replay_frames(replay, keys)
+        self.spec = _spec(
+            encoder, keys, levels, dtype, self.n_frames, chunk_frames, str(Path(replay).resolve()), weights
+        )
+        self.shapes = encoder.feature_shapes()
+        self.n_chunks = math.ceil(self.n_frames / chunk_frames)
+        self.created = _prepare(self.out, self.spec, keys, levels, self.shapes, self.n_chunks) if prepare else False
+        (barrier or (lambda: None))()
+        self.group = open_group(self.out, mode="r+")
+        self.complete = bool(self.group.attrs["sam2_encoder"].get("complete"))
+        self._flags = {key: read_all(self.group["progress"][key]).astype(bool) for key in keys}
+        self._pending: dict[tuple[str, int], tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        self.written = 0
+        """Chunks written by this object."""
+
+    def frames(self, i: int) -> range:
+        """Replay-buffer frames of chunk ``i``."""
+        return range(i * self.chunk_frames, min((i + 1) * self.chunk_frames, self.n_frames))
+
+    def todo(self, key: str) -> list[int]:
+        """Chunks of ``key`` not flagged done."""
+        return [i for i in range(self.n_chunks) if not self._flags[key][i]]
+
+    def needs(self, key: str, start: int, stop: int) -> bool:
+        """Whether any chunk holding frames ``[start, stop)`` of ``key`` is still to write."""
+        first, last = start // self.chunk_frames, (max(stop, start + 1) - 1) // self.chunk_frames
+        return not self._flags[key][first : last + 1].all()
+
+    def encode_chunk(self, key: str, i: int) -> None:
+        """Encode chunk ``i`` of ``key`` in one batch with :attr:`encoder` and write it."""
+        span = self.frames(i)
+        frames = torch.from_numpy(np.asarray(self.data[key][span.start : span.stop]))
+        with torch.inference_mode():
+            pyramid = self.encoder(frames)
+        self._write(key, i, {level: self._values(pyramid[level]) for level in self.levels})
+
+    def put(self, key: str, frame: int, pyramid: Any) -> None:
+        """Take one frame's pyramid (batch 1); its chunk is written once all its frames are in.
+
+        Frames of chunks already done are ignored (a rerun recomputes whole episodes).
+
+        Args:
+            key: The replay-buffer key.
+            frame: The frame's index in the replay buffer.
+            pyramid: Its :class:`~sam2_encoder.image_encoder.FeaturePyramid`, levels ``(1, C, h, w)``.
+        """
+        i = int(frame) // self.chunk_frames
+        if self._flags[key][i]:
+            return
+        span = self.frames(i)
+        if (key, i) not in self._pending:
+            maps = {level: np.empty((len(span), *self.shapes[level]), dtype=self.dtype) for level in self.levels}
+            self._pending[(key, i)] = (maps, np.zeros(len(span), dtype=bool))
+        maps, filled = self._pending[(key, i)]
+        for level in self.levels:
+            maps[level][int(frame) - span.start] = self._values(pyramid[level])[0]
+        filled[int(frame) - span.start] = True
+        if filled.all():
+            del self._pending[(key, i)]
+            self._write(key, i, maps)
+
+    def _values(self, level: torch.Tensor) -> np.ndarray:
+        return level.float().cpu().numpy().astype(self.dtype)
+
+    def _write(self, key: str, i: int, maps: Mapping[str, np.ndarray]) -> None:
+        span = self.frames(i)
+        for level in self.levels:
+            self.group["features"][key][level][span.start : span.stop] = maps[level]
+            self.group["checksums"][key][level][i] = crc32(maps[level])
+        self.group["progress"][key][i] = True  # only after the data and its checksums are written
+        self._flags[key][i] = True
+        self.written += 1
+
+    def finish(self) -> bool:
+        """Once every chunk of every key is flagged: read the cache back, then set ``complete``.
+
+        Returns:
+            Whether the cache is complete (``False`` while chunks are still to write).
+
+        Raises:
+            CacheError: If chunks fail the read-back check (they are unflagged: rerun to redo them).
+        """
+        if self.complete:
+            return True
+        flags = [read_all(self.group["progress"][key]) for key in self.keys]
+        if not all(f.all() for f in flags):
+            return False
+        problems = _verify_chunks(self.out, self.group, self.spec, clear_bad=True)
+        if problems:
+            raise CacheError(
+                f"feature cache {self.out}: {len(problems)} chunk(s) failed the read-back check and were unflagged "
+                f"(rerun the same command to re-encode them): " + "; ".join(problems[:5])
+            )
+        attrs = dict(self.group.attrs["sam2_encoder"])
+        attrs["complete"] = True  # written last: readers only trust complete caches
+        self.group.attrs["sam2_encoder"] = attrs
+        self.complete = True
+        return True
+
+    def discard_if_unused(self) -> None:
+        """Remove the cache if this object created it and wrote nothing (a run that failed at once)."""
+        if self.created and self.written == 0:
+            shutil.rmtree(self.out, ignore_errors=True)
 
 
 def build_cache(
@@ -204,77 +380,30 @@ def build_cache(
         KeyError: If a key is not in the replay buffer.
         ValueError: For bad arguments or frames that are not (N, H, W, 3) uint8.
     """
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
-    if isinstance(keys, str) or not keys:
-        raise ValueError(f"keys must be a non-empty list of replay-buffer keys, got {keys!r}")
-    if isinstance(levels, str):
-        levels = [levels]
-    unknown = [lv for lv in levels if lv not in LEVELS]
-    levels = [lv for lv in LEVELS if lv in levels]
-    if unknown or not levels:
-        raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {unknown or list(levels)}")
-    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int | np.integer) or chunk_frames < 1:
-        raise ValueError(f"chunk_frames must be a whole number >= 1, got {chunk_frames!r}")
-    chunk_frames = int(chunk_frames)
+    _check_build_args(keys, levels, dtype, chunk_frames)
     if world_size > 1 and barrier is None:
         raise ValueError("world_size > 1 needs a barrier (torch.distributed.barrier)")
     sync = barrier or (lambda: None)
-    out = Path(out) if out is not None else default_cache_path(replay, encoder.variant.name, encoder.image_size[0])
-    data, n_frames = _replay_frames(replay, keys)
-    spec = _spec(encoder, keys, levels, dtype, n_frames, chunk_frames, source=str(Path(replay).resolve()))
-    shapes = encoder.feature_shapes()
-    n_chunks = math.ceil(n_frames / chunk_frames)
-
-    created = False
-    if rank == 0:
-        created = _prepare(out, spec, keys, levels, shapes, n_chunks)
-    sync()
-    group = open_group(out, mode="r+")
-    if group.attrs["sam2_encoder"].get("complete"):
-        return out
-    todo = [
-        (key, i)
-        for key in keys
-        for i in range(n_chunks)
-        if i % world_size == rank and not bool(group["progress"][key][i])
-    ]
+    writer = FeatureWriter(replay, keys, encoder, out, levels, dtype, chunk_frames, prepare=rank == 0, barrier=sync)
+    if writer.complete:
+        return writer.out
+    todo = [(key, i) for key in keys for i in writer.todo(key) if i % world_size == rank]
     from tqdm.auto import tqdm
 
-    done = 0
     try:
-        for key, i in tqdm(todo, desc=f"cache {out.name}", disable=not progress or rank != 0, unit="chunk"):
-            if stop_after_chunks is not None and done >= stop_after_chunks:
-                return out
-            start, stop = i * chunk_frames, min((i + 1) * chunk_frames, n_frames)
-            frames = torch.from_numpy(np.asarray(data[key][start:stop]))
-            with torch.inference_mode():
-                pyramid = encoder(frames)
-            for level in levels:
-                block = pyramid[level].float().cpu().numpy().astype(dtype)
-                group["features"][key][level][start:stop] = block
-                group["checksums"][key][level][i] = crc32(block)
-            group["progress"][key][i] = True  # only after the data and its checksums are written
-            done += 1
+        for key, i in tqdm(todo, desc=f"cache {writer.out.name}", disable=not progress or rank != 0, unit="chunk"):
+            if stop_after_chunks is not None and writer.written >= stop_after_chunks:
+                return writer.out
+            writer.encode_chunk(key, i)
     except Exception:
-        if created and done == 0 and world_size == 1:  # nothing of this run worth keeping
-            shutil.rmtree(out, ignore_errors=True)
+        if world_size == 1:  # nothing of this run worth keeping
+            writer.discard_if_unused()
         raise
     sync()
     if rank == 0:
-        flags = [read_all(group["progress"][key]) for key in keys]
-        if all(f.all() for f in flags):
-            problems = _verify_chunks(out, group, spec, clear_bad=True)
-            if problems:
-                raise CacheError(
-                    f"feature cache {out}: {len(problems)} chunk(s) failed the read-back check and were unflagged "
-                    f"(rerun the same command to re-encode them): " + "; ".join(problems[:5])
-                )
-            attrs = dict(group.attrs["sam2_encoder"])
-            attrs["complete"] = True  # written last: readers only trust complete caches
-            group.attrs["sam2_encoder"] = attrs
+        writer.finish()
     sync()
-    return out
+    return writer.out
 
 
 def _prepare(out: Path, spec: dict, keys, levels, shapes, n_chunks: int) -> bool:

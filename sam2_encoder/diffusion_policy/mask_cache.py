@@ -272,6 +272,8 @@ def build_mask_cache(
     on_episode: Callable[[int, int], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_damaged: Callable[[list[str]], None] | None = None,
+    needs_features: Callable[[int, int], bool] | None = None,
+    on_features: Callable[[int, Any], None] | None = None,
 ) -> Path:
     """Track every episode of ``replay`` and store the masks with their checksums (resumable).
 
@@ -295,6 +297,15 @@ def build_mask_cache(
             resuming; damaged episodes are not counted as done).
         on_damaged: Called once with the problems found in the episodes a rerun resumes from
             (those episodes are tracked again); not called when there are none.
+        needs_features: With ``on_features``: ``needs_features(start, stop)`` tells whether the
+            features of frames ``[start, stop)`` are still wanted; an episode whose masks are done
+            is tracked again (its masks are not rewritten) while its features are wanted.
+        on_features: Called as ``on_features(frame, pyramid)`` with the replay-buffer index and
+            the :class:`~sam2_encoder.image_encoder.FeaturePyramid` (batch 1) of every frame of
+            each episode tracked: the tracker's own encoder pass (``return_features=True``);
+            frames of an episode without prompts are encoded one at a time by the predictor's
+            encoder, as the tracker would. This is how ``sam2-encoder cache --prompts`` fills a
+            feature cache and a mask cache with one encoder pass per frame.
 
     Returns:
         ``out`` as a path.
@@ -305,6 +316,8 @@ def build_mask_cache(
             run fails the read-back check (it is unflagged: rerun to track it again).
         ValueError / KeyError: For bad prompts or a replay buffer without the key.
     """
+    if (needs_features is None) != (on_features is None):
+        raise ValueError("needs_features and on_features go together: give both or neither")
     frames, ends, table = _inputs(replay, key, prompts)
     shape = tuple(frames.shape)
     objects = table["objects"]
@@ -373,9 +386,12 @@ def build_mask_cache(
     tracked: list[int] = []
     try:
         for e, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+            features = on_features if on_features is not None and needs_features(start, end) else None
             if finished[e]:
+                if features is not None:  # masks done, features not: the same tracking gives them
+                    _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
                 continue
-            block = _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e)
+            block = _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
             masks[start:end] = block
             sums[start:end] = [crc32(values) for values in block]
             checksums[start:end] = sums[start:end]  # the chunk files it touches, each replaced whole
@@ -407,29 +423,51 @@ def build_mask_cache(
 
 
 def _track_episode(
-    predictor: Any, frames: Any, start: int, end: int, prompts: Mapping[int, Mapping[str, Any]], objects, episode: int
+    predictor: Any,
+    frames: Any,
+    start: int,
+    end: int,
+    prompts: Mapping[int, Mapping[str, Any]],
+    objects,
+    episode: int,
+    on_features: Callable[[int, Any], None] | None = None,
 ) -> np.ndarray:
-    """``(T, K, H, W)`` bool masks of one episode (zeros for unprompted objects)."""
+    """``(T, K, H, W)`` bool masks of one episode (zeros for unprompted objects).
+
+    With ``on_features``, each frame's pyramid goes to ``on_features(frame, pyramid)``: the
+    tracker's own encoder pass, or (no prompts) the predictor's encoder on that frame alone.
+    """
     n, (h, w) = end - start, frames.shape[1:3]
     out = np.zeros((n, len(objects), h, w), dtype=bool)
+    wanted = on_features is not None
     if not prompts:
+        if wanted:
+            for t in range(n):  # nothing to track: the tracker's encoder on each frame, as track() runs it
+                with torch.inference_mode():
+                    on_features(start + t, predictor.encoder(np.asarray(frames[start + t])[None]))
         return out
     slot = {obj: i for i, obj in enumerate(objects)}
     predictor.reset()
 
-    def put(t: int, result: Any) -> None:
+    def put(t: int, result: Any, features: Any) -> None:
         for i, obj in enumerate(result.obj_ids):
             out[t, slot[obj]] = result.masks[i].cpu().numpy()
+        if wanted:
+            on_features(start + t, features)
 
-    result = None
+    result = features = None
     for i, (obj, prompt) in enumerate(sorted(prompts.items())):
-        try:
-            result = predictor.add_prompt(np.asarray(frames[start]) if i == 0 else None, obj_id=obj, **prompt)
+        try:  # the first prompt brings the frame (its one encoder pass), the others refine it
+            result = predictor.add_prompt(
+                np.asarray(frames[start]) if i == 0 else None, obj_id=obj, return_features=wanted and i == 0, **prompt
+            )
         except (ValueError, TypeError) as e:
             raise ValueError(f"prompts: episode {episode} object {obj}: {e}") from e
-    put(0, result)
+        features = result.features if i == 0 else features
+    put(0, result, features)
     for t in range(1, n):
-        put(t, predictor.track(np.asarray(frames[start + t])))
+        result = predictor.track(np.asarray(frames[start + t]), return_features=wanted)
+        put(t, result, result.features)
     return out
 
 
