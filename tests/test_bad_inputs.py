@@ -605,6 +605,18 @@ def _open_masks(path: Path, frames: list[int] | None = None, **dataset: object) 
     return cache.masks(frames or [0])
 
 
+_CACHED = "sam2_encoder.diffusion_policy.feature_cache.CachedFeatureDataset"
+
+
+def _chain(path: Path, targets: list) -> object:
+    """``MaskDataset`` built through a ``dataset_target`` chain (the Hydra form of masks over cached features)."""
+    from sam2_encoder.diffusion_policy.mask_cache import MaskDataset
+
+    pytest.importorskip("hydra")
+    cache = _masks(path)
+    return MaskDataset(cache, "image_masks", dataset_target=targets, zarr_path=str(path / "replay.zarr"))
+
+
 def _plain_zarr(path: Path) -> Path:
     from sam2_encoder.diffusion_policy.zarr_io import create_array, open_group
 
@@ -1166,6 +1178,21 @@ MODEL_CASES: list[Bad] = [
         ValueError,
         "MaskDataset got dataset= and also ['zarr_path'], which would be ignored: give the dataset, or dataset_target=",
     ),
+    Bad(
+        "mask dataset chain: the DP class first",
+        lambda t: _chain(t, ["sam2_encoder.diffusion_policy.synthetic.ReplayImageDataset", _CACHED]),
+        ValueError,
+        "lists sam2_encoder.diffusion_policy.synthetic.ReplayImageDataset before the end, which is not one of our "
+        "dataset wrappers (CachedFeatureDataset, MaskDataset); only the last entry is the DP dataset class",
+    ),
+    Bad(
+        "mask dataset chain empty",
+        lambda t: _chain(t, []),
+        ValueError,
+        "MaskDataset: dataset_target must be an import path or a non-empty list of them (our wrappers, then the DP "
+        "dataset class), got []",
+    ),
+    Bad("mask dataset chain of numbers", lambda t: _chain(t, [1, 2]), ValueError, "got [1, 2]"),
     # --- prompts (StreamingPredictor) and frames ---
     Bad("prompt empty", lambda t: _prompt(), ValueError, "empty prompt for object 1: give points=[[x, y], ...]"),
     Bad("prompt no points", lambda t: _prompt(points=np.zeros((0, 2))), ValueError, "empty prompt for object 1"),

@@ -737,3 +737,63 @@ def test_cache_with_prompts_refuses_conflicts(two_cameras, predictor, tmp_path) 
     with pytest.raises(ValueError, match="needs_features and on_features go together"):
         build(two_cameras, "img", PROMPTS, tmp_path / "m", predictor, "w", needs_features=lambda a, b: True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_cached_masks_workspace_preset_composes_and_builds(whole_masks: Path, replay, tmp_path: Path) -> None:
+    """Cached features and cached masks together over DP's (stub) configs: DPMaskDataset wraps
+    CachedFeatureDataset (dataset_target lists the chain), and the encoder's object tokens read cached features."""
+    import importlib.util
+
+    pytest.importorskip("hydra")
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from sam2_encoder import SAM2ImageEncoder
+    from sam2_encoder.diffusion_policy.feature_cache import CachedFeatureDataset, build_cache
+
+    features = build_cache(
+        replay, ["img"], SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=32), out=tmp_path / "f.zarr", progress=False
+    )
+    stub = Path(__file__).parent / "dp_stub_config"
+    chain = ["sam2_encoder.diffusion_policy.feature_cache.CachedFeatureDataset",
+             "sam2_encoder.diffusion_policy.synthetic.ReplayImageDataset"]  # fmt: skip
+    overrides = [
+        f"feature_cache={features}",
+        f"object_masks={whole_masks}",
+        "num_objects=2",
+        "policy.obs_encoder.image_size=32",
+        "task.shape_meta.obs.image.shape=[3,48,48]",
+        "horizon=4",
+        f"task.dataset.zarr_path={replay}",
+        f"task.dataset.dataset_target=[{','.join(chain)}]",
+    ]
+    with initialize_config_dir(config_dir=str(stub), version_base=None):
+        cfg = compose(config_name="train_diffusion_unet_sam2_cached_masks_workspace", overrides=overrides)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    assert cfg.shape_meta.obs.image_masks == {"shape": [2, 48, 48], "type": "mask", "camera": "image"}
+    assert cfg.task.dataset._target_ == "sam2_encoder.diffusion_policy.mask_cache.DPMaskDataset"
+    if importlib.util.find_spec("diffusion_policy") is None:  # core CI: no DP, so no DP base class to mix in
+        cfg.task.dataset._target_ = "sam2_encoder.diffusion_policy.mask_cache.MaskDataset"
+    dataset = instantiate(cfg.task.dataset)
+    assert isinstance(dataset, MaskDataset) and type(dataset.dataset) is CachedFeatureDataset
+    assert type(dataset.dataset.dataset) is ReplayImageDataset
+    encoder = instantiate(cfg.policy.obs_encoder).eval()
+    assert encoder.object_masks == {"image": "image_masks"} and encoder.num_objects == 2
+    item = dataset[3]
+    steps = cfg.n_obs_steps
+    assert item["obs"]["image"].shape == (cfg.horizon, 256, 2, 2)  # cached s16 features, not pixels
+    assert item["obs"]["image_masks"].shape == (cfg.horizon, 2, SIZE, SIZE)
+    obs = {k: v[:steps] for k, v in item["obs"].items()}
+    with torch.no_grad():
+        out = encoder(obs)
+        # the object tokens read the masks
+        assert not torch.equal(out, encoder({**obs, "image_masks": torch.zeros_like(obs["image_masks"])}))
+    assert out.shape == (steps, encoder.output_shape()[0])
+    val = dataset.get_validation_dataset()
+    assert type(val) is type(dataset) and type(val.dataset) is CachedFeatureDataset
+    cfg.task.dataset.dataset_target = ["sam2_encoder.diffusion_policy.synthetic.ReplayImageDataset", chain[1]]
+    with pytest.raises(
+        Exception, match=r"lists sam2_encoder.diffusion_policy.synthetic.ReplayImageDataset before the end"
+    ):
+        instantiate(cfg.task.dataset)

@@ -51,22 +51,32 @@ class DPDatasetWrapper(torch.utils.data.Dataset):
     Subclasses set :attr:`served_keys` (the obs keys whose values they serve, normalised through
     the identity) and implement ``__getitem__`` with :meth:`sample_frames`.
 
+    Wrappers compose: ``dataset_target`` may be a list of import paths, outermost first, ending
+    with the DP dataset class, e.g. ``[CachedFeatureDataset, PushTImageDataset]`` under a
+    ``DPMaskDataset`` serves cached features and cached masks together. Each wrapper takes its own
+    arguments from ``dataset_kwargs`` and hands the rest on, with the rest of the list.
+
     Args:
         dataset: The DP dataset to wrap, or ``None`` to build ``dataset_target(**dataset_kwargs)``.
         dataset_target: Import path of the DP dataset class (from Hydra configs, where the
-            wrapper's node is merged over the task's dataset node, whose arguments arrive as kwargs).
-        dataset_kwargs: Arguments of ``dataset_target``.
+            wrapper's node is merged over the task's dataset node, whose arguments arrive as kwargs),
+            or a list of paths: our wrappers (outermost first), then the DP dataset class.
+        dataset_kwargs: Arguments of ``dataset_target`` (of the whole chain).
 
     Raises:
         ValueError: If neither ``dataset`` nor ``dataset_target`` is given, or ``dataset`` with
-            ``dataset_target`` or its arguments.
+            ``dataset_target`` or its arguments, or a list whose entries before the last are not
+            our dataset wrappers.
         TypeError: If the dataset has no DP-style sampler.
     """
 
     served_keys: tuple[str, ...] = ()
 
     def __init__(
-        self, dataset: Any = None, dataset_target: str | None = None, dataset_kwargs: Mapping[str, Any] | None = None
+        self,
+        dataset: Any = None,
+        dataset_target: str | Sequence[str] | None = None,
+        dataset_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if dataset is not None and (dataset_target is not None or dataset_kwargs):
             given = sorted(dataset_kwargs or {}) if dataset_target is None else ["dataset_target"]
@@ -77,9 +87,7 @@ class DPDatasetWrapper(torch.utils.data.Dataset):
         if dataset is None:
             if dataset_target is None:
                 raise ValueError(f"{type(self).__name__} needs dataset= or dataset_target=")
-            from hydra.utils import get_class
-
-            dataset = get_class(dataset_target)(**(dataset_kwargs or {}))
+            dataset = _build_chain(type(self).__name__, dataset_target, dict(dataset_kwargs or {}))
         sampler = getattr(dataset, "sampler", None)
         if sampler is None or not hasattr(sampler, "indices"):
             raise TypeError(f"{type(dataset).__name__} has no DP-style sampler with .indices")
@@ -112,6 +120,30 @@ class DPDatasetWrapper(torch.utils.data.Dataset):
         for key in self.served_keys:
             normalizer[key] = SingleFieldLinearNormalizer.create_identity()
         return normalizer
+
+
+def _build_chain(owner: str, dataset_target: Any, kwargs: dict[str, Any]) -> Any:
+    """``dataset_target(**kwargs)``; a list builds its first class with the rest as its ``dataset_target``."""
+    from hydra.utils import get_class
+
+    if isinstance(dataset_target, str):
+        return get_class(dataset_target)(**kwargs)
+    targets = list(dataset_target) if isinstance(dataset_target, Sequence) else None
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(
+            f"{owner}: dataset_target must be an import path or a non-empty list of them (our wrappers, then the DP "
+            f"dataset class), got {dataset_target!r}"
+        )
+    if len(targets) == 1:
+        return get_class(targets[0])(**kwargs)
+    cls = get_class(targets[0])
+    if not (isinstance(cls, type) and issubclass(cls, DPDatasetWrapper)):
+        raise ValueError(
+            f"{owner}: dataset_target {targets} lists {targets[0]} before the end, which is not one of our dataset "
+            "wrappers (CachedFeatureDataset, MaskDataset); only the last entry is the DP dataset class"
+        )
+    rest = targets[1:]
+    return cls(dataset_target=rest[0] if len(rest) == 1 else rest, **kwargs)
 
 
 def with_dp_base(cls: type, name: str, module: str) -> type:

@@ -786,7 +786,9 @@ class CachedFeatureDataset(DPDatasetWrapper):
             The encoder's ``fuse`` value is accepted as is (``layout: ${policy.obs_encoder.fuse}``).
         dataset: The DP dataset to wrap, or ``None`` to build ``dataset_target(**dataset_kwargs)``.
         dataset_target: Import path of the DP dataset class (used from Hydra configs, where this
-            node is merged over the task's dataset node, whose arguments arrive as kwargs).
+            node is merged over the task's dataset node, whose arguments arrive as kwargs), or a list
+            of paths: our wrappers outermost first, then the DP dataset class (see
+            :class:`~.dp_base.DPDatasetWrapper`; e.g. masks over cached features).
         n_obs_steps: Only the first ``n_obs_steps`` steps get features (the rest are zeros, which
             DP's policy never reads); ``None`` fills every step.
         **dataset_kwargs: Arguments of ``dataset_target``.
@@ -798,7 +800,7 @@ class CachedFeatureDataset(DPDatasetWrapper):
         cached_keys: Mapping[str, str],
         levels: Sequence[str] | None = None,
         dataset: Any = None,
-        dataset_target: str | None = None,
+        dataset_target: str | Sequence[str] | None = None,
         n_obs_steps: int | None = None,
         layout: str = "pool",
         **dataset_kwargs: Any,

@@ -749,7 +749,9 @@ class MaskDataset(DPDatasetWrapper):
         obs_key: The obs key the masks are served under.
         dataset: The DP dataset to wrap, or ``None`` to build ``dataset_target(**dataset_kwargs)``.
         dataset_target: Import path of the DP dataset class (from Hydra configs, where this node
-            is merged over the task's dataset node, whose arguments arrive as kwargs).
+            is merged over the task's dataset node, whose arguments arrive as kwargs), or a list
+            of paths: our wrappers outermost first, then the DP dataset class (see
+            :class:`~.dp_base.DPDatasetWrapper`; e.g. masks over cached features).
         shape: ``[K, H, W]`` the policy expects (``shape_meta.obs.<obs_key>.shape``), checked
             against the cache; ``None`` skips the check.
         **dataset_kwargs: Arguments of ``dataset_target``.
@@ -764,7 +766,7 @@ class MaskDataset(DPDatasetWrapper):
         masks: MaskCache | str | os.PathLike[str],
         obs_key: str,
         dataset: Any = None,
-        dataset_target: str | None = None,
+        dataset_target: str | Sequence[str] | None = None,
         shape: Sequence[int] | None = None,
         **dataset_kwargs: Any,
     ) -> None:
