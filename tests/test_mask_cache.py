@@ -797,3 +797,27 @@ def test_cached_masks_workspace_preset_composes_and_builds(whole_masks: Path, re
         Exception, match=r"lists sam2_encoder.diffusion_policy.synthetic.ReplayImageDataset before the end"
     ):
         instantiate(cfg.task.dataset)
+
+
+def test_cache_with_prompts_and_random_weights_says_whose_they_are(two_cameras, tmp_path, capsys) -> None:
+    """Seeded random weights of the video model are not SAM2ImageEncoder's: the feature cache says so, and an
+    image encoder with random weights refuses it instead of reading features of other weights."""
+    import shutil
+
+    from sam2_encoder import SAM2ImageEncoder
+    from sam2_encoder.cli import main
+    from sam2_encoder.diffusion_policy.feature_cache import CacheError, FeatureCache
+
+    replay = Path(shutil.copytree(two_cameras, tmp_path / "replay.zarr"))
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(PROMPTS))
+    assert main(["cache", str(replay), "--keys", "img", "--prompts", str(prompts), *SMALL_ARGS]) == 0
+    captured = capsys.readouterr()
+    assert "no --checkpoint: seeded random weights (features and masks are not meaningful)" in captured.err
+    features, masks = tmp_path / "replay.sam2.1_hiera_tiny_64.features.zarr", tmp_path / "replay.img_masks.zarr"
+    assert f"feature cache ready: {features} (" in captured.out and f"mask cache ready: {masks}" in captured.out
+    cache = FeatureCache(features)  # both beside the replay buffer, named as `cache` and `masks` name them
+    assert cache.spec["weights"] == "random:seed=0:video_model"
+    assert MaskCache(masks).spec["weights"] == "random:seed=0"  # as `sam2-encoder masks` records it
+    with pytest.raises(CacheError, match=r"weights random:seed=0:video_model in the cache vs random:seed=0"):
+        cache.check_compatible(SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=64), ["s16"])

@@ -200,14 +200,13 @@ def _run_with_masks(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.prompts):
         raise CLIError(f"--prompts {args.prompts}: no such file")
     try:
-        from ..diffusion_policy.feature_cache import default_cache_path
         from ..diffusion_policy.mask_cache import check_mask_inputs, default_mask_path, weights_identity
         from ..diffusion_policy.tracked_cache import build_cache_with_masks
     except ImportError as e:
         raise CLIError(f"{_NEEDS_ZARR} ({e})") from e
-    out = args.out or default_cache_path(args.replay, args.variant, args.image_size)
+    out = args.out  # default: beside the replay buffer, named after the model (as without --prompts)
     masks_out = args.masks_out or default_mask_path(args.replay, mask_key)
-    if os.path.abspath(out) == os.path.abspath(masks_out):
+    if out is not None and os.path.abspath(out) == os.path.abspath(masks_out):
         raise CLIError(f"--out and --masks-out are both {out}: the feature cache and the mask cache need two folders")
     try:  # everything but the model, before building it
         check_mask_inputs(args.replay, mask_key, args.prompts, masks_out)
