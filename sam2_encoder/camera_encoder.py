@@ -8,6 +8,10 @@ flattened (keys sorted); ``output_shape()`` returns ``(D,)`` without running the
 
 Images are mapped from ``input_range`` to [0, 1] exactly, optionally resized / cropped, then
 preprocessed the SAM 2 way. Every camera and time step goes through the trunk in ONE batched pass.
+
+With object tokens and ``object_tracker=True``, an inference call whose obs dict has no masks
+gets them from SAM 2 trackers (one stream per batch row, ``n_obs_steps`` rows per stream) fed
+with that same trunk pass (see ``object_tracker`` below).
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .downloads import CheckpointError
 from .finetune import configure_finetuning
 from .heads import CameraHead
 from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder, build_seeded
 from .object_tokens import ObjectTokens, check_masks, object_mask_keys
+from .object_tracking import ObjectTracker, TrackerModules, parse_object_prompts
 from .pooling import CoarseToFine, build_pool, check_pool_options, coarse_to_fine_shape, fuse_levels, pack_pyramid
 from .transforms import UINT8_HINT
 
@@ -66,6 +72,31 @@ class MultiCameraEncoder(nn.Module):
         object_token_dim: Project each token to this size (``None``: the level's channels);
             ``feature_dim`` sizes the readout only.
         object_absent: Token of an empty mask: ``"learned"`` embedding or ``"zero"``.
+        object_tracker: Track the objects at inference: in eval mode under ``torch.no_grad()``,
+            an obs dict WITHOUT the mask keys gets its masks from one SAM 2 tracker per (stream,
+            camera), fed with the policy's own trunk pass (each new frame is encoded once, for
+            the tracker and the heads). Needs object tokens, ``freeze=True`` and a full SAM 2
+            checkpoint (memory modules); the tracker's weights (:class:`~sam2_encoder.
+            object_tracking.TrackerModules`, frozen, never trained) are in this module's state
+            dict (``tracker.*``), so a saved policy tracks without the SAM 2 file. Training and
+            obs dicts that carry masks are unchanged. Streams: see :meth:`reset_objects`. The
+            last tracked call's masks: ``tracked_masks`` ``{camera: (n, K, h, w) bool}`` in the
+            view the trunk sees (after ``resize_shape`` and the centre ``crop_shape``).
+        object_prompts: First-frame prompts of the tracker, ``{camera: {obj_id: {"points":
+            [[x, y], ...], "labels": [1, ...]} | {"box": [x0, y0, x1, y1]}}}`` in camera pixels
+            (the obs image's ``W x H``, before ``resize_shape`` / ``crop_shape``; with a crop they
+            must lie inside the centre crop the encoder sees at inference). ``num_objects`` ids per
+            camera with masks; mask channel ``k`` is the ``k``-th smallest id. ``None``: set them
+            later with :meth:`set_object_prompts`.
+        n_obs_steps: Rows per stream in a call: the rows are ``b * n_obs_steps + t`` (Diffusion
+            Policy flattens ``(B, To)`` this way), ``t = n_obs_steps - 1`` the newest frame.
+            ``None``: 1 (every row its own stream, one frame per call).
+        object_restart: When a stream starts over (prompted again): ``"auto"`` (default): at the
+            first call, after :meth:`reset_objects` / :meth:`set_object_prompts`, when the number
+            of streams changes, on ``train()`` / ``eval()``, and when a stream's ``n_obs_steps``
+            frames are all one frame that is not the last frame it tracked (Diffusion Policy's
+            ``MultiStepWrapper`` repeats an episode's first observation that way); ``"manual"``:
+            the same without the last rule.
         freeze: Keep the SAM 2 weights frozen (default). ``False`` fine-tunes them (see ``finetune``).
         finetune: With ``freeze=False``: ``"all"`` (default), ``"last_blocks"`` or ``"lora"``.
         finetune_blocks: Trainable Hiera blocks for ``"last_blocks"``.
@@ -142,8 +173,13 @@ class MultiCameraEncoder(nn.Module):
         download: bool = False,
         reuse_frames: bool = True,
         precision: str = "fp32",
+        object_tracker: bool = False,
+        object_prompts: Mapping[str, Any] | None = None,
+        n_obs_steps: int | None = None,
+        object_restart: str = "auto",
     ) -> None:
         super().__init__()
+        self._streams = _Streams()  # the object tracker's streams (object_tracker=True)
         self.rgb_shapes = _check_cameras(cameras)
         self.low_dim_shapes = {k: whole_dims(low_dim[k], f"low_dim[{k!r}]") for k in sorted(low_dim or {})}
         self.levels = (levels,) if isinstance(levels, str) else tuple(levels)
@@ -194,6 +230,21 @@ class MultiCameraEncoder(nn.Module):
         self.trunk_lr_scale = trunk_lr_scale
         self.use_compile = compile
         self._check_crop()
+        # the object tracker's options, checked before SAM 2 is built
+        self.n_obs_steps = None if n_obs_steps is None else _count(n_obs_steps, "n_obs_steps")
+        if not isinstance(object_tracker, bool):
+            raise ValueError(f"object_tracker must be true or false, got {object_tracker!r}")
+        self.object_tracker = object_tracker
+        self.object_restart = object_restart
+        self.tracked_masks: dict[str, torch.Tensor] = {}
+        self.object_prompts: dict[str, Any] = {}
+        if object_tracker:
+            self._check_tracking(freeze, object_restart)
+            self.object_prompts = self._parse_prompts(object_prompts, "object_prompts")
+        elif object_prompts:
+            raise ValueError(
+                "object_prompts are given but object_tracker is false: set object_tracker=true to track them"
+            )
 
         self.encoder = SAM2ImageEncoder(
             variant,
@@ -260,6 +311,18 @@ class MultiCameraEncoder(nn.Module):
         self.reuse_frames = reuse_frames
         self._memo = _FrameMemo()
         self._compiled = None
+        self.tracker: TrackerModules | None = None
+        if object_tracker:
+            read = checkpoint is not None and self.encoder.pending_checkpoint is None
+            try:
+                self.tracker = TrackerModules(
+                    self.encoder, checkpoint=checkpoint if read else None, seed=seed, download=download and read
+                )
+            except CheckpointError as e:
+                raise CheckpointError(
+                    f"{e}\nobject_tracker=True: the encoder's object tracker needs a full SAM 2 checkpoint (memory "
+                    "attention / encoder); pass one, or set object_tracker=false and give the masks in every obs dict"
+                ) from e
 
     # ----------------------------------------------------------------------------------------
     # encoder API
@@ -302,26 +365,50 @@ class MultiCameraEncoder(nn.Module):
             return torch.zeros(
                 *lead, self.output_shape()[0], dtype=self._head_dtype(), device=obs_dict[self.rgb_keys[0]].device
             )
-        masks = self._object_masks(obs_dict, lead, n)  # {camera: (n, K, H, W) float}
+        tracking = self._tracks(obs_dict)
+        masks = {} if tracking else self._object_masks(obs_dict, lead, n)  # {camera: (n, K, H, W) float}
         memo = self._memo if self.reuse_frames and not self.training and not torch.is_grad_enabled() else None
         if memo is not None and not memo.tie(self, obs_dict[self.rgb_keys[0]].device.type):
             memo = None  # (tie forgets outputs of other weights or another autocast state)
         outputs: dict[str, torch.Tensor] = {}
         pending: list[tuple[str, torch.Tensor, torch.Tensor | None, _Lookup | None]] = []
+        tracked: dict[str, torch.Tensor] = {}  # tracked cameras: frames in [0, 1] as the trunk sees them
         for key in self.rgb_keys:
             x = obs_dict[key]
             x = x.reshape(n, *x.shape[len(lead) :])
             m = masks.get(key)
-            if tuple(x.shape[1:]) == self.feature_shape:  # precomputed by `sam2-encoder cache` or a tracker
+            if tracking and key in self.object_masks:
+                if tuple(x.shape[1:]) == self.feature_shape:
+                    raise ValueError(
+                        f"obs_dict[{key!r}] holds precomputed features {tuple(x.shape)}, but the object tracker needs "
+                        f"camera {key!r}'s frames (3, H, W); give the frames, or the masks under "
+                        f"{self.object_masks[key]!r}"
+                    )
+                tracked[key] = self._tracker_frames(key, x)
+            elif tuple(x.shape[1:]) == self.feature_shape:  # precomputed by `sam2-encoder cache` or a tracker
                 outputs[key] = self._head(key, x, m)
             else:  # a remembered row must match the frame and, with object tokens, its masks
                 pending.append((key, x, m, memo.lookup(key, _with_masks(x, m)) if memo is not None else None))
         todo = [(key, *_rows((x, m), None if hit is None else hit.missing)) for key, x, m, hit in pending]
         inputs = [self._preprocess(key, x, m) for key, x, m in todo if len(x)]
+        plan = self._plan_tracking(tracked, n) if tracked else None
+        late = len(tracked) if plan is not None and len(plan.encode) else 0  # trunk inputs of tracked cameras
+        if late:  # the tracked cameras' new frames join the same trunk pass
+            inputs += [(self.encoder.transforms.finish(tracked[key][plan.encode]), None) for key in tracked]
         if inputs:  # every camera and time step still to encode in ONE trunk pass: (M, 3, S, S)
             pixels = torch.cat([p for p, _ in inputs], dim=0)
-            maps = iter(self.encode_pixels(pixels).split([len(p) for p, _ in inputs]))
+            sizes = [len(p) for p, _ in inputs]
+            pyramid = self._encode_pyramid(pixels)
+            starts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+            parts_of = [pyramid.select(slice(a, b)) for a, b in zip(starts[:-1], starts[1:])]
+            maps = iter(self.fuse_levels(p) for p in parts_of[: len(parts_of) - late])
             fitted = iter([fm for _, fm in inputs])  # the masks, resized and cropped like the images
+        if plan is not None:
+            pyramids = dict(zip(tracked, parts_of[len(parts_of) - late :])) if late else {}
+            features, tracked_masks = self._advance_tracking(plan, tracked, pyramids)
+            for key in tracked:
+                outputs[key] = self._head(key, features[key], tracked_masks[key].to(features[key].dtype))
+            self.tracked_masks = tracked_masks
         for (key, x, m, hit), (_, rows, _) in zip(pending, todo):
             fresh = self._head(key, next(maps), next(fitted)) if len(rows) else None
             if hit is None:
@@ -346,11 +433,15 @@ class MultiCameraEncoder(nn.Module):
         Returns:
             ``(M, C, h, w)`` with ``C`` the summed channels of the selected levels.
         """
+        return self.fuse_levels(self._encode_pyramid(pixels))
+
+    def _encode_pyramid(self, pixels: torch.Tensor) -> FeaturePyramid:
+        """The one SAM 2 trunk pass (compiled with ``compile=True``)."""
         if self.use_compile:
             if self._compiled is None:
                 self._compiled = torch.compile(self.encoder.encode, dynamic=False)
-            return self.fuse_levels(self._compiled(pixels))
-        return self.fuse_levels(self.encoder.encode(pixels))
+            return self._compiled(pixels)
+        return self.encoder.encode(pixels)
 
     def fuse_levels(self, pyramid: FeaturePyramid) -> torch.Tensor:
         """The heads' input from a pyramid: what a camera input of ``feature_shape`` holds.
@@ -370,6 +461,239 @@ class MultiCameraEncoder(nn.Module):
         if self.fuse == "coarse_to_fine":
             return pack_pyramid([pyramid[lv] for lv in LEVELS])
         return fuse_levels([pyramid[lv] for lv in self.levels])
+
+    # ----------------------------------------------------------------------------------------
+    # object tracker (object_tracker=True)
+    # ----------------------------------------------------------------------------------------
+
+    def set_object_prompts(self, prompts: Mapping[str, Any], row: int | None = None) -> None:
+        """Set the tracker's first-frame prompts at run time (a person's clicks, a detector).
+
+        The next inference call without masks starts new streams from them (every stream, or
+        stream ``row`` only), prompted on that call's oldest frame of the stream; later restarts
+        (:meth:`reset_objects`, a new episode) keep them.
+
+        Args:
+            prompts: ``{camera: {obj_id: {"points": [[x, y], ...], "labels": [1, ...]} | {"box":
+                [x0, y0, x1, y1]}}}`` in camera pixels, ``num_objects`` ids for every camera with
+                object masks (see ``object_prompts``).
+            row: One stream (batch index ``b`` of ``b * n_obs_steps + t``), or ``None`` for all.
+
+        Raises:
+            ValueError: Without ``object_tracker``, for a bad row, or for prompts that do not fit
+                the cameras (outside the frame or the centre crop, wrong ids, ...).
+        """
+        self._require_tracker("set_object_prompts")
+        parsed = self._parse_prompts(prompts, "set_object_prompts")
+        if not parsed:
+            raise ValueError("set_object_prompts needs prompts for every camera with object masks, got none")
+        if row is None:
+            self.object_prompts = parsed
+            self._streams.row_prompts.clear()
+            self._streams.end()
+        else:
+            if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+                raise ValueError(f"set_object_prompts: row must be a stream index >= 0, got {row!r}")
+            self._streams.row_prompts[row] = parsed
+            self._streams.restart.add(row)
+
+    def reset_objects(self) -> None:
+        """End every object stream (a new episode): the next call prompts each stream's frames again.
+
+        Diffusion Policy's ``policy.reset()`` does not reach the obs encoder: call
+        ``policy.obs_encoder.reset_objects()`` beside it in a robot loop. DP's simulator runners
+        need no call with ``object_restart="auto"`` (an episode's first window repeats its first
+        frame). Also forgets the frame memo (:meth:`forget_frames`). Prompts are kept.
+        """
+        self._streams.end()
+        self.forget_frames()
+
+    def _require_tracker(self, what: str) -> TrackerModules:
+        if self.tracker is None:
+            raise ValueError(
+                f"{what}: this encoder has no object tracker (object_tracker=false"
+                + ("" if self.object_masks else ", and no object tokens")
+                + "); build it with object_tracker=true"
+            )
+        return self.tracker
+
+    def _check_tracking(self, freeze: bool, restart: str) -> None:
+        if not self.object_masks:
+            raise ValueError(
+                "object_tracker=True needs object tokens: set object_masks_key (or a `type: mask` entry in shape_meta) "
+                "and num_objects; without object tokens there is nothing to track"
+            )
+        if not freeze:
+            raise ValueError(
+                "object_tracker=True needs freeze=True: the tracker's mask decoder and memory were trained on SAM 2's "
+                "own features, and a fine-tuned trunk feeds it others; fine-tune with masks from the dataset and give "
+                "them in every obs dict at inference (object_tracker=false)"
+            )
+        if restart not in ("auto", "manual"):
+            raise ValueError(f"object_restart must be 'auto' or 'manual', got {restart!r}")
+
+    def _tracker_view(self, camera: str) -> tuple[float, float, int, int, int, int]:
+        """``(scale_y, scale_x, top, left, h, w)``: camera pixels -> the frame the trunk sees at inference."""
+        _, height, width = self.rgb_shapes[camera]
+        rh, rw = self.resize_shape or (height, width)
+        ch, cw = self.crop_shape or (rh, rw)
+        return rh / height, rw / width, (rh - ch) // 2, (rw - cw) // 2, ch, cw
+
+    def _parse_prompts(self, spec: Any, what: str) -> dict[str, Any]:
+        """Prompts in camera pixels, checked against the frames and the centre crop the tracker sees."""
+        sizes = {camera: self.rgb_shapes[camera][1:] for camera in self.object_masks}
+        parsed = parse_object_prompts(_plain(spec), sizes, self.num_objects, what)
+        for camera, objects in parsed.items():
+            sy, sx, top, left, ch, cw = self._tracker_view(camera)
+            if (top, left, ch, cw) == (0, 0, *sizes[camera]):
+                continue
+            x0, y0, x1, y1 = left / sx, top / sy, (left + cw) / sx, (top + ch) / sy
+            for obj_id, prompt in objects.items():
+                box = [prompt["box"][:2], prompt["box"][2:]] if "box" in prompt else []
+                corners = list(prompt.get("points", [])) + box
+                bad = [xy for xy in corners if not (x0 <= xy[0] <= x1 and y0 <= xy[1] <= y1)]
+                if bad:
+                    raise ValueError(
+                        f"{what}[{camera!r}][{obj_id}]: {bad} lies outside the part of the frame the encoder sees at "
+                        f"inference (resize_shape={self.resize_shape}, centre crop_shape={self.crop_shape}): x must be "
+                        f"in [{x0:g}, {x1:g}] and y in [{y0:g}, {y1:g}] (camera pixels)"
+                    )
+        return parsed
+
+    def _view_prompts(self, parsed: Mapping[str, Any]) -> dict[str, Any]:
+        """Prompts moved from camera pixels into the resized, centre-cropped frame the tracker sees."""
+        out: dict[str, Any] = {}
+        for camera, objects in parsed.items():
+            sy, sx, top, left, _, _ = self._tracker_view(camera)
+
+            def move(xy: Sequence[float], sx: float = sx, sy: float = sy, top: int = top, left: int = left) -> list:
+                return [xy[0] * sx - left, xy[1] * sy - top]
+
+            out[camera] = {}
+            for obj_id, prompt in objects.items():
+                moved = dict(prompt)
+                if "points" in prompt:
+                    moved["points"] = [move(xy) for xy in prompt["points"]]
+                if "box" in prompt:
+                    moved["box"] = move(prompt["box"][:2]) + move(prompt["box"][2:])
+                out[camera][obj_id] = moved
+        return out
+
+    def _tracks(self, obs_dict: Mapping[str, torch.Tensor]) -> bool:
+        """Whether this call's masks come from the tracker (the obs dict has none) or from the obs dict."""
+        if self.tracker is None:
+            return False
+        keys = list(self.object_masks.values())
+        given = [key for key in keys if key in obs_dict]
+        if given and len(given) != len(keys):
+            raise KeyError(
+                f"obs_dict has object masks {given} but not {sorted(set(keys) - set(given))}; give all of them or none "
+                "(the encoder's object tracker then makes them)"
+            )
+        if given:
+            return False
+        if self.training or torch.is_grad_enabled():
+            raise KeyError(
+                f"obs_dict is missing {keys[0]!r}, the object masks of camera {next(iter(self.object_masks))!r}; the "
+                "object tracker runs at inference only (eval mode, under torch.no_grad()): training reads the masks "
+                f"from the dataset; got keys {sorted(obs_dict)}"
+            )
+        return True
+
+    def _tracker_frames(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """``(n, 3, h, w)`` float in [0, 1]: the frames as the trunk sees them (resized, centre-cropped)."""
+        unit, _ = self._preprocess(key, x, None, finish=False)
+        return unit
+
+    def _plan_tracking(self, frames: Mapping[str, torch.Tensor], n: int) -> _Plan:
+        """Which rows of this call are new frames of their streams (see ``object_restart``)."""
+        to = self.n_obs_steps or 1
+        if n % to:
+            raise ValueError(
+                f"object tracker: {n} rows is not a multiple of n_obs_steps={to} (rows are b * n_obs_steps + t: "
+                "each stream brings its last n_obs_steps frames)"
+            )
+        streams = n // to
+        state = self._streams
+        if len(state.rows) != streams:
+            state.rows = [_Stream() for _ in range(streams)]
+            state.restart = set(range(streams))
+        cameras = list(frames)
+
+        def same(a: int, b: int, old: _Stream | None = None) -> bool:  # row a of this call == row b (or old's b)
+            return all(torch.equal(frames[c][a], (frames[c] if old is None else old.frames[c])[b]) for c in cameras)
+
+        sources: list[list[tuple[str, int]]] = []
+        encode: list[int] = []
+        for b, stream in enumerate(state.rows):
+            rows = range(b * to, (b + 1) * to)
+            restart = b in state.restart or not stream.frames
+            keep = 0  # frames at the start of the window that the stream tracked at its last call
+            if not restart:
+                for shift in range(to + 1):
+                    k = to - shift
+                    if all(same(rows[t], shift + t, stream) for t in range(k)):
+                        keep = k
+                        break
+                repeated = all(same(r, rows[0]) for r in rows)
+                if keep == 0 and repeated and self.object_restart == "auto":
+                    restart = True
+            row_sources = []
+            for t, r in enumerate(rows):
+                if not restart and t < keep:
+                    row_sources.append(("old", to - keep + t))
+                elif t > 0 and same(r, r - 1):
+                    row_sources.append(("same", t - 1))
+                else:
+                    row_sources.append(("prompt" if restart and t == 0 else "new", len(encode)))
+                    encode.append(r)
+            sources.append(row_sources)
+            if restart:
+                prompts = state.row_prompts.get(b, self.object_prompts)
+                if not prompts:
+                    raise ValueError(
+                        f"object tracker: no object prompts for stream {b}: set object_prompts (camera pixels) or call "
+                        "set_object_prompts(...) before the first frame"
+                    )
+                stream.start(self, prompts)
+        state.restart.clear()
+        device = next(iter(frames.values())).device
+        return _Plan(sources, torch.tensor(encode, dtype=torch.long, device=device))
+
+    def _advance_tracking(
+        self, plan: _Plan, frames: Mapping[str, torch.Tensor], pyramids: Mapping[str, FeaturePyramid]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Track every new frame in stream order; ``({camera: (n, *feature_shape)}, {camera: (n, K, h, w) bool})``."""
+        fused = {c: self.fuse_levels(p) for c, p in pyramids.items()}
+        features: dict[str, list[torch.Tensor]] = {c: [] for c in frames}
+        masks: dict[str, list[torch.Tensor]] = {c: [] for c in frames}
+        to = self.n_obs_steps or 1
+        for b, (stream, row_sources) in enumerate(zip(self._streams.rows, plan.sources)):
+            window_f: dict[str, list[torch.Tensor]] = {c: [] for c in frames}
+            window_m: dict[str, list[torch.Tensor]] = {c: [] for c in frames}
+            for t, (kind, index) in enumerate(row_sources):
+                if kind in ("prompt", "new"):
+                    r = b * to + t
+                    step = stream.tracker.step(
+                        {c: frames[c][r : r + 1] for c in frames},
+                        {c: pyramids[c].select(slice(index, index + 1)) for c in frames},
+                    )
+                for c in frames:
+                    if kind == "old":
+                        f, m = stream.features[c][index], stream.masks[c][index]
+                    elif kind == "same":
+                        f, m = window_f[c][index], window_m[c][index]
+                    else:
+                        f, m = fused[c][index], step[c][0]
+                    window_f[c].append(f)
+                    window_m[c].append(m)
+            stream.frames = {c: frames[c][b * to : (b + 1) * to] for c in frames}
+            stream.features = {c: torch.stack(window_f[c]) for c in frames}
+            stream.masks = {c: torch.stack(window_m[c]) for c in frames}
+            for c in frames:
+                features[c].append(stream.features[c])
+                masks[c].append(stream.masks[c])
+        return {c: torch.cat(v) for c, v in features.items()}, {c: torch.cat(v) for c, v in masks.items()}
 
     # ----------------------------------------------------------------------------------------
     # training helpers
@@ -395,8 +719,9 @@ class MultiCameraEncoder(nn.Module):
         return groups
 
     def train(self, mode: bool = True) -> MultiCameraEncoder:
-        """Set train mode (the frozen trunk stays in eval) and forget remembered frames."""
+        """Set train mode (the frozen trunk stays in eval), forget remembered frames, end object streams."""
         self.forget_frames()
+        self._streams.end()
         return super().train(mode)
 
     def forget_frames(self) -> None:
@@ -414,6 +739,8 @@ class MultiCameraEncoder(nn.Module):
         state = self.__dict__.copy()
         state["_compiled"] = None  # compiled graphs neither pickle nor deep-copy
         state["_memo"] = _FrameMemo()  # remembered frames belong to one inference stream
+        state["_streams"] = _Streams(dict(self._streams.row_prompts))  # object streams too (prompts kept)
+        state["tracked_masks"] = {}
         return state
 
     # ----------------------------------------------------------------------------------------
@@ -485,9 +812,12 @@ class MultiCameraEncoder(nn.Module):
         return out
 
     def _preprocess(
-        self, key: str, x: torch.Tensor, masks: torch.Tensor | None = None
+        self, key: str, x: torch.Tensor, masks: torch.Tensor | None = None, finish: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Images to SAM 2 pixels ``(M, 3, S, S)``; object masks through the same resize and crop."""
+        """Images to SAM 2 pixels ``(M, 3, S, S)``; object masks through the same resize and crop.
+
+        ``finish=False`` stops before SAM 2's resize and normalisation: RGB in [0, 1], resized and cropped.
+        """
         if not x.is_floating_point():
             raise TypeError(
                 f"obs_dict[{key!r}] is {x.dtype}; expected float images in input_range "
@@ -507,7 +837,7 @@ class MultiCameraEncoder(nn.Module):
             x = self._crop(x)
         if masks is not None:
             x, masks = x[:, :3].contiguous(), x[:, 3:]
-        return t.finish(x), masks
+        return (t.finish(x) if finish else x), masks
 
     def _check_crop(self) -> None:
         if self.crop_shape is None:
@@ -680,6 +1010,61 @@ class _FrameMemo:
         self.frames[key] = x.detach().clone()
         self.outputs[key] = outputs.detach()
         self.prints[key] = lookup.fingerprints
+
+
+class _Stream:
+    """One stream's tracker and its last window: frames, fused features and masks per camera."""
+
+    def __init__(self) -> None:
+        self.tracker: ObjectTracker | None = None
+        self.frames: dict[str, torch.Tensor] = {}
+        self.features: dict[str, torch.Tensor] = {}
+        self.masks: dict[str, torch.Tensor] = {}
+
+    def start(self, encoder: MultiCameraEncoder, prompts: Mapping[str, Any]) -> None:
+        """Begin again from ``prompts`` (camera pixels): the next tracked frame is prompted."""
+        assert encoder.tracker is not None
+        if self.tracker is None:
+            sizes = {c: encoder._tracker_view(c)[4:] for c in encoder.object_masks}
+            self.tracker = ObjectTracker(encoder.tracker.model, encoder.encoder.variant, sizes, encoder.num_objects)
+        self.tracker.reset()
+        self.tracker.set_prompts(encoder._view_prompts(prompts))
+        self.frames, self.features, self.masks = {}, {}, {}
+
+
+class _Streams:
+    """The object streams of an encoder, and prompts set for single streams."""
+
+    def __init__(self, row_prompts: dict[int, Any] | None = None) -> None:
+        self.rows: list[_Stream] = []
+        self.restart: set[int] = set()
+        self.row_prompts: dict[int, Any] = row_prompts or {}
+
+    def end(self) -> None:
+        self.rows = []
+        self.restart = set()
+
+
+class _Plan:
+    """Where each row of a tracked call comes from: ``sources[b][t] = (kind, index)`` and the rows to encode.
+
+    ``kind``: ``"old"`` (position ``index`` of the stream's last window), ``"same"`` (equal to
+    position ``index`` of this window), ``"prompt"`` / ``"new"`` (encoded row ``index`` of
+    ``encode``, prompted or tracked).
+    """
+
+    def __init__(self, sources: list[list[tuple[str, int]]], encode: torch.Tensor) -> None:
+        self.sources = sources
+        self.encode = encode
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences (e.g. OmegaConf containers from a Hydra config) as dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _children(modules: list[nn.Module]) -> tuple[int, ...]:

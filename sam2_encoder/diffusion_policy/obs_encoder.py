@@ -7,6 +7,15 @@ sorted) then the raw low-dim values (keys sorted); ``output_shape()`` returns ``
 
 Images arrive normalised by the policy's ``LinearNormalizer``: float in [-1, 1]; the input range
 is converted exactly. Everything else is :class:`~sam2_encoder.camera_encoder.MultiCameraEncoder`.
+
+Object tokens at inference without masks in the obs (DP's simulator runners and
+``eval_real_robot.py`` never provide them): ``object_tracker=True`` with ``object_prompts`` (camera
+pixels) and ``n_obs_steps`` (the presets pass DP's top-level ``n_obs_steps``) tracks the objects on the
+policy's own trunk pass, one stream per batch row ``b`` of DP's ``b * To + t`` rows. DP's
+``policy.reset()`` does not reach the encoder: a robot loop calls
+``policy.obs_encoder.reset_objects()`` beside it (and may call ``set_object_prompts`` per episode);
+DP's sim runners need nothing (their first window repeats the episode's first frame, which
+restarts a stream).
 """
 
 from __future__ import annotations
@@ -168,7 +177,8 @@ class SAM2ObsEncoder(MultiCameraEncoder):
             ``feature_dim``, ``freeze``, ``finetune``, ``crop_shape``, ...). With mask entries in
             ``shape_meta`` (``type: mask``, see :func:`parse_mask_meta`), ``object_masks_key`` and
             ``num_objects`` come from them (given as well, they must agree; ``None`` = from
-            ``shape_meta``).
+            ``shape_meta``). ``object_tracker``, ``object_prompts``, ``n_obs_steps`` and
+            ``object_restart``: the tracker for inference without masks (see the module doc).
 
     Shapes:
         ``forward({key: (N, *shape)}) -> (N, D)`` with ``D = output_shape()[0]``.
