@@ -15,5 +15,5 @@ python -c "import transformers; assert transformers.__version__ == '5.4.0', tran
 OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider tests/test_image_encoder.py tests/test_meta_parity.py \
     tests/test_transforms.py tests/test_variants.py tests/test_checkpoints.py tests/test_streaming.py tests/test_layout.py \
     tests/test_object_tokens.py tests/test_frame_memo.py tests/test_numerics.py tests/test_deferred_checkpoint.py \
-    tests/test_object_tracking.py
+    tests/test_object_tracking.py tests/test_obs_tracking.py
 echo "compat.sh (transformers 5.4.0) done in $(( $(date +%s) - start )) s"

@@ -110,7 +110,11 @@ def run_guide_block(marker: str, cwd: Path, extra_path: Sequence[Path] = (), tim
     start = time.perf_counter()
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", guide_block(marker)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"guide block with {marker!r} failed:\n{output[-6000:]}"
@@ -400,7 +404,9 @@ def assert_reload_and_robot_loop(
             dst.rename(src)
     for path in away:  # the encoder said what it did without the file (placeholder, then the saved weights)
         assert any(str(path) in str(w.message) and "not found" in str(w.message) for w in caught), (
-            path, [str(w.message) for w in caught])
+            path,
+            [str(w.message) for w in caught],
+        )
     # strict reload: every saved tensor is in the rebuilt policy, equal
     saved = payload["state_dicts"]["ema_model" if cfg.training.use_ema else "model"]
     state = policy.state_dict()

@@ -27,8 +27,23 @@ def trained(dp_dir: Path, pusht_zarr: Path, meta_weights: Path, tmp_path_factory
     weights = link_weights(meta_weights, root)
     cache = root / "pusht_sam2.zarr"
     # the guide's cache command, at the tiny test size
-    cmd = ["sam2-encoder", "cache", str(pusht_zarr), "--keys", "img", "--image-size", "64",
-           "--checkpoint", str(weights), "--levels", "s16", "--dtype", "float16", "--out", str(cache)]
+    cmd = [
+        "sam2-encoder",
+        "cache",
+        str(pusht_zarr),
+        "--keys",
+        "img",
+        "--image-size",
+        "64",
+        "--checkpoint",
+        str(weights),
+        "--levels",
+        "s16",
+        "--dtype",
+        "float16",
+        "--out",
+        str(cache),
+    ]
     result = subprocess.run(cmd, env=python_env(cache_dir=root / "sam2_cache"), capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     out = root / "outputs"
@@ -42,8 +57,14 @@ def trained(dp_dir: Path, pusht_zarr: Path, meta_weights: Path, tmp_path_factory
         *tiny_overrides(out),
     ]
     output, seconds = run_train(dp_dir, args, out)
-    return {"out": out, "weights": weights, "cache": cache, "output": output, "seconds": seconds,
-            "cache_output": result.stdout + result.stderr}
+    return {
+        "out": out,
+        "weights": weights,
+        "cache": cache,
+        "output": output,
+        "seconds": seconds,
+        "cache_output": result.stdout + result.stderr,
+    }
 
 
 def test_cached_workspace_trains(trained) -> None:

@@ -39,15 +39,36 @@ def guide_rows() -> list[tuple[str, list[str]]]:
 ROWS = guide_rows()
 # Combinations of the table's options (and the other heads the presets name: avg, conv).
 COMBOS = [
-    ["policy.obs_encoder.pool=attention", "policy.obs_encoder.feature_dim=256", "policy.obs_encoder.levels=[s4,s8,s16]",
-     "policy.obs_encoder.freeze=false", "policy.obs_encoder.finetune=lora", "policy.obs_encoder.lora_rank=8",
-     "policy.obs_encoder.crop_shape=[84,84]"],
-    ["policy.obs_encoder.freeze=false", "policy.obs_encoder.finetune=last_blocks", "policy.obs_encoder.pool=avg",
-     "policy.obs_encoder.levels=[s8,s16]", "policy.obs_encoder.crop_shape=null"],
-    ["sam2_obs_encoder@policy.obs_encoder=sam2.1_hiera_small", "policy.obs_encoder.pool=conv",
-     "policy.obs_encoder.feature_dim=128", "policy.obs_encoder.image_size=96", "policy.obs_encoder.crop_shape=[80,80]"],
-    ["+sam2_head=coarse_to_fine_s4", "policy.obs_encoder.pool=attention", "policy.obs_encoder.freeze=false",
-     "policy.obs_encoder.finetune=lora", "policy.obs_encoder.crop_shape=[84,84]"],
+    [
+        "policy.obs_encoder.pool=attention",
+        "policy.obs_encoder.feature_dim=256",
+        "policy.obs_encoder.levels=[s4,s8,s16]",
+        "policy.obs_encoder.freeze=false",
+        "policy.obs_encoder.finetune=lora",
+        "policy.obs_encoder.lora_rank=8",
+        "policy.obs_encoder.crop_shape=[84,84]",
+    ],
+    [
+        "policy.obs_encoder.freeze=false",
+        "policy.obs_encoder.finetune=last_blocks",
+        "policy.obs_encoder.pool=avg",
+        "policy.obs_encoder.levels=[s8,s16]",
+        "policy.obs_encoder.crop_shape=null",
+    ],
+    [
+        "sam2_obs_encoder@policy.obs_encoder=sam2.1_hiera_small",
+        "policy.obs_encoder.pool=conv",
+        "policy.obs_encoder.feature_dim=128",
+        "policy.obs_encoder.image_size=96",
+        "policy.obs_encoder.crop_shape=[80,80]",
+    ],
+    [
+        "+sam2_head=coarse_to_fine_s4",
+        "policy.obs_encoder.pool=attention",
+        "policy.obs_encoder.freeze=false",
+        "policy.obs_encoder.finetune=lora",
+        "policy.obs_encoder.crop_shape=[84,84]",
+    ],
 ]
 REAL_SHAPE_META = {
     "obs": {
@@ -61,8 +82,15 @@ REAL_SHAPE_META = {
 
 def test_guide_table_is_parsed() -> None:
     whats = {what for what, _ in ROWS}
-    assert {"another model", "pooling head", "multi-scale features", "fine-tune the last blocks", "LoRA",
-            "input size", "two real-robot cameras"} <= whats, whats
+    assert {
+        "another model",
+        "pooling head",
+        "multi-scale features",
+        "fine-tune the last blocks",
+        "LoRA",
+        "input size",
+        "two real-robot cameras",
+    } <= whats, whats
 
 
 def _variant_weights(args: list[str], meta_weights: Path, folder: Path) -> Path:
@@ -95,8 +123,9 @@ def _variant_weights(args: list[str], meta_weights: Path, folder: Path) -> Path:
     [args for _, args in ROWS] + COMBOS,
     ids=[" ".join(a) for _, a in ROWS] + [f"combo{i}" for i in range(len(COMBOS))],
 )
-def test_override_through_dp_train(args: list[str], dp_dir: Path, pusht_zarr: Path, meta_weights: Path,
-                                   tmp_path: Path) -> None:
+def test_override_through_dp_train(
+    args: list[str], dp_dir: Path, pusht_zarr: Path, meta_weights: Path, tmp_path: Path
+) -> None:
     import torch
     import yaml
 
@@ -109,13 +138,17 @@ def test_override_through_dp_train(args: list[str], dp_dir: Path, pusht_zarr: Pa
             write_real_dataset(dp_dir / dataset, REAL_SHAPE_META)
         base = config
     else:
-        base = ["--config-name=train_diffusion_unet_sam2_workspace", "task=pusht_image",
-                f"task.dataset.zarr_path={pusht_zarr}"]
+        base = [
+            "--config-name=train_diffusion_unet_sam2_workspace",
+            "task=pusht_image",
+            f"task.dataset.zarr_path={pusht_zarr}",
+        ]
     weights = _variant_weights(overrides, meta_weights, tmp_path)
     out = tmp_path / "outputs"
     # tiny settings first: the override under test comes last and wins (image_size=256)
-    tiny = [a for a in tiny_overrides(out, epochs=1, steps=1)
-            if a.split("=")[0] not in {o.split("=")[0] for o in overrides}]
+    tiny = [
+        a for a in tiny_overrides(out, epochs=1, steps=1) if a.split("=")[0] not in {o.split("=")[0] for o in overrides}
+    ]
     run_train(dp_dir, [*base, f"policy.obs_encoder.checkpoint={weights}", *NO_SIM_RUNNER, *tiny, *overrides], out)
     assert [e["epoch"] for e in read_logs(out) if "train_action_mse_error" in e] == [0]
 
@@ -153,9 +186,15 @@ def test_own_config_block(dp_dir: Path, pusht_zarr: Path, meta_weights: Path, tm
         "defaults:\n  - train_diffusion_unet_image_workspace\n  - _self_\n\n" + block[0]
     )
     out = tmp_path / "outputs"
-    args = [f"--config-dir={config_dir}", "--config-name=my_sam2_workspace", "task=pusht_image",
-            f"task.dataset.zarr_path={pusht_zarr}", f"policy.obs_encoder.checkpoint={meta_weights}",
-            *NO_SIM_RUNNER, *tiny_overrides(out, epochs=1, steps=1)]
+    args = [
+        f"--config-dir={config_dir}",
+        "--config-name=my_sam2_workspace",
+        "task=pusht_image",
+        f"task.dataset.zarr_path={pusht_zarr}",
+        f"policy.obs_encoder.checkpoint={meta_weights}",
+        *NO_SIM_RUNNER,
+        *tiny_overrides(out, epochs=1, steps=1),
+    ]
     run_train(dp_dir, args, out)
     policy, cfg, _ = load_like_eval(out / "checkpoints" / "latest.ckpt", tmp_path / "eval")
     assert type(policy.obs_encoder).__name__ == "SAM2ObsEncoder" and cfg.policy.obs_encoder.pool == "attention"

@@ -37,8 +37,13 @@ def smoke(dp_dir: Path, pusht_zarr: Path, meta_weights: Path, tmp_path_factory: 
     weights.hardlink_to(meta_weights)
     guards = write_guards(tmp_path_factory.mktemp("guards"), sorted(set(SIM_DEPS) | set(REAL_DEPS)))
     output, seconds = run_guide_block("hydra.run.dir=data/outputs/sam2_smoke", dp_dir, [guards])
-    return {"out": dp_dir / "data" / "outputs" / "sam2_smoke", "weights": weights, "output": output,
-            "seconds": seconds, "guards": guards}
+    return {
+        "out": dp_dir / "data" / "outputs" / "sam2_smoke",
+        "weights": weights,
+        "output": output,
+        "seconds": seconds,
+        "guards": guards,
+    }
 
 
 def test_guide_training_command(smoke) -> None:
@@ -78,8 +83,13 @@ def test_plugin_visible_to_dp_train_py(dp_dir: Path) -> None:
 
     from ._dp import python_env
 
-    result = subprocess.run([sys.executable, "train.py", "--info", "searchpath"], cwd=dp_dir, env=python_env(),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "train.py", "--info", "searchpath"],
+        cwd=dp_dir,
+        env=python_env(),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if "sam2-encoder" in line]
     assert len(rows) == 1 and "pkg://sam2_encoder" in rows[0], result.stdout
