@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from .common import CLIError, add_model_args, build_model, non_negative_int, positive_int
+from .common import CLIError, EpisodeProgress, add_model_args, build_model, non_negative_int, positive_int
 
 __all__ = ["register", "report_problems", "run"]
 
@@ -213,7 +213,6 @@ def _run_with_masks(args: argparse.Namespace) -> int:
     except KeyError as e:
         raise CLIError(str(e.args[0]) if e.args else str(e)) from e
     import torch
-    from tqdm.auto import tqdm
 
     from ..checkpoints import resolve_checkpoint
     from ..streaming import StreamingPredictor
@@ -233,25 +232,8 @@ def _run_with_masks(args: argparse.Namespace) -> int:
     weights = weights_identity(args.checkpoint)
     # seeded random weights of the video model are not SAM2ImageEncoder's seeded ones: say so in the feature cache
     feature_weights = weights if args.checkpoint is not None else f"{weights}:video_model"
-    bar = None
-
-    def start(done: int, total: int) -> None:
-        nonlocal bar
-        if done:
-            print(f"resuming {masks_out}: {done} of {total} episodes already tracked", file=sys.stderr)
-        bar = tqdm(total=total, initial=done, desc=f"track {mask_key}", unit="episode", disable=args.quiet)
-
-    def damaged(problems: list[str]) -> None:
-        for problem in problems:
-            print(f"warning: {problem}", file=sys.stderr)
-        print(f"{masks_out}: tracking the damaged episodes again", file=sys.stderr)
-
-    def step(done: int, total: int) -> None:
-        if bar is not None:
-            bar.update(done - bar.n)
-
     began = time.perf_counter()
-    try:
+    with EpisodeProgress(masks_out, f"track {mask_key}", args.quiet) as progress:
         try:
             path, masks_path = build_cache_with_masks(
                 args.replay,
@@ -266,15 +248,12 @@ def _run_with_masks(args: argparse.Namespace) -> int:
                 levels=args.levels,
                 dtype=args.dtype,
                 chunk_frames=args.batch_size,
-                on_episode=step,
-                on_start=start,
-                on_damaged=damaged,
+                on_episode=progress.step,
+                on_start=progress.start,
+                on_damaged=progress.damaged,
             )
         except KeyError as e:
             raise CLIError(str(e.args[0]) if e.args else str(e)) from e
-    finally:
-        if bar is not None:
-            bar.close()
     seconds = time.perf_counter() - began
     print(f"feature cache ready: {path} ({seconds:.1f} s, 1 process(es), {mask_key} encoded once by the tracker)")
     print(f"mask cache ready: {masks_path}")

@@ -115,3 +115,44 @@ def check_model_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--device {device}: MPS is not available here")
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise CLIError(f"--device {device}: only cpu, cuda and mps are supported")
+
+
+class EpisodeProgress:
+    """Progress of a tracking run over a replay buffer's episodes (``masks``, ``cache --prompts``).
+
+    Its methods are the ``on_start`` / ``on_episode`` / ``on_damaged`` callbacks of
+    :func:`~sam2_encoder.diffusion_policy.mask_cache.build_mask_cache`; use it as a context manager
+    so the bar is closed however the run ends.
+
+    Args:
+        out: The mask cache being written (named in resume and repair messages).
+        desc: The progress bar's label.
+        quiet: No progress bar.
+    """
+
+    def __init__(self, out: object, desc: str, quiet: bool) -> None:
+        self.out, self.desc, self.quiet = out, desc, quiet
+        self.bar: Any = None
+
+    def start(self, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if done:
+            print(f"resuming {self.out}: {done} of {total} episodes already tracked", file=sys.stderr)
+        self.bar = tqdm(total=total, initial=done, desc=self.desc, unit="episode", disable=self.quiet)
+
+    def damaged(self, problems: list[str]) -> None:
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        print(f"{self.out}: tracking the damaged episodes again", file=sys.stderr)
+
+    def step(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> EpisodeProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

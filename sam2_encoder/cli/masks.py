@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any
 
 from .cache import report_problems
-from .common import CLIError, add_model_args, build_model, non_negative_int
+from .common import CLIError, EpisodeProgress, add_model_args, build_model, non_negative_int
 
 __all__ = ["register", "run"]
 
@@ -101,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise CLIError(f"{_NEEDS_ZARR} ({e})") from e
     import torch
-    from tqdm.auto import tqdm
 
     from ..streaming import StreamingPredictor
 
@@ -121,26 +119,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         download=args.download,
     )
-    bar = None
-
-    def start(done: int, total: int) -> None:
-        nonlocal bar
-        if done:
-            print(f"resuming {out}: {done} of {total} episodes already tracked", file=sys.stderr)
-        name = os.path.basename(str(out))
-        bar = tqdm(total=total, initial=done, desc=f"masks {name}", unit="episode", disable=args.quiet)
-
-    def damaged(problems: list[str]) -> None:
-        for problem in problems:
-            print(f"warning: {problem}", file=sys.stderr)
-        print(f"{out}: tracking the damaged episodes again", file=sys.stderr)
-
-    def step(done: int, total: int) -> None:
-        if bar is not None:
-            bar.update(done - bar.n)
-
     began = time.perf_counter()
-    try:
+    with EpisodeProgress(out, f"masks {os.path.basename(str(out))}", args.quiet) as progress:
         path = build_mask_cache(
             args.replay,
             args.key,
@@ -148,12 +128,9 @@ def run(args: argparse.Namespace) -> int:
             out,
             predictor,
             weights_identity(args.checkpoint),
-            on_episode=step,
-            on_start=start,
-            on_damaged=damaged,
+            on_episode=progress.step,
+            on_start=progress.start,
+            on_damaged=progress.damaged,
         )
-    finally:
-        if bar is not None:
-            bar.close()
     print(f"mask cache ready: {path} ({time.perf_counter() - began:.1f} s)")
     return 0
