@@ -313,11 +313,8 @@ class MultiCameraEncoder(nn.Module):
         self._compiled = None
         self.tracker: TrackerModules | None = None
         if object_tracker:
-            read = checkpoint is not None and self.encoder.pending_checkpoint is None
-            try:
-                self.tracker = TrackerModules(
-                    self.encoder, checkpoint=checkpoint if read else None, seed=seed, download=download and read
-                )
+            try:  # (not read while the encoder's checkpoint is deferred: the state dict brings both)
+                self.tracker = TrackerModules(self.encoder, checkpoint=checkpoint, seed=seed, download=download)
             except CheckpointError as e:
                 raise CheckpointError(
                     f"{e}\nobject_tracker=True: the encoder's object tracker needs a full SAM 2 checkpoint (memory "

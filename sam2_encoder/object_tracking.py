@@ -210,6 +210,8 @@ class TrackerModules(nn.Module):
             on SAM 2's own features, and predictors built on the shared trunk freeze it).
         checkpoint: Full SAM 2 weights (see :func:`~sam2_encoder.checkpoints.resolve_checkpoint`),
             or ``None`` for seeded random weights (tests; or a host that loads its state dict next).
+            Not read while the encoder's own checkpoint is deferred (``pending_checkpoint``: the file
+            is absent and the host's state dict supplies every weight, the tracker's included).
         seed: Seed of the random initialisation.
         download: Allow downloading ``checkpoint``.
 
@@ -236,7 +238,7 @@ class TrackerModules(nn.Module):
             )
         variant = encoder.variant
         model = build_seeded(lambda: Sam2VideoModel(variant.video_model_config(height)), seed)
-        if checkpoint is not None:
+        if checkpoint is not None and encoder.pending_checkpoint is None:
             path = resolve_checkpoint(checkpoint, download_missing=download)
             state = load_checkpoint(path, variant=variant)
             check_state_dict(state, model.state_dict(), variant, source=f"{path} (object tracker)")

@@ -114,14 +114,12 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         self.tracker: TrackerModules | None = None
         self.object_tracker: ObjectTracker | None = None
         if self.mask_keys and config.freeze and config.object_tracker:
-            image_encoder = self.encoder.encoder
-            read = load_sam2_checkpoint and image_encoder.pending_checkpoint is None
             try:
                 self.tracker = TrackerModules(
-                    image_encoder,
-                    checkpoint=config.sam2_checkpoint if read else None,
+                    self.encoder.encoder,
+                    checkpoint=config.sam2_checkpoint if load_sam2_checkpoint else None,
                     seed=config.sam2_seed,
-                    download=config.sam2_download and read,
+                    download=config.sam2_download and load_sam2_checkpoint,
                 )
             except CheckpointError as e:
                 raise CheckpointError(
