@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import whole_number
 from .downloads import CheckpointError
 from .finetune import configure_finetuning
 from .heads import CameraHead
@@ -198,9 +199,9 @@ class MultiCameraEncoder(nn.Module):
             self.levels = LEVELS
         self.fuse = fuse
         self.object_masks = object_mask_keys(object_masks_key, self.rgb_shapes, self.low_dim_shapes)
-        self.num_objects = _count(num_objects, "num_objects")
+        self.num_objects = whole_number(num_objects, "num_objects")
         if object_token_dim is not None:
-            _count(object_token_dim, "object_token_dim")
+            whole_number(object_token_dim, "object_token_dim")
         if self.object_masks:
             if object_level not in LEVELS:
                 raise ValueError(f"object_level must be one of {LEVELS}, got {object_level!r}")
@@ -225,13 +226,13 @@ class MultiCameraEncoder(nn.Module):
         if not (isinstance(trunk_lr_scale, int | float) and math.isfinite(trunk_lr_scale) and trunk_lr_scale >= 0):
             raise ValueError(f"trunk_lr_scale must be a finite number >= 0, got {trunk_lr_scale!r}")
         if feature_dim is not None:
-            _count(feature_dim, "feature_dim")
+            whole_number(feature_dim, "feature_dim")
         self.random_crop = random_crop
         self.trunk_lr_scale = trunk_lr_scale
         self.use_compile = compile
         self._check_crop()
         # the object tracker's options, checked before SAM 2 is built
-        self.n_obs_steps = None if n_obs_steps is None else _count(n_obs_steps, "n_obs_steps")
+        self.n_obs_steps = None if n_obs_steps is None else whole_number(n_obs_steps, "n_obs_steps")
         if not isinstance(object_tracker, bool):
             raise ValueError(f"object_tracker must be true or false, got {object_tracker!r}")
         self.object_tracker = object_tracker
@@ -274,7 +275,7 @@ class MultiCameraEncoder(nn.Module):
         kwargs = dict(pool_kwargs or {})
         if pool == "spatial_softmax":
             kwargs.setdefault("num_keypoints", num_keypoints)
-            _count(kwargs["num_keypoints"], "num_keypoints")
+            whole_number(kwargs["num_keypoints"], "num_keypoints")
         projected = {"output_dim": feature_dim} if feature_dim and pool != "spatial_softmax" else {}
         check_pool_options(pool, {**kwargs, **projected})
 
@@ -1120,15 +1121,6 @@ def _check_cameras(cameras: Mapping[str, Sequence[int]]) -> dict[str, tuple[int,
             raise ValueError(f"camera {key!r}: shape must be [3, H, W], got {list(shape)}")
         out[key] = shape  # type: ignore[assignment]
     return out
-
-
-def _count(value: object, what: str) -> int:
-    """``value`` as an int >= 1 (Python or numpy integers; bools, floats and strings refused)."""
-    import numbers
-
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{what} must be a whole number >= 1, got {value!r}")
-    return int(value)
 
 
 def whole_dims(value: object, what: str, length: int | None = None) -> tuple[int, ...]:

@@ -8,6 +8,8 @@ import numbers
 import torch
 from torch import nn
 
+from ._checks import whole_number
+
 __all__ = ["FINETUNE_MODES", "LoRALinear", "apply_lora", "configure_finetuning"]
 
 FINETUNE_MODES = ("all", "last_blocks", "lora")
@@ -29,7 +31,7 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 16.0) -> None:
         super().__init__()
-        rank = _whole_number(rank, "LoRA rank (lora_rank)")
+        rank = whole_number(rank, "LoRA rank (lora_rank)")
         alpha = _lora_alpha(alpha)
         self.base = base.requires_grad_(False)
         self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype))
@@ -98,10 +100,10 @@ def configure_finetuning(
     blocks = encoder.vision_encoder.backbone.blocks
     # every option checked before the encoder is touched: a refused call changes nothing
     if mode == "lora":
-        rank = _whole_number(rank, "LoRA rank (lora_rank)")
+        rank = whole_number(rank, "LoRA rank (lora_rank)")
         alpha = _lora_alpha(alpha)
     if mode == "last_blocks":
-        num_blocks = _whole_number(num_blocks, "finetune_blocks")
+        num_blocks = whole_number(num_blocks, "finetune_blocks")
         if num_blocks > len(blocks):
             raise ValueError(
                 f"finetune_blocks must be in 1..{len(blocks)} for {encoder.variant.name}, got {num_blocks}"
@@ -118,15 +120,6 @@ def configure_finetuning(
     for module in (encoder.vision_encoder.neck, encoder.conv_s0, encoder.conv_s1):
         module.requires_grad_(True)
     encoder.no_memory_embedding.requires_grad_(True)
-
-
-def _whole_number(value: object, what: str) -> int:
-    """``value`` as an int >= 1 (Python or numpy integers; bools, floats and strings refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{what} must be a whole number >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{what} must be a whole number >= 1, got {value}")
-    return int(value)
 
 
 def _lora_alpha(value: object) -> float:
