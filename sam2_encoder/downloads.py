@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CheckpointError",
@@ -218,96 +219,119 @@ def _int_header(value: str | None) -> int | None:
         return None
 
 
+class _Restart(Exception):
+    """The ``.part`` does not continue the file the server sends: drop it and ask again from byte 0."""
+
+
+def _open(url: str, have: int, timeout: float) -> Any:
+    """The server's response to a request for ``url`` from byte ``have``; errors as ``CheckpointError``.
+
+    Returns ``None`` when the server says (416) that the ``.part`` of ``have`` bytes is already the
+    whole file; raises ``_Restart`` when it says the ``.part`` is longer than the file.
+    """
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "sam2-encoder", "Accept-Encoding": "identity"})
+        if have:
+            request.add_header("Range", f"bytes={have}-")
+        return urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        with e:
+            if e.code == 416 and have:
+                m = re.fullmatch(r"\s*bytes\s+\*/(\d+)\s*", e.headers.get("Content-Range") or "")
+                if m and int(m.group(1)) == have:  # the .part already holds every byte
+                    return None
+                raise _Restart from None  # a .part longer than the file, or no total
+            raise CheckpointError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise CheckpointError(f"download of {url} failed: {e.reason}") from e
+    except (OSError, http.client.HTTPException) as e:
+        raise CheckpointError(
+            f"download of {url} failed before any data arrived ({type(e).__name__}: {e}); run the same command again"
+        ) from e
+    except ValueError as e:  # unknown URL type and the like
+        raise CheckpointError(f"cannot download {url!r}: {e}") from e
+
+
+def _span(url: str, response: Any, have: int) -> tuple[int, int | None]:
+    """``(first byte, total size or None)`` of what ``response`` sends; ``_Restart`` if it does not continue."""
+    status = getattr(response, "status", None) or 200  # file:// URLs have no status
+    length = _int_header(response.headers.get("Content-Length"))
+    if status != 206:  # 200 (a server that ignores Range sends the whole file): start over
+        return 0, length
+    rng = _content_range(response.headers.get("Content-Range"))
+    if rng is None or rng[0] not in (0, have):
+        if not have:
+            raise CheckpointError(
+                f"download of {url} failed: the server answered 206 with Content-Range "
+                f"{response.headers.get('Content-Range')!r} to a request for the whole file"
+            )
+        raise _Restart  # bytes that do not continue the .part: start over instead of appending garbage
+    start, total = rng
+    return start, start + length if total is None and length is not None else total
+
+
+def _copy(url: str, response: Any, part: Path, start: int, total: int | None, bar: Any) -> None:
+    """Append (``start > 0``) or write the response body to ``part``, keeping every byte received."""
+    try:
+        f = open(part, "ab" if start else "wb")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise CheckpointError(f"cannot write {part}: {e}") from e
+    # read1: what has arrived, so an interrupted transfer keeps every byte received (read would
+    # drop a partly filled chunk); an early close shows as a short count in _transfer
+    read = getattr(response, "read1", response.read)
+    size = start
+    with f:
+        while True:
+            try:
+                chunk = read(_CHUNK)
+            except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
+                got = f"{size} of {total}" if total is not None else f"{size}"
+                raise CheckpointError(
+                    f"download of {url} was interrupted after {got} bytes ({type(e).__name__}: {e}); "
+                    f"run the same command again to resume from {part}"
+                ) from e
+            if not chunk:
+                return
+            try:
+                f.write(chunk)
+            except OSError as e:
+                raise CheckpointError(f"cannot write {part}: {e}") from e
+            size += len(chunk)
+            bar.update(len(chunk))
+
+
 def _transfer(url: str, part: Path, progress: bool, timeout: float, desc: str) -> _Transfer:
     """Fetch ``url`` into ``part``, resuming from its size; returns what was received."""
-    resume_hint = f"run the same command again to resume from {part}"
     have = part.stat().st_size if part.exists() else 0
     for _ in range(3):
         try:
-            request = urllib.request.Request(url, headers={"User-Agent": "sam2-encoder", "Accept-Encoding": "identity"})
-            if have:
-                request.add_header("Range", f"bytes={have}-")
-            response = urllib.request.urlopen(request, timeout=timeout)
-        except urllib.error.HTTPError as e:
-            with e:
-                if e.code == 416 and have:
-                    m = re.fullmatch(r"\s*bytes\s+\*/(\d+)\s*", e.headers.get("Content-Range") or "")
-                    if m and int(m.group(1)) == have:  # the .part already holds every byte
-                        return _Transfer(have, have, "")
-                    part.unlink(missing_ok=True)  # a .part longer than the file, or no total: start over
-                    have = 0
-                    continue
-                raise CheckpointError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
-        except urllib.error.URLError as e:
-            raise CheckpointError(f"download of {url} failed: {e.reason}") from e
-        except (OSError, http.client.HTTPException) as e:
-            raise CheckpointError(
-                f"download of {url} failed before any data arrived ({type(e).__name__}: {e}); "
-                "run the same command again"
-            ) from e
-        except ValueError as e:  # unknown URL type and the like
-            raise CheckpointError(f"cannot download {url!r}: {e}") from e
-
-        with response:
-            status = getattr(response, "status", None) or 200  # file:// URLs have no status
-            length = _int_header(response.headers.get("Content-Length"))
-            content_type = response.headers.get("Content-Type") or ""
-            if status == 206:
-                rng = _content_range(response.headers.get("Content-Range"))
-                if rng is None or rng[0] not in (0, have):
-                    if not have:
-                        raise CheckpointError(
-                            f"download of {url} failed: the server answered 206 with Content-Range "
-                            f"{response.headers.get('Content-Range')!r} to a request for the whole file"
-                        )
-                    # bytes that do not continue the .part: start over instead of appending garbage
-                    part.unlink(missing_ok=True)
-                    have = 0
-                    continue
-                start, total = rng
-                if total is None and length is not None:
-                    total = start + length
-            else:  # 200 (a server that ignores Range sends the whole file): start over
-                start, total = 0, length
-            size = start
-            bar_cls = _tqdm()
-            bar = bar_cls(
-                total=total,
-                initial=start,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=desc,
-                disable=not progress,
-            )
-            try:
-                f = open(part, "ab" if start else "wb")  # noqa: SIM115 - closed by the with below
-            except OSError as e:
-                raise CheckpointError(f"cannot write {part}: {e}") from e
-            # read1: what has arrived, so an interrupted transfer keeps every byte received (read
-            # would drop a partly filled chunk); an early close shows as a short count below
-            read = getattr(response, "read1", response.read)
-            with bar, f:
-                while True:
-                    try:
-                        chunk = read(_CHUNK)
-                    except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
-                        got = f"{size} of {total}" if total is not None else f"{size}"
-                        raise CheckpointError(
-                            f"download of {url} was interrupted after {got} bytes ({type(e).__name__}: {e}); "
-                            f"{resume_hint}"
-                        ) from e
-                    if not chunk:
-                        break
-                    try:
-                        f.write(chunk)
-                    except OSError as e:
-                        raise CheckpointError(f"cannot write {part}: {e}") from e
-                    size += len(chunk)
-                    bar.update(len(chunk))
+            response = _open(url, have, timeout)
+            if response is None:
+                return _Transfer(have, have, "")
+            with response:
+                start, total = _span(url, response, have)
+                bar = _tqdm()(
+                    total=total,
+                    initial=start,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=desc,
+                    disable=not progress,
+                )
+                with bar:
+                    _copy(url, response, part, start, total, bar)
+                content_type = response.headers.get("Content-Type") or ""
+        except _Restart:
+            part.unlink(missing_ok=True)
+            have = 0
+            continue
         size = part.stat().st_size
         if total is not None and size < total:
-            raise CheckpointError(f"download of {url} stopped at {size} of {total} bytes; {resume_hint}")
+            raise CheckpointError(
+                f"download of {url} stopped at {size} of {total} bytes; "
+                f"run the same command again to resume from {part}"
+            )
         if total is not None and size > total:
             part.unlink(missing_ok=True)
             raise CheckpointError(
