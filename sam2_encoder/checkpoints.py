@@ -853,30 +853,11 @@ def download_variant(
     with DirLock(directory):
         pins = read_pins(sums)
         pinned = pins.get(v.filename)
-        status = "downloaded"
+        status, digest = "downloaded", None
         if dest.exists() and not force:
-            try:
-                _verify(dest, v, f"checkpoint {dest}", None)
-                digest = sha256sum(dest)
-            except CheckpointError as e:
-                digest = sha256sum(dest)
-                status = "replaced"
-                notes.append(f"the file that was present failed verification and was replaced: {e}")
-                if digest == pinned:
-                    notes.append(f"its pin {pinned} in {sums} was dropped (it pinned that corrupt file)")
-                    pinned = None
-            else:
-                if v.sha256 and digest != v.sha256:
-                    status = "replaced"
-                    notes.append(f"the file that was present has sha256 {digest}, not the published {v.sha256}")
-                elif pinned and digest != pinned:
-                    raise CheckpointError(
-                        f"{dest} is a valid {v.name} checkpoint, but its sha256 {digest} differs from the one pinned "
-                        f"in {sums} ({pinned}) when it was first downloaded: the file or the pin changed. Pass "
-                        f"--force (force=True) to download again and pin the new file, or restore the old one"
-                    )
-                else:
-                    return _pinned(v, dest, digest, "present", sums, pins, notes)
+            status, pinned, digest = _present(v, dest, sums, pinned, notes)
+        if digest is not None:
+            return _pinned(v, dest, digest, "present", sums, pins, notes)
         expected = v.sha256 or (None if force else pinned)
         try:
             digest = _download_unlocked(url, dest, expected, progress, timeout, v, True)
@@ -891,6 +872,36 @@ def download_variant(
         if force and pinned and pinned != digest:
             notes.append(f"re-pinned in {sums}: {pinned} -> {digest}")
         return _pinned(v, dest, digest, status, sums, pins, notes)
+
+
+def _present(
+    v: Variant, dest: Path, sums: Path, pinned: str | None, notes: list[str]
+) -> tuple[str, str | None, str | None]:
+    """Check the file already at ``dest``: ``(status, pin to expect, digest if it can be kept as it is)``.
+
+    A file that fails verification (or differs from the published sha256) is to be ``"replaced"``; a
+    pin equal to a corrupt file's hash is dropped; a valid file that differs from its pin is refused.
+    """
+    try:
+        _verify(dest, v, f"checkpoint {dest}", None)
+        digest = sha256sum(dest)
+    except CheckpointError as e:
+        digest = sha256sum(dest)
+        notes.append(f"the file that was present failed verification and was replaced: {e}")
+        if digest == pinned:
+            notes.append(f"its pin {pinned} in {sums} was dropped (it pinned that corrupt file)")
+            pinned = None
+        return "replaced", pinned, None
+    if v.sha256 and digest != v.sha256:
+        notes.append(f"the file that was present has sha256 {digest}, not the published {v.sha256}")
+        return "replaced", pinned, None
+    if pinned and digest != pinned:
+        raise CheckpointError(
+            f"{dest} is a valid {v.name} checkpoint, but its sha256 {digest} differs from the one pinned "
+            f"in {sums} ({pinned}) when it was first downloaded: the file or the pin changed. Pass "
+            f"--force (force=True) to download again and pin the new file, or restore the old one"
+        )
+    return "present", pinned, digest
 
 
 def _pinned(
