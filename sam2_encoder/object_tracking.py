@@ -6,7 +6,8 @@ the objects itself, host-neutrally (no LeRobot or Diffusion Policy import):
 
 * :func:`parse_object_prompts` checks first-frame prompts ``{camera: {obj_id: {"points": [[x, y],
   ...], "labels": [1, ...]} | {"box": [x0, y0, x1, y1]}}}`` (camera pixel coordinates, ``K`` ids
-  per camera) against the frame sizes, with one clear error per problem.
+  per camera) against the frame sizes, with one clear error per problem (defined in
+  :mod:`sam2_encoder.prompts`, the home of the prompt rules; importable from here too).
 * :class:`TrackerModules` holds the parts of transformers' ``Sam2VideoModel`` a tracker needs
   beyond the image encoder (prompt encoder, mask decoder, memory attention / encoder, object
   pointers and embeddings) as an ``nn.Module`` whose state dict a policy saves with its own
@@ -52,6 +53,7 @@ from transformers import Sam2VideoModel
 
 from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
 from .image_encoder import FeaturePyramid, SAM2ImageEncoder, build_seeded
+from .prompts import Prompts, parse_object_prompts
 from .streaming import StreamingPredictor
 from .variants import Variant, get_variant
 
@@ -61,138 +63,6 @@ __all__ = ["ObjectTracker", "TrackerModules", "parse_object_prompts"]
 _SHARED_CHILDREN = ("vision_encoder",)
 _SHARED_DECODER_CHILDREN = ("conv_s0", "conv_s1")
 _SHARED_PARAMETERS = ("no_memory_embedding",)
-_PROMPT_KEYS = ("points", "labels", "box")
-
-Prompts = dict[str, dict[int, dict[str, Any]]]
-
-
-def parse_object_prompts(
-    spec: Mapping[str, Any] | None,
-    frame_sizes: Mapping[str, Sequence[int]],
-    num_objects: int,
-    what: str = "object_prompts",
-) -> Prompts:
-    """Check first-frame prompts and return them normalised.
-
-    Args:
-        spec: ``{camera: {obj_id: prompt}}`` with ``prompt`` ``{"points": [[x, y], ...],
-            "labels": [1|0, ...]}`` (labels optional, all 1), ``{"box": [x0, y0, x1, y1]}`` or both.
-            Coordinates are camera pixels, ``x`` in ``[0, W]``, ``y`` in ``[0, H]``. Object ids are
-            ints (or strings of ints, as JSON keys are). ``None`` or ``{}``: no prompts.
-        frame_sizes: ``{camera: (H, W)}`` of every camera that gets object masks: every one
-            needs prompts, and no other camera may have any.
-        num_objects: ``K``: each camera names exactly ``K`` distinct ids.
-        what: Name of the option, for messages.
-
-    Returns:
-        ``{camera: {obj_id: {"points": (P, 2) list, "labels": (P,) list} and/or {"box": [4]}}}``,
-        cameras and ids sorted; ``{}`` for no prompts.
-
-    Raises:
-        ValueError: Naming the camera, object and value, for an unknown or missing camera, ids that
-            are not ``K`` distinct ints, an unknown prompt key, an empty prompt, points / labels /
-            boxes of the wrong form, or coordinates outside the frame.
-    """
-    if spec is None or (isinstance(spec, Mapping) and not spec):
-        return {}
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"{what} must be {{camera: {{obj_id: prompt}}}}, got {spec!r}")
-    cameras = {str(k): (int(v[0]), int(v[1])) for k, v in frame_sizes.items()}
-    unknown = sorted(set(map(str, spec)) - set(cameras))
-    if unknown:
-        raise ValueError(
-            f"{what} names cameras {unknown} that get no object masks; cameras with object masks: {sorted(cameras)}"
-        )
-    missing = sorted(set(cameras) - set(map(str, spec)))
-    if missing:
-        raise ValueError(
-            f"{what} has no prompts for cameras {missing}; every camera with object masks needs {num_objects}"
-        )
-    out: Prompts = {}
-    for camera in sorted(cameras):
-        objects = spec[camera]
-        where = f"{what}[{camera!r}]"
-        if not isinstance(objects, Mapping):
-            raise ValueError(f"{where} must be {{obj_id: prompt}}, got {objects!r}")
-        ids: dict[int, Any] = {}
-        for raw, prompt in objects.items():
-            obj_id = _object_id(raw, where)
-            if obj_id in ids:
-                raise ValueError(f"{where} names object {obj_id} twice (keys {list(objects)})")
-            ids[obj_id] = prompt
-        if len(ids) != num_objects:
-            raise ValueError(
-                f"{where} prompts {len(ids)} objects {sorted(ids)}; expected num_objects={num_objects} "
-                "(one prompt per mask channel)"
-            )
-        out[camera] = {i: _parse_prompt(ids[i], f"{where}[{i}]", cameras[camera]) for i in sorted(ids)}
-    return out
-
-
-def _object_id(raw: object, where: str) -> int:
-    if isinstance(raw, bool):
-        raise ValueError(f"{where}: object ids must be ints, got {raw!r}")
-    if isinstance(raw, int | np.integer):
-        return int(raw)
-    if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
-        return int(raw)
-    raise ValueError(f"{where}: object ids must be ints, got {raw!r}")
-
-
-def _numbers(value: object, where: str, name: str) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: {name} must be numbers, got {value!r}") from None
-    if not np.isfinite(array).all():
-        raise ValueError(f"{where}: {name} must be finite, got {value!r}")
-    return array
-
-
-def _parse_prompt(prompt: object, where: str, size: tuple[int, int]) -> dict[str, Any]:
-    """One object's prompt, checked against the frame ``size = (H, W)``."""
-    height, width = size
-    if not isinstance(prompt, Mapping):
-        raise ValueError(
-            f"{where} must be {{'points': [[x, y]], 'labels': [1]}} or {{'box': [x0, y0, x1, y1]}}, got {prompt!r}"
-        )
-    extra = sorted(set(prompt) - set(_PROMPT_KEYS))
-    if extra:
-        raise ValueError(f"{where} has unknown keys {extra}; a prompt takes {list(_PROMPT_KEYS)}")
-    if "labels" in prompt and "points" not in prompt:
-        raise ValueError(f"{where} has 'labels' but no 'points'")
-    if "points" not in prompt and "box" not in prompt:
-        raise ValueError(f"{where} is empty: give 'points' (with 'labels') or 'box', got {dict(prompt)!r}")
-    out: dict[str, Any] = {}
-
-    def inside(xy: np.ndarray, name: str) -> None:
-        bad = (xy[:, 0] < 0) | (xy[:, 0] > width) | (xy[:, 1] < 0) | (xy[:, 1] > height)
-        if bad.any():
-            raise ValueError(
-                f"{where}: {name} {xy[bad].tolist()} lies outside the {width}x{height} (W x H) frame: x must be in "
-                f"[0, {width}] and y in [0, {height}] (camera pixel coordinates)"
-            )
-
-    if "points" in prompt:
-        pts = _numbers(prompt["points"], where, "points")
-        if pts.ndim == 1 and pts.shape == (2,):
-            pts = pts[None]
-        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
-            raise ValueError(f"{where}: points must be [[x, y], ...] (at least one), got {prompt['points']!r}")
-        inside(pts, "point")
-        labels = prompt.get("labels")
-        lab = np.ones(len(pts), dtype=np.int64) if labels is None else _numbers(labels, where, "labels").reshape(-1)
-        if lab.shape != (len(pts),) or not np.isin(lab, (0, 1)).all():
-            raise ValueError(f"{where}: labels must be one 1 (object) or 0 (background) per point, got {labels!r}")
-        out["points"] = pts.tolist()
-        out["labels"] = [int(v) for v in lab]
-    if "box" in prompt:
-        box = _numbers(prompt["box"], where, "box").reshape(-1)
-        if box.shape != (4,) or not (box[2] > box[0] and box[3] > box[1]):
-            raise ValueError(f"{where}: box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0, got {prompt['box']!r}")
-        inside(box.reshape(2, 2), "box corner")
-        out["box"] = box.tolist()
-    return out
 
 
 class TrackerModules(nn.Module):

@@ -91,8 +91,8 @@ def test_prompts_are_normalised() -> None:
         ({"cam": {1: {"points": [[1, 1]]}}}, r"prompts 1 objects \[1\]; expected num_objects=2"),
         ({"cam": {1: {"points": [[1, 1]]}, "1": {"box": [0, 0, 4, 4]}}}, r"names object 1 twice"),
         ({"cam": {"a": {"points": [[1, 1]]}, 2: {"box": [0, 0, 4, 4]}}}, r"object ids must be ints, got 'a'"),
-        ({"cam": {1: {"point": [[1, 1]]}, 2: {"box": [0, 0, 4, 4]}}}, r"\[1\] has unknown keys \['point'\]"),
-        ({"cam": {1: {}, 2: {"box": [0, 0, 4, 4]}}}, r"\[1\] is empty"),
+        ({"cam": {1: {"point": [[1, 1]]}, 2: {"box": [0, 0, 4, 4]}}}, r"\[1\]: unknown keys \['point'\]; a prompt is a mapping of"),
+        ({"cam": {1: {}, 2: {"box": [0, 0, 4, 4]}}}, r"\[1\]: empty prompt: give points"),
         (
             {"cam": {1: {"points": [[81, 5]]}, 2: {"box": [0, 0, 4, 4]}}},
             r"point \[\[81.0, 5.0\]\] lies outside the 80x48",
@@ -102,9 +102,9 @@ def test_prompts_are_normalised() -> None:
         ({"cam": {1: {"points": [[1, 1]]}, 2: {"box": [5, 0, 4, 4]}}}, r"x1 > x0 and y1 > y0"),
         ({"cam": {1: {"points": [[1, 1]], "labels": [1, 1]}, 2: {"box": [0, 0, 4, 4]}}}, r"one 1 \(object\) or 0"),
         ({"cam": {1: {"points": [[1, 1]], "labels": [2]}, 2: {"box": [0, 0, 4, 4]}}}, r"one 1 \(object\) or 0"),
-        ({"cam": {1: {"labels": [1]}, 2: {"box": [0, 0, 4, 4]}}}, r"has 'labels' but no 'points'"),
-        ({"cam": {1: {"points": [["x", 1]]}, 2: {"box": [0, 0, 4, 4]}}}, r"points must be numbers"),
-        ({"cam": {1: {"points": [[np.nan, 1]]}, 2: {"box": [0, 0, 4, 4]}}}, r"points must be finite"),
+        ({"cam": {1: {"labels": [1]}, 2: {"box": [0, 0, 4, 4]}}}, r"\[1\]: labels without points"),
+        ({"cam": {1: {"points": [["x", 1]]}, 2: {"box": [0, 0, 4, 4]}}}, r"points must be \[\[x, y\], ...\] of finite numbers, got \[\['x', 1\]\]"),
+        ({"cam": {1: {"points": [[np.nan, 1]]}, 2: {"box": [0, 0, 4, 4]}}}, r"points must be \[\[x, y\], ...\] of finite numbers, got \[\[nan, 1\]\]"),
         ({"cam": [1, 2]}, r"object_prompts\['cam'\] must be \{obj_id: prompt\}"),
     ],
 )
