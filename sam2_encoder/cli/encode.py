@@ -17,7 +17,11 @@ __all__ = ["register", "run"]
 def register(sub: Any) -> argparse.ArgumentParser:
     """Add the ``encode`` subcommand to a ``sam2-encoder`` subparsers object."""
     p = sub.add_parser("encode", help="encode images and print the feature pyramid shapes and timing")
-    p.add_argument("images", nargs="*", help="image files (.png/.jpg need Pillow; .npy HxWx3 uint8); none: test scene")
+    p.add_argument(
+        "images",
+        nargs="*",
+        help="image files (8-bit images via Pillow, alpha dropped; .npy HxWx3 uint8); none: test scene",
+    )
     add_model_args(p, image_size=1024)
     p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--repeat", type=positive_int, default=3, help="timed repetitions (median reported)")
