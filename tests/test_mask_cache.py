@@ -172,7 +172,7 @@ def test_resume_after_an_interruption_gives_the_same_cache(predictor, replay, tm
         ({"objects": [1], "episodes": {"0": {}, "1": {}}}, r"episodes 2 have no prompts"),
         ({"objects": [1], "episodes": {"0": {}, "1": {}, "2": {}, "3": {}}}, r"episode '3' is not an index of the 3"),
         ({"objects": [1], "episodes": {"0": {"5": {"box": [0, 0, 4, 4]}}}}, r"prompts object '5', which is not in"),
-        ({"objects": [1], "episodes": {"0": {"1": {"labels": [1]}}}}, r"episode 0 object 1: give points or a box"),
+        ({"objects": [1], "episodes": {"0": {"1": {"labels": [1]}}}}, r"episode 0 object 1: labels without points"),
         ({"objects": [1], "episodes": {"0": {"1": {"mask": 1}}}}, r"a prompt is a mapping of"),
     ],
 )
@@ -182,24 +182,29 @@ def test_bad_prompts(prompts: dict, match: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "prompt, match",
+    "prompt, match, needs_frame",
     [
-        ({"points": [[100, 5]]}, r"\(x, y\) = \[100.0, 5.0\] lies outside the 48x48 \(W x H\) frames"),
-        ({"points": [[5, -1]]}, r"\(x, y\) = \[5.0, -1.0\] lies outside"),
-        ({"box": [0, 0, 49, 10]}, r"\(x, y\) = \[49.0, 10.0\] lies outside"),
-        ({"box": [10, 10, 10, 20]}, r"box must have x1 > x0 and y1 > y0, got \[10, 10, 10, 20\]"),
-        ({"box": [1, 2, 3]}, r"box \[x0, y0, x1, y1\] must be 4 numbers, got \[1, 2, 3\]"),
-        ({"points": [[1, float("nan")]]}, r"each point \[x, y\] must be finite numbers"),
-        ({"points": [[1, True]]}, r"each point \[x, y\] must be finite numbers, got \[1, True\]"),
-        ({"points": [[1, 2]], "labels": [2]}, r"labels must be one 1 \(object\) or 0 \(background\) per point"),
-        ({"points": [[1, 2], [3, 4]], "labels": [1]}, r"labels must be one .* per point, got \[1\]"),
+        ({"points": [[100, 5]]}, r"point \[\[100.0, 5.0\]\] lies outside the 48x48 \(W x H\) frame", True),
+        ({"points": [[5, -1]]}, r"point \[\[5.0, -1.0\]\] lies outside", True),
+        ({"box": [0, 0, 49, 10]}, r"box corner \[\[49.0, 10.0\]\] lies outside", True),
+        ({"box": [10, 10, 10, 20]}, r"box must have x1 > x0 and y1 > y0, got \[10, 10, 10, 20\]", False),
+        ({"box": [1, 2, 3]}, r"box must be \[x0, y0, x1, y1\] of finite numbers, got \[1, 2, 3\]", False),
+        ({"points": [[1, float("nan")]]}, r"points must be \[\[x, y\], ...\] of finite numbers", False),
+        ({"points": [[1, True]]}, r"points must be \[\[x, y\], ...\] of finite numbers, got \[\[1, True\]\]", False),
+        ({"points": [[1, 2]], "labels": [2]}, r"labels must be one 1 \(object\) or 0 \(background\) per point", False),
+        ({"points": [[1, 2], [3, 4]], "labels": [1]}, r"labels must be one .* per point, got \[1\]", False),
     ],
 )
-def test_prompts_are_checked_against_the_frames(prompt: dict, match: str) -> None:
+def test_prompts_are_checked_against_the_frames(prompt: dict, match: str, needs_frame: bool) -> None:
+    """Every prompt rule holds with or without the frame size; only "inside the frame" needs it."""
     table = {"objects": [1], "episodes": {"0": {}, "1": {"1": prompt}, "2": {}}}
     with pytest.raises(ValueError, match=r"prompts: episode 1 object 1: " + match):
         load_prompts(table, 3, frame_shape=(48, 48))
-    assert load_prompts(table, 3)["episodes"][1][1] == prompt  # without the frame size: only the form
+    if needs_frame:
+        assert load_prompts(table, 3)["episodes"][1][1] == prompt  # without the frame size: not checked
+    else:
+        with pytest.raises(ValueError, match=r"prompts: episode 1 object 1: " + match):
+            load_prompts(table, 3)
 
 
 def test_prompt_outside_the_frame_is_refused_before_anything_is_tracked_or_written(predictor, replay, tmp_path) -> None:
@@ -732,7 +737,7 @@ def test_cache_with_prompts_refuses_conflicts(two_cameras, predictor, tmp_path) 
     with pytest.raises(ValueError, match=r"would both be .*same.zarr: give them two folders"):
         run(["img"], out=tmp_path / "same.zarr", masks_out=tmp_path / "same.zarr")
     bad = {"objects": [1], "episodes": {"0": {"1": {"box": [0, 0, 99, 9]}}, "1": {}, "2": {}}}
-    with pytest.raises(ValueError, match=r"episode 0 object 1: \(x, y\) = \[99.0, 9.0\] lies outside"):
+    with pytest.raises(ValueError, match=r"episode 0 object 1: box corner \[\[99.0, 9.0\]\] lies outside"):
         build_cache_with_masks(two_cameras, ["img"], predictor, bad, "w", out=tmp_path / "a", masks_out=tmp_path / "m")
     with pytest.raises(ValueError, match="needs_features and on_features go together"):
         build(two_cameras, "img", PROMPTS, tmp_path / "m", predictor, "w", needs_features=lambda a, b: True)

@@ -33,9 +33,7 @@ Format-1 caches (no checksums) are refused by name: rebuild them.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +44,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import find_local_path, sha256sum
+from ..prompts import parse_episode_prompts, prompt_table_sha256
 from .dp_base import DPDatasetWrapper
 from .zarr_io import chunk_path, crc32, create_array, open_group
 
@@ -68,7 +67,6 @@ _NO_CHECKSUM = -1
 _SUM_CHUNK = 1 << 14  # checksums per chunk file: an episode rewrites only the one or two it touches
 _SEALED = ("checksums", "episode_ends")  # small arrays whose CRC-32 the attributes of a complete cache record
 _ATTR = "sam2_encoder_masks"
-_PROMPT_FIELDS = ("points", "labels", "box")
 
 
 class MaskCacheError(RuntimeError):
@@ -85,10 +83,10 @@ def load_prompts(
     Args:
         prompts: A JSON file, or the parsed mapping.
         n_episodes: Episodes of the replay buffer (every one must be listed).
-        frame_shape: ``(H, W)`` of the frames: when given, every point and box is checked to be
-            finite numbers inside the frame ``[0, W] x [0, H]``, boxes to have ``x1 > x0`` and
-            ``y1 > y0``, and labels to be one 0 / 1 per point (so that a bad prompt is refused
-            before any episode is tracked).
+        frame_shape: ``(H, W)`` of the frames: when given, every point and box is also checked
+            to lie inside the frame ``[0, W] x [0, H]`` (so that a bad prompt is refused before
+            any episode is tracked). Without it, every other rule of :mod:`sam2_encoder.prompts`
+            is still checked.
 
     Returns:
         ``{"objects": [ids], "episodes": {int: {obj_id: {points?, labels?, box?}}}}``.
@@ -105,100 +103,13 @@ def load_prompts(
             raise ValueError(f"prompts file not found: {prompts}") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{where} is not valid JSON: {e}") from None
-    if not isinstance(prompts, Mapping) or set(prompts) != {"objects", "episodes"}:
-        got = sorted(prompts) if isinstance(prompts, Mapping) else type(prompts).__name__
-        raise ValueError(f"{where} must be {{'objects': [ids], 'episodes': {{...}}}}, got {got}")
-    objects = prompts["objects"]
-    if (
-        not isinstance(objects, list)
-        or not objects
-        or not all(isinstance(o, int) and not isinstance(o, bool) for o in objects)
-        or len(set(objects)) != len(objects)
-    ):
-        raise ValueError(f"{where}: 'objects' must be a non-empty list of distinct integer ids, got {objects!r}")
-    episodes = prompts["episodes"]
-    if not isinstance(episodes, Mapping):
-        raise ValueError(f"{where}: 'episodes' must map episode index -> prompts, got {type(episodes).__name__}")
-    out: dict[int, dict[int, dict[str, Any]]] = {}
-    for name, per_object in episodes.items():
-        if not str(name).isdigit() or int(name) >= n_episodes:
-            raise ValueError(f"{where}: episode {name!r} is not an index of the {n_episodes} episodes")
-        if not isinstance(per_object, Mapping):
-            raise ValueError(f"{where}: episode {name} must map object id -> prompt, got {per_object!r}")
-        out[int(name)] = {}
-        for obj, prompt in per_object.items():
-            if not str(obj).lstrip("-").isdigit() or int(obj) not in objects:
-                raise ValueError(f"{where}: episode {name} prompts object {obj!r}, which is not in objects {objects}")
-            if not isinstance(prompt, Mapping) or not prompt or set(prompt) - set(_PROMPT_FIELDS):
-                raise ValueError(
-                    f"{where}: episode {name} object {obj}: a prompt is a mapping of {list(_PROMPT_FIELDS)}, "
-                    f"got {prompt!r}"
-                )
-            if "points" not in prompt and "box" not in prompt:
-                raise ValueError(f"{where}: episode {name} object {obj}: give points or a box")
-            if frame_shape is not None:
-                _check_prompt(prompt, frame_shape, f"{where}: episode {name} object {obj}")
-            out[int(name)][int(obj)] = dict(prompt)
-    missing = [e for e in range(n_episodes) if e not in out]
-    if missing:
-        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        raise ValueError(f"{where}: episodes {shown} have no prompts (list every episode; {{}} for none)")
-    return {"objects": list(objects), "episodes": out}
-
-
-def _numbers(value: Any, count: int | None, what: str, where: str) -> list[float]:
-    """A flat list of finite numbers (``count`` of them when given), bools and strings refused."""
-    flat = value if isinstance(value, list) else [value]
-    if not flat or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in flat):
-        raise ValueError(f"{where}: {what} must be finite numbers, got {value!r}")
-    if count is not None and len(flat) != count:
-        raise ValueError(f"{where}: {what} must be {count} numbers, got {value!r}")
-    return [float(v) for v in flat]
-
-
-def _check_prompt(prompt: Mapping[str, Any], frame_shape: Sequence[int], where: str) -> None:
-    """Points / labels / box of one prompt against a ``(H, W)`` frame (frame pixel coordinates)."""
-    height, width = (int(v) for v in frame_shape[:2])
-    corners: list[list[float]] = []
-    points = prompt.get("points")
-    if points is not None:
-        pairs = points if isinstance(points, list) and points and isinstance(points[0], list) else [points]
-        corners += [_numbers(p, 2, "each point [x, y]", where) for p in pairs]
-        labels = prompt.get("labels")
-        if labels is not None and (
-            not isinstance(labels, list)
-            or len(labels) != len(pairs)
-            or not all(v in (0, 1) and not isinstance(v, bool | float) for v in labels)
-        ):
-            raise ValueError(f"{where}: labels must be one 1 (object) or 0 (background) per point, got {labels!r}")
-    elif "labels" in prompt:
-        raise ValueError(f"{where}: labels without points")
-    box = prompt.get("box")
-    if box is not None:
-        x0, y0, x1, y1 = _numbers(box, 4, "box [x0, y0, x1, y1]", where)
-        if not (x1 > x0 and y1 > y0):
-            raise ValueError(f"{where}: box must have x1 > x0 and y1 > y0, got {box!r}")
-        corners += [[x0, y0], [x1, y1]]
-    outside = [c for c in corners if not (0 <= c[0] <= width and 0 <= c[1] <= height)]
-    if outside:
-        raise ValueError(
-            f"{where}: (x, y) = {outside[0]} lies outside the {width}x{height} (W x H) frames: "
-            f"x must be in [0, {width}] and y in [0, {height}] (frame pixel coordinates)"
-        )
+    return parse_episode_prompts(prompts, n_episodes, frame_shape, where)
 
 
 def default_mask_path(replay: str | os.PathLike[str], key: str) -> Path:
     """``REPLAY.zarr`` -> ``REPLAY.<key>_masks.zarr`` beside it."""
     replay = Path(replay)
     return replay.with_name(f"{replay.name.removesuffix('.zarr')}.{key}_masks.zarr")
-
-
-def _prompts_sha256(prompts: Mapping[str, Any]) -> str:
-    canonical = {
-        "objects": prompts["objects"],
-        "episodes": {str(e): {str(o): p for o, p in sorted(v.items())} for e, v in sorted(prompts["episodes"].items())},
-    }
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
 def _inputs(
@@ -326,7 +237,7 @@ def build_mask_cache(
         "replay": str(Path(replay).resolve()),
         "key": key,
         "objects": objects,
-        "prompts_sha256": _prompts_sha256(table),
+        "prompts_sha256": prompt_table_sha256(table),
         "variant": predictor.variant.name,
         "weights": weights,
         "image_size": predictor.image_size,
