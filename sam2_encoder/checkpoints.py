@@ -68,6 +68,7 @@ __all__ = [
     "resolve_checkpoint",
     "sha256sum",
     "verify_checkpoint",
+    "weights_identity",
     "write_pins",
 ]
 
@@ -199,6 +200,52 @@ def find_local_path(path: str | os.PathLike[str]) -> Path:
     if launch is not None and (launch / path).exists():
         return launch / path
     return path
+
+
+def weights_identity(checkpoint: str | os.PathLike[str] | None, seed: int = 0) -> str:
+    """The identity of the weights a model built from ``checkpoint`` holds, as caches record it.
+
+    The one definition behind ``SAM2ImageEncoder.weights_id``, the mask cache and the CLI, for
+    every form ``checkpoint=`` takes:
+
+    * ``None`` (seeded random weights): ``random:seed=<seed>``;
+    * a file (Meta ``.pt``, ``.safetensors``, ...): ``sha256:<hex>`` of the file;
+    * a Hugging Face folder with ``model.safetensors``: ``sha256:<hex>`` of that file (the same
+      identity as the file alone);
+    * a sharded Hugging Face folder (``model.safetensors.index.json``): ``sha256-shards:<hex>``,
+      the SHA-256 of the lines ``<sha256 of shard>  <shard file>`` (one per shard the index lists,
+      in name order, each ending in a newline), i.e. of ``sha256sum <shards> | sha256sum``'s input:
+      the shards hold every weight, so two folders share an identity exactly when their shards do;
+    * a variant name, hub id or URL: resolved as the model resolves it (without downloading), then
+      one of the above.
+
+    Args:
+        checkpoint: What the model was built from, or ``None``.
+        seed: The seed of random weights (``checkpoint=None``).
+
+    Raises:
+        FileNotFoundError: If ``checkpoint`` is not a local path and not downloaded yet.
+        CheckpointError: For a folder that is no Hugging Face model folder, or a sharded index that
+            is not valid JSON with a ``weight_map``.
+    """
+    if checkpoint is None:
+        return f"random:seed={seed}"
+    path = resolve_checkpoint(checkpoint, download_missing=False)
+    if not path.is_dir():
+        return f"sha256:{sha256sum(path)}"
+    if (path / "model.safetensors").is_file():
+        return f"sha256:{sha256sum(path / 'model.safetensors')}"
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        raise CheckpointError(f"{path} is a directory without model.safetensors: not a Hugging Face model folder")
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(
+            f"{index} is not a valid safetensors index (expected JSON with a 'weight_map'): {type(e).__name__}: {e}"
+        ) from None
+    lines = "".join(f"{sha256sum(path / shard)}  {shard}\n" for shard in shards)
+    return f"sha256-shards:{hashlib.sha256(lines.encode()).hexdigest()}"
 
 
 def resolve_checkpoint(

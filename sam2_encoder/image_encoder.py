@@ -346,26 +346,18 @@ class SAM2ImageEncoder(nn.Module):
 
     @property
     def weights_id(self) -> str:
-        """Identity of the loaded weights: ``sha256:<hex>`` of the checkpoint file, or ``random:seed=N``.
+        """Identity of the loaded weights (:func:`~sam2_encoder.checkpoints.weights_identity`).
 
-        Feature caches record it, so features are never mixed across weights. Hashed on first use.
+        ``sha256:<hex>`` of the checkpoint file (``sha256-shards:<hex>`` of a sharded folder),
+        ``random:seed=N``, or ``state_dict:<variant>`` once a saved state dict replaced a deferred
+        checkpoint. Feature caches record it, so features are never mixed across weights. Hashed
+        on first use.
         """
         self._check_not_pending()
-        if getattr(self, "_weights_id", None) is not None:
-            return self._weights_id
-        if self.checkpoint_path is None:
-            return f"random:seed={self.seed}"
         if getattr(self, "_weights_id", None) is None:
-            from pathlib import Path
+            from .checkpoints import weights_identity
 
-            from .checkpoints import sha256sum
-
-            path = Path(self.checkpoint_path)
-            if path.is_dir():
-                path = next(
-                    p for p in (path / "model.safetensors", path / "model.safetensors.index.json") if p.exists()
-                )
-            self._weights_id = f"sha256:{sha256sum(path)}"
+            self._weights_id = weights_identity(self.checkpoint_path, seed=self.seed)
         return self._weights_id
 
     @property
