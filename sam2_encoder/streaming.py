@@ -38,6 +38,7 @@ from transformers import Sam2VideoModel
 from ._hf import Sam2VideoInferenceSession, VideoSessionState
 from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
 from .image_encoder import FeaturePyramid, SAM2ImageEncoder, build_seeded
+from .prompts import check_box, check_points, empty_prompt_message, object_id
 from .variants import Variant, check_image_size, get_variant
 
 __all__ = ["StreamingPredictor", "TrackResult", "session_nbytes"]
@@ -276,9 +277,10 @@ class StreamingPredictor:
                 stream's, or ``frame=None`` before any frame.
             TypeError: For a frame that is not ``(H, W, 3)`` uint8.
         """
-        if isinstance(obj_id, bool) or not isinstance(obj_id, int | np.integer):
-            raise TypeError(f"obj_id must be an int, got {obj_id!r}")
-        obj_id = int(obj_id)
+        try:
+            obj_id = object_id(obj_id, "obj_id")
+        except ValueError as e:
+            raise TypeError(str(e)) from None
         if frame is None:
             if self._frame_idx is None:
                 raise ValueError(
@@ -431,22 +433,12 @@ class StreamingPredictor:
         mask: ArrayLike | None,
         clear_old_points: bool,
     ) -> dict[str, Any]:
-        """Validate a prompt and convert it to the session's inputs (coordinates in encoder pixels)."""
-        height, width = frame_size
-        pts = None if points is None else _as_float_array(points, "points")
-        if pts is not None:
-            if pts.ndim == 1 and pts.shape == (2,):
-                pts = pts[None]
-            if pts.ndim != 2 or pts.shape[1] != 2:
-                raise ValueError(f"points must be (K, 2) (x, y) pairs, got shape {tuple(pts.shape)}")
-            if len(pts) == 0:
-                pts = None
-        if pts is None and box is None and mask is None:
-            raise ValueError(
-                f"empty prompt for object {obj_id}: give points=[[x, y], ...] (with labels), box=[x0, y0, x1, y1] "
-                "or mask=(H, W) bool"
-            )
-        if mask is not None and (pts is not None or box is not None):
+        """Validate a prompt (:mod:`sam2_encoder.prompts`) and convert it to the session's inputs (encoder pixels)."""
+        where = f"object {obj_id}"
+        checked = check_points(points, labels, where, frame_size)
+        if checked is None and box is None and mask is None:
+            raise ValueError(f"{where}: {empty_prompt_message()} (or a mask=(H, W) bool)")
+        if mask is not None and (checked is not None or box is not None):
             raise ValueError("a mask prompt cannot be combined with points or a box on the same frame")
         if mask is not None:
             return {"mask": self._mask_input(obj_id, mask, frame_size)}
@@ -456,27 +448,12 @@ class StreamingPredictor:
         if box is not None:
             if not clear_old_points:
                 raise ValueError("a box must come first: pass clear_old_points=True with a box prompt")
-            b = _as_float_array(box, "box").reshape(-1)
-            if b.shape != (4,):
-                raise ValueError(f"box must be (x0, y0, x1, y1), got {b.tolist()}")
-            x0, y0, x1, y1 = b.tolist()
-            if not (x1 > x0 and y1 > y0):
-                raise ValueError(f"box must have x1 > x0 and y1 > y0, got (x0, y0, x1, y1) = {tuple(b.tolist())}")
-            _check_inside(b.reshape(2, 2), frame_size, "box corner")
-            coords.append(b.reshape(2, 2))
+            coords.append(check_box(box, where, frame_size).reshape(2, 2))
             point_labels += [2, 3]  # SAM's top-left / bottom-right box corner labels
-        if pts is not None:
-            _check_inside(pts, frame_size, "point")
-            if labels is None:
-                lab = np.ones(len(pts), dtype=np.int64)
-            else:
-                lab = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
-                if lab.shape != (len(pts),):
-                    raise ValueError(f"labels must have one entry per point: {len(pts)} points, labels {lab.tolist()}")
-                if not np.isin(lab, (0, 1)).all():
-                    raise ValueError(f"labels must be 1 (object) or 0 (background), got {lab.tolist()}")
-            coords.append(pts)
-            point_labels += [int(v) for v in lab]
+        if checked is not None:
+            coords.append(checked[0])
+            point_labels += checked[1]
+        height, width = frame_size
         xy = torch.tensor(np.concatenate(coords), dtype=torch.float32)
         xy[:, 0] = xy[:, 0] * (self.image_size / width)
         xy[:, 1] = xy[:, 1] * (self.image_size / height)
@@ -605,29 +582,6 @@ class StreamingPredictor:
             for table in self._state.per_frame_tables(obj_idx):
                 for t in [t for t in table if t != frame_idx]:
                     del table[t]
-
-
-def _as_float_array(value: ArrayLike, name: str) -> np.ndarray:
-    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=object)
-    try:
-        array = array.astype(np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be numbers, got {value!r}") from e
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} must be finite, got {array.tolist()}")
-    return array
-
-
-def _check_inside(xy: np.ndarray, frame_size: tuple[int, int], what: str) -> None:
-    """Raise unless every ``(x, y)`` lies in the frame ``[0, W] x [0, H]``."""
-    height, width = frame_size
-    outside = (xy[:, 0] < 0) | (xy[:, 0] > width) | (xy[:, 1] < 0) | (xy[:, 1] > height)
-    if outside.any():
-        bad = [tuple(round(float(v), 2) for v in p) for p in xy[outside]]
-        raise ValueError(
-            f"{what} (x, y) = {', '.join(map(str, bad))} lies outside the {width}x{height} (W x H) frame: "
-            f"x must be in [0, {width}] and y in [0, {height}] (frame pixel coordinates)"
-        )
 
 
 def _tensors(value: Any, seen: set[int]) -> Iterator[torch.Tensor]:

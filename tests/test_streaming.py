@@ -289,15 +289,15 @@ def test_errors(pred: StreamingPredictor) -> None:
         pred.track(video[0])
     with pytest.raises(ValueError, match="no frame was processed yet"):
         pred.add_prompt(None, obj_id=1, points=[[1, 1]])
-    with pytest.raises(ValueError, match="empty prompt for object 1"):
+    with pytest.raises(ValueError, match="object 1: empty prompt: give points"):
         pred.add_prompt(video[0], obj_id=1)
-    with pytest.raises(ValueError, match="empty prompt for object 1"):
+    with pytest.raises(ValueError, match="object 1: empty prompt: give points"):
         pred.add_prompt(video[0], obj_id=1, points=np.zeros((0, 2)))
     with pytest.raises(ValueError, match="empty prompt: the mask for object 2 has no foreground"):
         pred.add_prompt(video[0], obj_id=2, mask=np.zeros((H, W), dtype=bool))
-    with pytest.raises(ValueError, match=r"point \(x, y\) = \(81.0, 5.0\) lies outside the 80x48 \(W x H\) frame"):
+    with pytest.raises(ValueError, match=r"object 1: point \[\[81.0, 5.0\]\] lies outside the 80x48 \(W x H\) frame"):
         pred.add_prompt(video[0], obj_id=1, points=[[10, 5], [81, 5]])
-    with pytest.raises(ValueError, match=r"box corner \(x, y\) = \(70.0, 50.0\) lies outside"):
+    with pytest.raises(ValueError, match=r"box corner \[\[70.0, 50.0\]\] lies outside"):
         pred.add_prompt(video[0], obj_id=1, box=[10, 10, 70, 50])
     with pytest.raises(ValueError, match="x1 > x0"):
         pred.add_prompt(video[0], obj_id=1, box=[30, 10, 20, 40])
@@ -305,13 +305,15 @@ def test_errors(pred: StreamingPredictor) -> None:
         pred.add_prompt(video[0], obj_id=1, mask=np.ones((64, 64), dtype=bool))
     with pytest.raises(ValueError, match="cannot be combined"):
         pred.add_prompt(video[0], obj_id=1, points=[[1, 1]], mask=np.ones((H, W), dtype=bool))
-    with pytest.raises(ValueError, match=r"one entry per point: 2 points, labels \[1\]"):
+    with pytest.raises(
+        ValueError, match=r"labels must be one 1 \(object\) or 0 \(background\) per point, got \[1\] for 2 points"
+    ):
         pred.add_prompt(video[0], obj_id=1, points=[[1, 1], [2, 2]], labels=[1])
-    with pytest.raises(ValueError, match=r"labels must be 1 \(object\) or 0 \(background\), got \[2\]"):
+    with pytest.raises(ValueError, match=r"labels must be one 1 \(object\) or 0 \(background\) per point, got \[2\]"):
         pred.add_prompt(video[0], obj_id=1, points=[[1, 1]], labels=[2])
     with pytest.raises(ValueError, match="finite"):
         pred.add_prompt(video[0], obj_id=1, points=[[float("nan"), 1]])
-    with pytest.raises(TypeError, match="obj_id must be an int"):
+    with pytest.raises(TypeError, match="obj_id: object ids must be ints, got 'cup'"):
         pred.add_prompt(video[0], obj_id="cup", points=[[1, 1]])
     with pytest.raises(TypeError, match="must be uint8.*got float32"):
         pred.add_prompt(video[0].astype(np.float32) / 255, obj_id=1, points=[[1, 1]])
