@@ -184,10 +184,13 @@ def _image_frames(path: Path) -> tuple[Iterator[np.ndarray], int]:
     """Every frame of one image file (animated GIF / PNG / WebP, multi-page TIFF, or a single image)."""
     if not path.is_file():
         raise CLIError(f"{path}: no such file")
+    image = None
     try:
         image = _open_image(path)
         count = getattr(image, "n_frames", 1)
     except (OSError, ValueError, EOFError) as e:
+        if image is not None:
+            image.close()
         raise CLIError(f"cannot read {path}: {e}") from e
     if count == 1:  # decoded now, so that a bad file is refused before the model is built
         image.close()
