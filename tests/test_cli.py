@@ -247,28 +247,28 @@ USER_ERRORS = [
     (
         "track point outside",
         lambda t: ["track", str(_frames(t / "f")), "--point", "70,5", *SMALL],
-        "--point 70,5: frame 0: point (70, 5) lies outside the 64x48 (W x H) frame of",
+        "frame 0: --point 70,5: point [[70.0, 5.0]] lies outside the 64x48 (W x H) frame: x must be in [0, 64]",
     ),
     (
         "track negative outside",
         lambda t: ["track", str(_frames(t / "f")), "--point", "3,3", "--negative=-1,5", *SMALL],
-        "--negative -1,5: frame 0: point (-1, 5) lies outside",
+        "frame 0: --negative -1,5: point [[-1.0, 5.0]] lies outside",
     ),
     (
         "track point nan",
         lambda t: ["track", "x", "--point", "nan,1"],
-        "a point (X,Y) must be 2 comma-separated finite numbers, got 'nan,1'",
+        "argument --point: points must be [[x, y], ...] of finite numbers, got [[nan, 1.0]]",
     ),
     ("track point 3 numbers", lambda t: ["track", "x", "--point", "1,2,3"], "got '1,2,3'"),
     (
         "track box inverted",
         lambda t: ["track", str(_frames(t / "f")), "--box", "10,10,5,5", *SMALL],
-        "--box 10,10,5,5 must have X1 > X0 and Y1 > Y0",
+        "argument --box: box must have x1 > x0 and y1 > y0, got [10.0, 10.0, 5.0, 5.0]",
     ),
     (
         "track box outside",
         lambda t: ["track", str(_frames(t / "f")), "--box", "0,0,65,10", *SMALL],
-        "--box 0,0,65,10: frame 0: the box reaches outside the 64x48",
+        "frame 0: --box 0,0,65,10: box corner [[65.0, 10.0]] lies outside the 64x48 (W x H) frame",
     ),
     (
         "track out not ours",
@@ -380,7 +380,7 @@ USER_ERRORS = [
     (
         "masks point outside the frame",
         lambda t: _masks(t, {"objects": [1], "episodes": {"0": {"1": {"points": [[40, 5]]}}}}),
-        "p.json: episode 0 object 1: (x, y) = [40.0, 5.0] lies outside the 32x32 (W x H) frames",
+        "p.json: episode 0 object 1: point [[40.0, 5.0]] lies outside the 32x32 (W x H) frame",
     ),
     (
         "masks box inverted",
@@ -390,7 +390,7 @@ USER_ERRORS = [
     (
         "masks point a string",
         lambda t: _masks(t, {"objects": [1], "episodes": {"0": {"1": {"points": [["4", 5]]}}}}),
-        "p.json: episode 0 object 1: each point [x, y] must be finite numbers, got ['4', 5]",
+        "p.json: episode 0 object 1: points must be [[x, y], ...] of finite numbers, got [['4', 5]]",
     ),
     (
         "masks labels per point",
@@ -444,7 +444,7 @@ USER_ERRORS = [
     (
         "cache prompts outside the frame",
         lambda t: _cache_prompts(t, {"objects": [1], "episodes": {"0": {"1": {"box": [4, 4, 40, 8]}}}}),
-        "p.json: episode 0 object 1: (x, y) = [40.0, 8.0] lies outside the 32x32 (W x H) frames",
+        "p.json: episode 0 object 1: box corner [[40.0, 8.0]] lies outside the 32x32 (W x H) frame",
     ),
     (
         "cache prompts key not in replay",

@@ -414,7 +414,7 @@ def test_cli_inputs_and_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         _parse(["track", "x", "--point", "1;2;3"])
     args = _parse(["track", str(tmp_path / "clip.npy"), "--point", "90,10", "--image-size", "64", "--quiet"])
-    with pytest.raises(CLIError, match="frame 0: point .* lies outside the 80x48"):
+    with pytest.raises(CLIError, match=r"frame 0: --point 90,10: point \[\[90.0, 10.0\]\] lies outside the 80x48"):
         main_track(args)
 
 

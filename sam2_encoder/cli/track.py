@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -29,23 +28,39 @@ __all__ = ["overlay", "register", "run"]
 OVERLAY_COLOR = (255, 40, 40)
 
 
-def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
+def _floats(text: str, count: int, what: str) -> list[float]:
     parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
     try:
-        values = tuple(float(p) for p in parts)
+        values = [float(p) for p in parts]
     except ValueError:
-        values = ()
-    if len(values) != count or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated finite numbers, got {text!r}")
+        values = []
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, got {text!r}")
     return values
 
 
-def _point(text: str) -> tuple[float, ...]:
-    return _floats(text, 2, "a point (X,Y)")
+def _point(text: str) -> list[float]:
+    """``X,Y``, checked by the prompt rules that need no frame (finite numbers)."""
+    from ..prompts import check_points
+
+    xy = _floats(text, 2, "a point (X,Y)")
+    try:
+        check_points([xy], None)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return xy
 
 
-def _box(text: str) -> tuple[float, ...]:
-    return _floats(text, 4, "a box (X0,Y0,X1,Y1)")
+def _box(text: str) -> list[float]:
+    """``X0,Y0,X1,Y1``, checked by the prompt rules that need no frame (finite, ``X1 > X0``, ``Y1 > Y0``)."""
+    from ..prompts import check_box
+
+    box = _floats(text, 4, "a box (X0,Y0,X1,Y1)")
+    try:
+        check_box(box)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return box
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -69,7 +84,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         type=_point,
         default=[],
         metavar="X,Y",
-        help="click on the object in the first frame, in pixels (repeatable)",
+        help="click on the object in the first frame, in pixels (repeatable; a value that starts with '-' needs "
+        "the = form: --point=-3,10)",
     )
     p.add_argument(
         "--negative",
@@ -77,7 +93,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         type=_point,
         default=[],
         metavar="X,Y",
-        help="click on the background in the first frame (repeatable)",
+        help="click on the background in the first frame (repeatable; --negative=-3,10 for a value that starts "
+        "with '-')",
     )
     p.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="box around the object in the first frame")
     add_model_args(p, image_size=1024)
@@ -125,20 +142,23 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def _check_prompts(args: argparse.Namespace, frame: np.ndarray) -> None:
-    """Every ``--point`` / ``--negative`` / ``--box`` inside the first frame, the box not empty."""
-    height, width = frame.shape[:2]
-    where = f"the {width}x{height} (W x H) frame of {args.input}"
-    for option, points in (("--point", args.point), ("--negative", args.negative)):
-        for x, y in points:
-            if not (0 <= x <= width and 0 <= y <= height):
-                raise CLIError(f"{option} {x:g},{y:g}: frame 0: point ({x:g}, {y:g}) lies outside {where}")
-    if args.box is not None:
-        x0, y0, x1, y1 = args.box
-        given = f"--box {x0:g},{y0:g},{x1:g},{y1:g}"
-        if not (x1 > x0 and y1 > y0):
-            raise CLIError(f"{given} must have X1 > X0 and Y1 > Y0")
-        if not (0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height):
-            raise CLIError(f"{given}: frame 0: the box reaches outside {where}")
+    """Every ``--point`` / ``--negative`` / ``--box`` inside the first frame.
+
+    The rule of :mod:`sam2_encoder.prompts` that needs the frame; the others were checked when
+    the arguments were parsed.
+    """
+    from ..prompts import check_box, check_points
+
+    size = frame.shape[:2]
+    where = f"{args.input}: frame 0"
+    try:
+        for option, points in (("--point", args.point), ("--negative", args.negative)):
+            for x, y in points:
+                check_points([[x, y]], None, f"{where}: {option} {x:g},{y:g}", size)
+        if args.box is not None:
+            check_box(args.box, f"{where}: --box {','.join(f'{v:g}' for v in args.box)}", size)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def _check_out(out: Path) -> None:
