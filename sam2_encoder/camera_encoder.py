@@ -22,16 +22,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._checks import whole_number
+from .camera_view import CameraView
 from .downloads import CheckpointError
 from .finetune import configure_finetuning
+from .frame_memo import FrameMemo, MemoLookup, memo_rows
 from .heads import CameraHead
 from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder, build_seeded
 from .object_tokens import ObjectTokens, check_masks, object_mask_keys
-from .object_tracking import ObjectTracker, TrackerModules, parse_object_prompts
+from .object_tracking import TrackerModules
+from .obs_tracker import ObsTracker, TrackPlan, parse_view_prompts
 from .pooling import CoarseToFine, build_pool, check_pool_options, coarse_to_fine_shape, fuse_levels, pack_pyramid
 from .transforms import UINT8_HINT
 
@@ -180,7 +182,6 @@ class MultiCameraEncoder(nn.Module):
         object_restart: str = "auto",
     ) -> None:
         super().__init__()
-        self._streams = _Streams()  # the object tracker's streams (object_tracker=True)
         self.rgb_shapes = _check_cameras(cameras)
         self.low_dim_shapes = {k: whole_dims(low_dim[k], f"low_dim[{k!r}]") for k in sorted(low_dim or {})}
         self.levels = (levels,) if isinstance(levels, str) else tuple(levels)
@@ -237,11 +238,12 @@ class MultiCameraEncoder(nn.Module):
             raise ValueError(f"object_tracker must be true or false, got {object_tracker!r}")
         self.object_tracker = object_tracker
         self.object_restart = object_restart
-        self.tracked_masks: dict[str, torch.Tensor] = {}
-        self.object_prompts: dict[str, Any] = {}
+        self.tracked_masks: dict[str, torch.Tensor] = {}  # the last tracked call's masks, in the view
+        views = {camera: self.view(camera) for camera in self.object_masks}
+        prompts = {}
         if object_tracker:
             self._check_tracking(freeze, object_restart)
-            self.object_prompts = self._parse_prompts(object_prompts, "object_prompts")
+            prompts = parse_view_prompts(object_prompts, views, self.num_objects, "object_prompts")
         elif object_prompts:
             raise ValueError(
                 "object_prompts are given but object_tracker is false: set object_tracker=true to track them"
@@ -310,9 +312,10 @@ class MultiCameraEncoder(nn.Module):
         self.heads = build_seeded(lambda: nn.ModuleDict({n: make_head(o) for n, o in names.items()}), seed)
         self.share_heads = share_heads
         self.reuse_frames = reuse_frames
-        self._memo = _FrameMemo()
+        self._memo = FrameMemo()
         self._compiled = None
-        self.tracker: TrackerModules | None = None
+        self.tracker: TrackerModules | None = None  # the tracker's weights (state dict: tracker.*)
+        self.obs_tracker: ObsTracker | None = None  # its streams per batch row
         if object_tracker:
             try:  # (not read while the encoder's checkpoint is deferred: the state dict brings both)
                 self.tracker = TrackerModules(self.encoder, checkpoint=checkpoint, seed=seed, download=download)
@@ -321,6 +324,9 @@ class MultiCameraEncoder(nn.Module):
                     f"{e}\nobject_tracker=True: the encoder's object tracker needs a full SAM 2 checkpoint (memory "
                     "attention / encoder); pass one, or set object_tracker=false and give the masks in every obs dict"
                 ) from e
+            self.obs_tracker = ObsTracker(
+                self.tracker, views, self.num_objects, self.n_obs_steps, object_restart, prompts
+            )
 
     # ----------------------------------------------------------------------------------------
     # encoder API
@@ -349,6 +355,10 @@ class MultiCameraEncoder(nn.Module):
     def forward(self, obs_dict: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Encode a batch of observations.
 
+        Steps: check the inputs; sort the cameras (precomputed features, frames for the frame memo,
+        frames for the object tracker); preprocess through each camera's view; ONE trunk pass for
+        every frame still to encode; track; heads; append the low-dim values.
+
         Args:
             obs_dict: ``{key: (N, *shape)}`` for every camera and low-dim key (extra keys are
                 ignored); images float in ``input_range``, or, for cameras with precomputed
@@ -365,55 +375,97 @@ class MultiCameraEncoder(nn.Module):
             )
         tracking = self._tracks(obs_dict)
         masks = {} if tracking else self._object_masks(obs_dict, lead, n)  # {camera: (n, K, H, W) float}
+        call = self._sort_cameras(obs_dict, lead, n, masks, tracking)
+        todo = [(key, *_rows((x, m), None if hit is None else hit.missing)) for key, x, m, hit in call.pending]
+        inputs = [self._preprocess(key, x, m) for key, x, m in todo if len(x)]  # [(pixels, fitted masks)]
+        plan = self.obs_tracker.plan(call.tracked, n) if call.tracked and self.obs_tracker is not None else None
+        late = len(call.tracked) if plan is not None and len(plan.encode) else 0  # trunk inputs of tracked cameras
+        pixels = [p for p, _ in inputs]
+        if late:  # the tracked cameras' new frames join the same trunk pass
+            pixels += [self.encoder.transforms.finish(call.tracked[key][plan.encode]) for key in call.tracked]
+        pyramids = self._trunk_pass(pixels)
+        outputs = dict(call.outputs)
+        if plan is not None:
+            outputs.update(self._track(plan, call.tracked, pyramids[len(pyramids) - late :]))
+        outputs.update(self._memo_heads(call, todo, pyramids[: len(pyramids) - late], [m for _, m in inputs]))
+        return self._join(outputs, obs_dict, lead, n)
+
+    def _sort_cameras(
+        self,
+        obs_dict: Mapping[str, torch.Tensor],
+        lead: tuple[int, ...],
+        n: int,
+        masks: Mapping[str, torch.Tensor],
+        tracking: bool,
+    ) -> _Call:
+        """Each camera's rows: precomputed features (heads now), tracked frames, or frames for the memo."""
         memo = self._memo if self.reuse_frames and not self.training and not torch.is_grad_enabled() else None
         if memo is not None and not memo.tie(self, obs_dict[self.rgb_keys[0]].device.type):
             memo = None  # (tie forgets outputs of other weights or another autocast state)
-        outputs: dict[str, torch.Tensor] = {}
-        pending: list[tuple[str, torch.Tensor, torch.Tensor | None, _Lookup | None]] = []
-        tracked: dict[str, torch.Tensor] = {}  # tracked cameras: frames in [0, 1] as the trunk sees them
+        call = _Call(memo)
         for key in self.rgb_keys:
             x = obs_dict[key]
             x = x.reshape(n, *x.shape[len(lead) :])
             m = masks.get(key)
+            features = tuple(x.shape[1:]) == self.feature_shape
             if tracking and key in self.object_masks:
-                if tuple(x.shape[1:]) == self.feature_shape:
+                if features:
                     raise ValueError(
                         f"obs_dict[{key!r}] holds precomputed features {tuple(x.shape)}, but the object tracker needs "
                         f"camera {key!r}'s frames (3, H, W); give the frames, or the masks under "
                         f"{self.object_masks[key]!r}"
                     )
-                tracked[key] = self._tracker_frames(key, x)
-            elif tuple(x.shape[1:]) == self.feature_shape:  # precomputed by `sam2-encoder cache` or a tracker
-                outputs[key] = self._head(key, x, m)
+                call.tracked[key] = self._preprocess(key, x, None, finish=False)[0]  # [0, 1], in the view
+            elif features:  # precomputed by `sam2-encoder cache` or a tracker
+                call.outputs[key] = self._head(key, x, m)
             else:  # a remembered row must match the frame and, with object tokens, its masks
-                pending.append((key, x, m, memo.lookup(key, _with_masks(x, m)) if memo is not None else None))
-        todo = [(key, *_rows((x, m), None if hit is None else hit.missing)) for key, x, m, hit in pending]
-        inputs = [self._preprocess(key, x, m) for key, x, m in todo if len(x)]
-        plan = self._plan_tracking(tracked, n) if tracked else None
-        late = len(tracked) if plan is not None and len(plan.encode) else 0  # trunk inputs of tracked cameras
-        if late:  # the tracked cameras' new frames join the same trunk pass
-            inputs += [(self.encoder.transforms.finish(tracked[key][plan.encode]), None) for key in tracked]
-        if inputs:  # every camera and time step still to encode in ONE trunk pass: (M, 3, S, S)
-            pixels = torch.cat([p for p, _ in inputs], dim=0)
-            sizes = [len(p) for p, _ in inputs]
-            pyramid = self._encode_pyramid(pixels)
-            starts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-            parts_of = [pyramid.select(slice(a, b)) for a, b in zip(starts[:-1], starts[1:])]
-            maps = iter(self.fuse_levels(p) for p in parts_of[: len(parts_of) - late])
-            fitted = iter([fm for _, fm in inputs])  # the masks, resized and cropped like the images
-        if plan is not None:
-            pyramids = dict(zip(tracked, parts_of[len(parts_of) - late :])) if late else {}
-            features, tracked_masks = self._advance_tracking(plan, tracked, pyramids)
-            for key in tracked:
-                outputs[key] = self._head(key, features[key], tracked_masks[key].to(features[key].dtype))
-            self.tracked_masks = tracked_masks
-        for (key, x, m, hit), (_, rows, _) in zip(pending, todo):
-            fresh = self._head(key, next(maps), next(fitted)) if len(rows) else None
+                call.pending.append((key, x, m, memo.lookup(key, memo_rows(x, m)) if memo is not None else None))
+        return call
+
+    def _trunk_pass(self, pixels: Sequence[torch.Tensor]) -> list[FeaturePyramid]:
+        """ONE trunk pass over every ``(M_i, 3, S, S)`` input; one pyramid per input, in order."""
+        if not pixels:
+            return []
+        pyramid = self._encode_pyramid(torch.cat(list(pixels), dim=0))
+        starts = [sum(len(p) for p in pixels[:i]) for i in range(len(pixels) + 1)]
+        return [pyramid.select(slice(a, b)) for a, b in zip(starts[:-1], starts[1:])]
+
+    def _track(
+        self, plan: TrackPlan, frames: Mapping[str, torch.Tensor], pyramids: Sequence[FeaturePyramid]
+    ) -> dict[str, torch.Tensor]:
+        """The tracked cameras' head outputs; their masks are kept in ``tracked_masks``."""
+        assert self.obs_tracker is not None
+        features, masks = self.obs_tracker.advance(plan, frames, dict(zip(frames, pyramids)), self.fuse_levels)
+        self.tracked_masks = masks
+        return {key: self._head(key, features[key], masks[key].to(features[key].dtype)) for key in frames}
+
+    def _memo_heads(
+        self,
+        call: _Call,
+        todo: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]],
+        pyramids: Sequence[FeaturePyramid],
+        fitted: Sequence[torch.Tensor | None],
+    ) -> dict[str, torch.Tensor]:
+        """Head outputs of the frame cameras: encoded rows, merged with the remembered ones."""
+        outputs: dict[str, torch.Tensor] = {}
+        encoded = iter(zip(pyramids, fitted))  # the masks, resized and cropped like the images
+        for (key, x, m, hit), (_, rows, _) in zip(call.pending, todo):
+            fresh = None
+            if len(rows):
+                pyramid, fm = next(encoded)
+                fresh = self._head(key, self.fuse_levels(pyramid), fm)
             if hit is None:
                 outputs[key] = fresh
             else:
+                assert call.memo is not None
                 outputs[key] = hit.merge(fresh)
-                memo.store(key, _with_masks(x, m), outputs[key], hit)
+                call.memo.store(key, memo_rows(x, m), outputs[key], hit)
+        return outputs
+
+    def _join(
+        self, outputs: Mapping[str, torch.Tensor], obs_dict: Mapping[str, torch.Tensor], lead: tuple[int, ...], n: int
+    ) -> torch.Tensor:
+        """``(*lead, D)``: the cameras' outputs (keys sorted), then the low-dim values flattened (keys sorted)."""
         parts = [outputs[key] for key in self.rgb_keys]
         for key in self.low_dim_keys:
             value = obs_dict[key].reshape(n, -1).to(parts[0].dtype)
@@ -461,7 +513,7 @@ class MultiCameraEncoder(nn.Module):
         return fuse_levels([pyramid[lv] for lv in self.levels])
 
     # ----------------------------------------------------------------------------------------
-    # object tracker (object_tracker=True)
+    # object tracker (object_tracker=True): sam2_encoder.obs_tracker.ObsTracker
     # ----------------------------------------------------------------------------------------
 
     def set_object_prompts(self, prompts: Mapping[str, Any], row: int | None = None) -> None:
@@ -481,19 +533,7 @@ class MultiCameraEncoder(nn.Module):
             ValueError: Without ``object_tracker``, for a bad row, or for prompts that do not fit
                 the cameras (outside the frame or the centre crop, wrong ids, ...).
         """
-        self._require_tracker("set_object_prompts")
-        parsed = self._parse_prompts(prompts, "set_object_prompts")
-        if not parsed:
-            raise ValueError("set_object_prompts needs prompts for every camera with object masks, got none")
-        if row is None:
-            self.object_prompts = parsed
-            self._streams.row_prompts.clear()
-            self._streams.end()
-        else:
-            if isinstance(row, bool) or not isinstance(row, int) or row < 0:
-                raise ValueError(f"set_object_prompts: row must be a stream index >= 0, got {row!r}")
-            self._streams.row_prompts[row] = parsed
-            self._streams.restart.add(row)
+        self._require_tracker("set_object_prompts").set_prompts(prompts, row)
 
     def reset_objects(self) -> None:
         """End every object stream (a new episode): the next call prompts each stream's frames again.
@@ -503,17 +543,28 @@ class MultiCameraEncoder(nn.Module):
         need no call with ``object_restart="auto"`` (an episode's first window repeats its first
         frame). Also forgets the frame memo (:meth:`forget_frames`). Prompts are kept.
         """
-        self._streams.end()
+        if self.obs_tracker is not None:
+            self.obs_tracker.end()
         self.forget_frames()
 
-    def _require_tracker(self, what: str) -> TrackerModules:
-        if self.tracker is None:
+    @property
+    def object_prompts(self) -> dict[str, Any]:
+        """The tracker's default first-frame prompts ``{camera: {obj_id: prompt}}`` (camera pixels; ``{}``: none)."""
+        return self.obs_tracker.prompts if self.obs_tracker is not None else {}
+
+    def view(self, camera: str) -> CameraView:
+        """Camera ``camera``'s view: its resize and crop (frames, masks, prompt points)."""
+        _, height, width = self.rgb_shapes[camera]
+        return CameraView((height, width), self.resize_shape, self.crop_shape, self.random_crop, name=camera)
+
+    def _require_tracker(self, what: str) -> ObsTracker:
+        if self.obs_tracker is None:
             raise ValueError(
                 f"{what}: this encoder has no object tracker (object_tracker=false"
                 + ("" if self.object_masks else ", and no object tokens")
                 + "); build it with object_tracker=true"
             )
-        return self.tracker
+        return self.obs_tracker
 
     def _check_tracking(self, freeze: bool, restart: str) -> None:
         if not self.object_masks:
@@ -530,56 +581,9 @@ class MultiCameraEncoder(nn.Module):
         if restart not in ("auto", "manual"):
             raise ValueError(f"object_restart must be 'auto' or 'manual', got {restart!r}")
 
-    def _tracker_view(self, camera: str) -> tuple[float, float, int, int, int, int]:
-        """``(scale_y, scale_x, top, left, h, w)``: camera pixels -> the frame the trunk sees at inference."""
-        _, height, width = self.rgb_shapes[camera]
-        rh, rw = self.resize_shape or (height, width)
-        ch, cw = self.crop_shape or (rh, rw)
-        return rh / height, rw / width, (rh - ch) // 2, (rw - cw) // 2, ch, cw
-
-    def _parse_prompts(self, spec: Any, what: str) -> dict[str, Any]:
-        """Prompts in camera pixels, checked against the frames and the centre crop the tracker sees."""
-        sizes = {camera: self.rgb_shapes[camera][1:] for camera in self.object_masks}
-        parsed = parse_object_prompts(_plain(spec), sizes, self.num_objects, what)
-        for camera, objects in parsed.items():
-            sy, sx, top, left, ch, cw = self._tracker_view(camera)
-            if (top, left, ch, cw) == (0, 0, *sizes[camera]):
-                continue
-            x0, y0, x1, y1 = left / sx, top / sy, (left + cw) / sx, (top + ch) / sy
-            for obj_id, prompt in objects.items():
-                box = [prompt["box"][:2], prompt["box"][2:]] if "box" in prompt else []
-                corners = list(prompt.get("points", [])) + box
-                bad = [xy for xy in corners if not (x0 <= xy[0] <= x1 and y0 <= xy[1] <= y1)]
-                if bad:
-                    raise ValueError(
-                        f"{what}[{camera!r}][{obj_id}]: {bad} lies outside the part of the frame the encoder sees at "
-                        f"inference (resize_shape={self.resize_shape}, centre crop_shape={self.crop_shape}): x must be "
-                        f"in [{x0:g}, {x1:g}] and y in [{y0:g}, {y1:g}] (camera pixels)"
-                    )
-        return parsed
-
-    def _view_prompts(self, parsed: Mapping[str, Any]) -> dict[str, Any]:
-        """Prompts moved from camera pixels into the resized, centre-cropped frame the tracker sees."""
-        out: dict[str, Any] = {}
-        for camera, objects in parsed.items():
-            sy, sx, top, left, _, _ = self._tracker_view(camera)
-
-            def move(xy: Sequence[float], sx: float = sx, sy: float = sy, top: int = top, left: int = left) -> list:
-                return [xy[0] * sx - left, xy[1] * sy - top]
-
-            out[camera] = {}
-            for obj_id, prompt in objects.items():
-                moved = dict(prompt)
-                if "points" in prompt:
-                    moved["points"] = [move(xy) for xy in prompt["points"]]
-                if "box" in prompt:
-                    moved["box"] = move(prompt["box"][:2]) + move(prompt["box"][2:])
-                out[camera][obj_id] = moved
-        return out
-
     def _tracks(self, obs_dict: Mapping[str, torch.Tensor]) -> bool:
         """Whether this call's masks come from the tracker (the obs dict has none) or from the obs dict."""
-        if self.tracker is None:
+        if self.obs_tracker is None:
             return False
         keys = list(self.object_masks.values())
         given = [key for key in keys if key in obs_dict]
@@ -597,101 +601,6 @@ class MultiCameraEncoder(nn.Module):
                 f"from the dataset; got keys {sorted(obs_dict)}"
             )
         return True
-
-    def _tracker_frames(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        """``(n, 3, h, w)`` float in [0, 1]: the frames as the trunk sees them (resized, centre-cropped)."""
-        unit, _ = self._preprocess(key, x, None, finish=False)
-        return unit
-
-    def _plan_tracking(self, frames: Mapping[str, torch.Tensor], n: int) -> _Plan:
-        """Which rows of this call are new frames of their streams (see ``object_restart``)."""
-        to = self.n_obs_steps or 1
-        if n % to:
-            raise ValueError(
-                f"object tracker: {n} rows is not a multiple of n_obs_steps={to} (rows are b * n_obs_steps + t: "
-                "each stream brings its last n_obs_steps frames)"
-            )
-        streams = n // to
-        state = self._streams
-        if len(state.rows) != streams:
-            state.rows = [_Stream() for _ in range(streams)]
-            state.restart = set(range(streams))
-        cameras = list(frames)
-
-        def same(a: int, b: int, old: _Stream | None = None) -> bool:  # row a of this call == row b (or old's b)
-            return all(torch.equal(frames[c][a], (frames[c] if old is None else old.frames[c])[b]) for c in cameras)
-
-        sources: list[list[tuple[str, int]]] = []
-        encode: list[int] = []
-        for b, stream in enumerate(state.rows):
-            rows = range(b * to, (b + 1) * to)
-            restart = b in state.restart or not stream.frames
-            keep = 0  # frames at the start of the window that the stream tracked at its last call
-            if not restart:
-                for shift in range(to + 1):
-                    k = to - shift
-                    if all(same(rows[t], shift + t, stream) for t in range(k)):
-                        keep = k
-                        break
-                repeated = all(same(r, rows[0]) for r in rows)
-                if keep == 0 and repeated and self.object_restart == "auto":
-                    restart = True
-            row_sources = []
-            for t, r in enumerate(rows):
-                if not restart and t < keep:
-                    row_sources.append(("old", to - keep + t))
-                elif t > 0 and same(r, r - 1):
-                    row_sources.append(("same", t - 1))
-                else:
-                    row_sources.append(("prompt" if restart and t == 0 else "new", len(encode)))
-                    encode.append(r)
-            sources.append(row_sources)
-            if restart:
-                prompts = state.row_prompts.get(b, self.object_prompts)
-                if not prompts:
-                    raise ValueError(
-                        f"object tracker: no object prompts for stream {b}: set object_prompts (camera pixels) or call "
-                        "set_object_prompts(...) before the first frame"
-                    )
-                stream.start(self, prompts)
-        state.restart.clear()
-        device = next(iter(frames.values())).device
-        return _Plan(sources, torch.tensor(encode, dtype=torch.long, device=device))
-
-    def _advance_tracking(
-        self, plan: _Plan, frames: Mapping[str, torch.Tensor], pyramids: Mapping[str, FeaturePyramid]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Track every new frame in stream order; ``({camera: (n, *feature_shape)}, {camera: (n, K, h, w) bool})``."""
-        fused = {c: self.fuse_levels(p) for c, p in pyramids.items()}
-        features: dict[str, list[torch.Tensor]] = {c: [] for c in frames}
-        masks: dict[str, list[torch.Tensor]] = {c: [] for c in frames}
-        to = self.n_obs_steps or 1
-        for b, (stream, row_sources) in enumerate(zip(self._streams.rows, plan.sources)):
-            window_f: dict[str, list[torch.Tensor]] = {c: [] for c in frames}
-            window_m: dict[str, list[torch.Tensor]] = {c: [] for c in frames}
-            for t, (kind, index) in enumerate(row_sources):
-                if kind in ("prompt", "new"):
-                    r = b * to + t
-                    step = stream.tracker.step(
-                        {c: frames[c][r : r + 1] for c in frames},
-                        {c: pyramids[c].select(slice(index, index + 1)) for c in frames},
-                    )
-                for c in frames:
-                    if kind == "old":
-                        f, m = stream.features[c][index], stream.masks[c][index]
-                    elif kind == "same":
-                        f, m = window_f[c][index], window_m[c][index]
-                    else:
-                        f, m = fused[c][index], step[c][0]
-                    window_f[c].append(f)
-                    window_m[c].append(m)
-            stream.frames = {c: frames[c][b * to : (b + 1) * to] for c in frames}
-            stream.features = {c: torch.stack(window_f[c]) for c in frames}
-            stream.masks = {c: torch.stack(window_m[c]) for c in frames}
-            for c in frames:
-                features[c].append(stream.features[c])
-                masks[c].append(stream.masks[c])
-        return {c: torch.cat(v) for c, v in features.items()}, {c: torch.cat(v) for c, v in masks.items()}
 
     # ----------------------------------------------------------------------------------------
     # training helpers
@@ -719,7 +628,8 @@ class MultiCameraEncoder(nn.Module):
     def train(self, mode: bool = True) -> MultiCameraEncoder:
         """Set train mode (the frozen trunk stays in eval), forget remembered frames, end object streams."""
         self.forget_frames()
-        self._streams.end()
+        if self.obs_tracker is not None:
+            self.obs_tracker.end()
         return super().train(mode)
 
     def forget_frames(self) -> None:
@@ -736,8 +646,9 @@ class MultiCameraEncoder(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_compiled"] = None  # compiled graphs neither pickle nor deep-copy
-        state["_memo"] = _FrameMemo()  # remembered frames belong to one inference stream
-        state["_streams"] = _Streams(dict(self._streams.row_prompts))  # object streams too (prompts kept)
+        state["_memo"] = FrameMemo()  # remembered frames belong to one inference stream
+        if self.obs_tracker is not None:  # object streams too (prompts kept)
+            state["obs_tracker"] = self.obs_tracker.detached()
         state["tracked_masks"] = {}
         return state
 
@@ -829,37 +740,19 @@ class MultiCameraEncoder(nn.Module):
             raise ValueError(f"obs_dict[{key!r}]: {message}") from e
         if masks is not None:  # one tensor through resize and crop: the masks get the images' crops
             x = torch.cat([x, masks.to(x.dtype)], dim=1)
-        if self.resize_shape is not None and tuple(x.shape[-2:]) != self.resize_shape:
-            x = F.interpolate(x, size=self.resize_shape, mode="bilinear", align_corners=False, antialias=True)
-        if self.crop_shape is not None:
-            x = self._crop(x)
+        x = self.view(key).apply(x, self.training)
         if masks is not None:
             x, masks = x[:, :3].contiguous(), x[:, 3:]
         return (t.finish(x) if finish else x), masks
 
     def _check_crop(self) -> None:
-        if self.crop_shape is None:
-            return
-        for key, (_, h, w) in self.rgb_shapes.items():
-            h, w = self.resize_shape or (h, w)
-            ch, cw = self.crop_shape
-            if ch > h or cw > w:
-                raise ValueError(f"crop_shape {list(self.crop_shape)} is larger than camera {key!r} ({h}x{w})")
+        """Raise if a crop is larger than a camera (see :class:`~sam2_encoder.camera_view.CameraView`)."""
+        for key in self.rgb_shapes:
+            self.view(key)
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         """Random crop per image in train mode (if ``random_crop``), centre crop otherwise."""
-        n, c, h, w = x.shape
-        ch, cw = self.crop_shape  # type: ignore[misc]
-        if not (self.training and self.random_crop):
-            top, left = (h - ch) // 2, (w - cw) // 2
-            return x[:, :, top : top + ch, left : left + cw]
-        tops = torch.randint(0, h - ch + 1, (n,), device=x.device)
-        lefts = torch.randint(0, w - cw + 1, (n,), device=x.device)
-        rows = (tops[:, None] + torch.arange(ch, device=x.device))[:, None, :, None]
-        cols = (lefts[:, None] + torch.arange(cw, device=x.device))[:, None, None, :]
-        batch = torch.arange(n, device=x.device)[:, None, None, None]
-        chans = torch.arange(c, device=x.device)[None, :, None, None]
-        return x[batch, chans, rows, cols]
+        return self.view(self.rgb_keys[0]).crop(x, self.training)
 
     def extra_repr(self) -> str:
         extra = f", fuse={self.fuse!r}" if self.fuse != "pool" else ""
@@ -868,201 +761,14 @@ class MultiCameraEncoder(nn.Module):
         return f"cameras={self.rgb_keys}, low_dim={self.low_dim_keys}, levels={list(self.levels)}{extra}"
 
 
-class _Lookup:
-    """How a camera batch is served: rows seen in the previous call, and the distinct rows to encode.
+class _Call:
+    """One forward call's cameras: head outputs of precomputed features, frames for the memo, tracked frames."""
 
-    ``missing`` are the rows to encode: one row per distinct frame that the previous call did not
-    see (at the start of an episode the queue repeats the first frame ``n_obs_steps`` times: it is
-    encoded once). Every other row is a copy of a remembered output (``hits``) or of the encoded
-    output of an equal row of this call (``owners``).
-    """
-
-    def __init__(
-        self,
-        x: torch.Tensor,
-        fingerprints: torch.Tensor,
-        hits: torch.Tensor,
-        sources: torch.Tensor,
-        previous: torch.Tensor | None,
-    ) -> None:
-        self.n = n = len(x)
-        self.fingerprints = fingerprints
-        self.hits = hits  # (n,) bool
-        self.sources = sources  # (n,) row of the previous call for each hit
-        self.previous = previous  # (m, D) outputs of the previous call
-        self.new = (~hits).nonzero().squeeze(1)  # rows the previous call did not see
-        # equal rows among the new ones: the first row with the same fingerprint, confirmed by exact
-        # equality (a fingerprint collision or a NaN leaves a row on its own)
-        prints = fingerprints[self.new]
-        same = prints[:, None] == prints[None, :]
-        first = same.to(torch.uint8).argmax(dim=1) if len(prints) else self.new
-        own = torch.arange(len(prints), device=x.device)
-        copy = (first != own) & same[own, first]
-        if bool(copy.any()):
-            rows = x[self.new]
-            cand = copy.nonzero().squeeze(1)
-            copy[cand] = (rows[cand] == rows[first[cand]]).reshape(len(cand), -1).all(dim=1)
-        first = torch.where(copy, first, own)
-        encode = ~copy  # a row is encoded when it copies no earlier row; the rows it copies are encoded
-        self.missing = self.new[encode]
-        self.owners = (encode.cumsum(0) - 1)[first]  # (len(new),) row of ``missing`` serving each new row
-        self.plain = len(self.missing) == n  # every row encoded, in order: the encoded outputs as they are
-
-    def merge(self, fresh: torch.Tensor | None) -> torch.Tensor:
-        """``(n, D)``: remembered outputs for hits, ``fresh`` (rows of ``missing``) for the rest."""
-        if fresh is not None and self.plain:
-            return fresh
-        like = self.previous if fresh is None else fresh
-        dtype = like.dtype if self.previous is None else self.previous.dtype
-        out = like.new_empty(self.n, like.shape[1], dtype=dtype)
-        if self.previous is not None:
-            out[self.hits] = self.previous[self.sources[self.hits]]
-        if fresh is not None:
-            out[self.new] = fresh.to(out.dtype)[self.owners]
-        return out
-
-
-class _FrameMemo:
-    """The frames of the previous inference call per camera, with their head outputs.
-
-    Rows are matched by a random projection fingerprint, then confirmed by exact equality.
-    Remembered outputs are tied to the weights and the autocast state they were computed with
-    (:meth:`tie`): any change of a parameter or buffer of the module (in place, by
-    ``load_state_dict``, an optimizer step, ``.to()`` or a replaced ``Parameter``), or entering or
-    leaving ``torch.autocast`` (or changing its dtype), forgets them.
-    """
-
-    def __init__(self) -> None:
-        self.frames: dict[str, torch.Tensor] = {}
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.prints: dict[str, torch.Tensor] = {}
-        self._weights: dict[str, torch.Tensor] = {}
-        self._stamp: tuple[Any, ...] | None = None
-        self._tree: tuple[int, tuple[int, ...], list[nn.Module]] | None = None  # (root id, children, modules)
-        self._held: list[torch.Tensor] = []
-
-    def clear(self) -> None:
-        self.frames.clear()
-        self.outputs.clear()
-        self.prints.clear()
-        self._stamp = None
-        self._held = []
-
-    def tie(self, module: nn.Module, device_type: str) -> bool:
-        """Forget remembered frames if the weights or the autocast state changed since the last call.
-
-        Outputs computed under ``torch.autocast`` differ from fp32 ones (and between autocast
-        dtypes), so the autocast state of ``device_type`` (the frames' device) is part of the stamp.
-
-        The stamp of a tensor is its identity, storage address and version counter (which every
-        in-place operation increments, ``load_state_dict``'s copies included). The module tree is
-        walked once and re-walked only when a submodule is replaced (e.g. by LoRA): about 0.2 ms
-        per call for two cameras at 224 px instead of 1 ms for ``parameters()`` / ``buffers()``.
-
-        Returns:
-            ``False`` when the weights cannot be stamped (inference-mode tensors have no version
-            counter): the memo is then not used for this call.
-        """
-        tree = self._tree
-        if tree is None or tree[0] != id(module) or tree[1] != _children(tree[2]):
-            modules = list(module.modules())
-            tree = self._tree = (id(module), _children(modules), modules)
-        tensors = [t for m in tree[2] for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
-        try:
-            weights = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
-        except RuntimeError:  # inference tensors do not track versions
-            self.clear()
-            return False
-        autocast = torch.is_autocast_enabled(device_type)
-        stamp = (device_type, autocast, torch.get_autocast_dtype(device_type) if autocast else None, weights)
-        if stamp != self._stamp:
-            self.clear()
-            self._stamp = stamp
-            self._held = tensors  # stamped tensors stay alive: their ids cannot be reused while compared
-        return True
-
-    def _fingerprint(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(len(x), -1)
-        weights = self._weights.get(key)
-        if weights is None or weights.shape[0] != flat.shape[1] or weights.device != flat.device:
-            g = torch.Generator().manual_seed(0)
-            weights = torch.rand(flat.shape[1], generator=g, dtype=torch.float64).to(flat.device)
-            self._weights[key] = weights
-        # an elementwise product reduced per row (not a matmul, whose blocking can differ between
-        # rows) gives equal rows bit-equal fingerprints wherever they sit in the batch
-        return (flat.to(torch.float64) * weights).sum(dim=1)
-
-    def lookup(self, key: str, x: torch.Tensor) -> _Lookup:
-        n = len(x)
-        prints = self._fingerprint(key, x)
-        old = self.frames.get(key)
-        if old is None or old.shape[1:] != x.shape[1:] or old.dtype != x.dtype or old.device != x.device:
-            none = torch.zeros(n, dtype=torch.bool, device=x.device)
-            return _Lookup(x, prints, none, torch.zeros(n, dtype=torch.long, device=x.device), None)
-        equal = prints[:, None] == self.prints[key][None, :]
-        sources = equal.to(torch.uint8).argmax(dim=1)
-        hits = equal.any(dim=1) & (x == old[sources]).reshape(n, -1).all(dim=1)
-        return _Lookup(x, prints, hits, sources, self.outputs[key])
-
-    def store(self, key: str, x: torch.Tensor, outputs: torch.Tensor, lookup: _Lookup) -> None:
-        self.frames[key] = x.detach().clone()
-        self.outputs[key] = outputs.detach()
-        self.prints[key] = lookup.fingerprints
-
-
-class _Stream:
-    """One stream's tracker and its last window: frames, fused features and masks per camera."""
-
-    def __init__(self) -> None:
-        self.tracker: ObjectTracker | None = None
-        self.frames: dict[str, torch.Tensor] = {}
-        self.features: dict[str, torch.Tensor] = {}
-        self.masks: dict[str, torch.Tensor] = {}
-
-    def start(self, encoder: MultiCameraEncoder, prompts: Mapping[str, Any]) -> None:
-        """Begin again from ``prompts`` (camera pixels): the next tracked frame is prompted."""
-        assert encoder.tracker is not None
-        if self.tracker is None:
-            sizes = {c: encoder._tracker_view(c)[4:] for c in encoder.object_masks}
-            self.tracker = ObjectTracker(encoder.tracker.model, encoder.encoder.variant, sizes, encoder.num_objects)
-        self.tracker.reset()
-        self.tracker.set_prompts(encoder._view_prompts(prompts))
-        self.frames, self.features, self.masks = {}, {}, {}
-
-
-class _Streams:
-    """The object streams of an encoder, and prompts set for single streams."""
-
-    def __init__(self, row_prompts: dict[int, Any] | None = None) -> None:
-        self.rows: list[_Stream] = []
-        self.restart: set[int] = set()
-        self.row_prompts: dict[int, Any] = row_prompts or {}
-
-    def end(self) -> None:
-        self.rows = []
-        self.restart = set()
-
-
-class _Plan:
-    """Where each row of a tracked call comes from: ``sources[b][t] = (kind, index)`` and the rows to encode.
-
-    ``kind``: ``"old"`` (position ``index`` of the stream's last window), ``"same"`` (equal to
-    position ``index`` of this window), ``"prompt"`` / ``"new"`` (encoded row ``index`` of
-    ``encode``, prompted or tracked).
-    """
-
-    def __init__(self, sources: list[list[tuple[str, int]]], encode: torch.Tensor) -> None:
-        self.sources = sources
-        self.encode = encode
-
-
-def _plain(value: Any) -> Any:
-    """Mappings and sequences (e.g. OmegaConf containers from a Hydra config) as dicts and lists."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [_plain(v) for v in value]
-    return value
+    def __init__(self, memo: FrameMemo | None) -> None:
+        self.memo = memo  # the frame memo when this call may use it
+        self.outputs: dict[str, torch.Tensor] = {}  # precomputed features: head outputs (n, D_key)
+        self.pending: list[tuple[str, torch.Tensor, torch.Tensor | None, MemoLookup | None]] = []  # frames
+        self.tracked: dict[str, torch.Tensor] = {}  # tracked cameras: (n, 3, h, w) in [0, 1], in the view
 
 
 def _children(modules: list[nn.Module]) -> tuple[int, ...]:
@@ -1081,14 +787,6 @@ class _Projected(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.head(x))
-
-
-def _with_masks(x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-    """What a frame memo entry must match: the frame, and its object masks when there are any."""
-    if masks is None:
-        return x
-    dtype = torch.promote_types(x.dtype, masks.dtype)
-    return torch.cat([x.reshape(len(x), -1).to(dtype), masks.reshape(len(masks), -1).to(dtype)], dim=1)
 
 
 def _first_bad(value: torch.Tensor) -> str:

@@ -185,9 +185,9 @@ def test_restart_rules_reset_and_prompts(present_checkpoint: Path) -> None:
     calls = trunk_calls(enc)
     with torch.no_grad():
         enc(dp_obs([[frames[0], frames[1]], [frames[2], frames[3]]]))  # two streams now: both start over
-    assert calls == [4] and len(enc._streams.rows) == 2
+    assert calls == [4] and len(enc.obs_tracker.streams) == 2
     enc.train()  # train() / eval() end the streams too
-    assert enc._streams.rows == []
+    assert enc.obs_tracker.streams == []
 
 
 def test_crop_prompts_in_camera_pixels(present_checkpoint: Path) -> None:
