@@ -213,7 +213,8 @@ def test_incomplete_and_mismatched_caches_are_refused(replay: Path, encoder, tmp
     build_cache(replay, ["img"], encoder, out=out, progress=False, chunk_frames=8, stop_after_chunks=2)
     with pytest.raises(CacheError, match="incomplete .*rerun the same `sam2-encoder cache` command"):
         FeatureCache(out)
-    with pytest.raises(CacheError, match=r"built with other settings image_size: \[32, 32\] there vs \[64, 64\] now"):
+    other = r"built from other arguments \(image_size: cache \[32, 32\], now \[64, 64\]\)"
+    with pytest.raises(CacheError, match=other):
         build_cache(
             replay,
             ["img"],
@@ -447,13 +448,14 @@ def test_metadata_damage_and_old_formats_are_refused(whole_cache: Path, tmp_path
     meta = path / "features" / "img" / "s16" / ".zarray"
     spec = json.loads(meta.read_text())
     meta.write_text(json.dumps({**spec, "dtype": "<f4"}))
-    with pytest.raises(CacheError, match="features/img/s16 is stored as float32, the cache metadata says float16"):
+    stored = r"features/img/s16 is float32 \(36, 256, 2, 2\) in chunks of \(8, 256, 2, 2\); "
+    with pytest.raises(CacheError, match=stored + r"the cache attributes imply float16 \(36, \.\.\.\)"):
         FeatureCache(path)
     meta.write_text(json.dumps(spec))
     attrs = json.loads((path / ".zattrs").read_text())
     attrs["sam2_encoder"]["format"] = 1
     (path / ".zattrs").write_text(json.dumps(attrs))
-    with pytest.raises(CacheError, match="has layout format 1; this version reads format 2 .*rebuild it"):
+    with pytest.raises(CacheError, match=r"has format 1 \(no checksums\); this version reads format 2 .*rebuild it"):
         FeatureCache(path)
     with pytest.raises(ValueError, match="is not a zarr group"):
         FeatureCache(tmp_path)

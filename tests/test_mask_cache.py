@@ -142,7 +142,8 @@ def test_resume_after_an_interruption_gives_the_same_cache(predictor, replay, tm
     out = tmp_path / "resumed.zarr"
     with pytest.raises(Interrupt):
         build_mask_cache(replay, "img", PROMPTS, out, predictor, "w", lambda d, t: stop_after_first(d, t))
-    with pytest.raises(MaskCacheError, match=r"incomplete \(1 of 3 episodes\): rerun the same command"):
+    incomplete = r"incomplete \(1 of 3 episodes done; an interrupted run\?\): rerun the same `sam2-encoder masks`"
+    with pytest.raises(MaskCacheError, match=incomplete):
         MaskCache(out)
     tracked = []
     original = predictor.track
@@ -441,7 +442,7 @@ def test_a_rerun_tracks_damaged_episodes_again(predictor, replay, whole_masks: P
     with pytest.raises(Interrupt):  # killed right after the check: the cache no longer claims to be complete
         build_mask_cache(replay, "img", PROMPTS, path, predictor, "w", on_damaged=interrupt)
     assert len(reported[0]) == 1 and "masks chunk 5 (frame 5, episode 1)" in reported[0][0]
-    with pytest.raises(MaskCacheError, match=r"incomplete \(2 of 3 episodes\)"):
+    with pytest.raises(MaskCacheError, match=r"incomplete \(2 of 3 episodes done"):
         MaskCache(path)
     tracked, starts = [], []
     original = predictor.track
@@ -464,7 +465,7 @@ def test_damage_during_a_run_is_caught_before_the_cache_is_complete(predictor, r
 
     with pytest.raises(MaskCacheError, match=r"1 frame\(s\) failed the read-back check .*masks chunk 1 \(frame 1"):
         build_mask_cache(replay, "img", PROMPTS, out, predictor, "w", on_episode=damage_episode_0)
-    with pytest.raises(MaskCacheError, match=r"incomplete \(2 of 3 episodes\)"):
+    with pytest.raises(MaskCacheError, match=r"incomplete \(2 of 3 episodes done"):
         MaskCache(out)
     build_mask_cache(replay, "img", PROMPTS, out, predictor, "w")
     from sam2_encoder.diffusion_policy.mask_cache import verify_mask_cache

@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any
 
-from .common import CLIError, EpisodeProgress, add_model_args, build_model, non_negative_int, positive_int
+from .common import (
+    CLIError,
+    EpisodeProgress,
+    add_model_args,
+    build_model,
+    needs_zarr,
+    non_negative_int,
+    positive_int,
+    report_problems,
+    verify_cache_folder,
+)
 
-__all__ = ["register", "report_problems", "run"]
-
-_NEEDS_ZARR = "the cache command needs zarr: pip install 'sam2-encoder[dp]'"
+__all__ = ["register", "report_problems", "run"]  # report_problems: from .common, where it now lives
 
 
 def register(sub: Any) -> argparse.ArgumentParser:
@@ -59,35 +66,6 @@ def register(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _verify(path: str) -> int:
-    try:
-        from ..diffusion_policy.feature_cache import verify_cache
-    except ImportError as e:
-        raise CLIError(f"{_NEEDS_ZARR} ({e})") from e
-    return report_problems(path, verify_cache(path), "cache", "every chunk matches its checksum")
-
-
-def report_problems(path: str, problems: list[str], what: str, whole: str) -> int:
-    """Print a ``--verify`` result: one ``error:`` line per problem and a summary; the exit status.
-
-    Args:
-        path: The checked cache.
-        problems: What the check found (empty: the cache is whole).
-        what: The kind of cache, for the advice (``"cache"``, ``"mask cache"``).
-        whole: What is printed for a whole cache.
-
-    Returns:
-        0 for a whole cache, 2 otherwise.
-    """
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
-    if problems:
-        print(f"{path}: {len(problems)} problem(s); delete the {what} and rebuild it", file=sys.stderr)
-        return 2
-    print(f"{path}: {whole}")
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``sam2-encoder cache`` with parsed arguments; returns the exit status.
 
@@ -104,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                 f"--verify CACHE checks an existing feature cache: give no {given[0]} with it "
                 "(`sam2-encoder masks --verify MASKS` checks a mask cache)"
             )
-        return _verify(args.verify)
+        return verify_cache_folder("cache", args.verify)
     if args.replay is None:
         raise CLIError("give the replay buffer to encode (REPLAY.zarr) and --keys, or --verify CACHE")
     if not args.keys:
@@ -125,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ..diffusion_policy.feature_cache import build_cache, default_cache_path
     except ImportError as e:
-        raise CLIError(f"{_NEEDS_ZARR} ({e})") from e
+        raise needs_zarr("cache", e) from e
     from ..image_encoder import SAM2ImageEncoder
 
     if args.threads:
@@ -200,10 +178,10 @@ def _run_with_masks(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.prompts):
         raise CLIError(f"--prompts {args.prompts}: no such file")
     try:
-        from ..diffusion_policy.mask_cache import check_mask_inputs, default_mask_path, weights_identity
+        from ..diffusion_policy.mask_cache import check_mask_inputs, default_mask_path
         from ..diffusion_policy.tracked_cache import build_cache_with_masks
     except ImportError as e:
-        raise CLIError(f"{_NEEDS_ZARR} ({e})") from e
+        raise needs_zarr("cache", e) from e
     out = args.out  # default: beside the replay buffer, named after the model (as without --prompts)
     masks_out = args.masks_out or default_mask_path(args.replay, mask_key)
     if out is not None and os.path.abspath(out) == os.path.abspath(masks_out):
@@ -214,13 +192,11 @@ def _run_with_masks(args: argparse.Namespace) -> int:
         raise CLIError(str(e.args[0]) if e.args else str(e)) from e
     import torch
 
-    from ..checkpoints import resolve_checkpoint
+    from ..checkpoints import weights_identity
     from ..streaming import StreamingPredictor
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.checkpoint is not None:  # a file, so that both caches record its sha256 (as SAM2ImageEncoder does)
-        args.checkpoint = str(resolve_checkpoint(args.checkpoint, download_missing=args.download))
     predictor = build_model(
         StreamingPredictor,
         args,
@@ -229,7 +205,7 @@ def _run_with_masks(args: argparse.Namespace) -> int:
         channel_order=args.channel_order,
         download=args.download,
     )
-    weights = weights_identity(args.checkpoint)
+    weights = weights_identity(args.checkpoint)  # what SAM2ImageEncoder.weights_id says for the same checkpoint
     # seeded random weights of the video model are not SAM2ImageEncoder's seeded ones: say so in the feature cache
     feature_weights = weights if args.checkpoint is not None else f"{weights}:video_model"
     began = time.perf_counter()

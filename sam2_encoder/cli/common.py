@@ -11,7 +11,17 @@ import sys
 import warnings
 from typing import Any
 
-__all__ = ["CLIError", "add_model_args", "build_model", "image_side", "non_negative_int", "positive_int"]
+__all__ = [
+    "CLIError",
+    "add_model_args",
+    "build_model",
+    "image_side",
+    "needs_zarr",
+    "non_negative_int",
+    "positive_int",
+    "report_problems",
+    "verify_cache_folder",
+]
 
 
 class CLIError(Exception):
@@ -156,3 +166,57 @@ class EpisodeProgress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def needs_zarr(command: str, error: ImportError) -> CLIError:
+    """The error of a command run without zarr installed (``sam2-encoder[dp]``)."""
+    return CLIError(f"the {command} command needs zarr: pip install 'sam2-encoder[dp]' ({error})")
+
+
+_VERIFIED = {  # command: (what the cache is called in the advice, what a whole one prints)
+    "cache": ("cache", "every chunk matches its checksum"),
+    "masks": ("mask cache", "every frame's masks match their checksum"),
+}
+
+
+def verify_cache_folder(command: str, path: str) -> int:
+    """``sam2-encoder cache|masks --verify PATH``: check a whole cache and report each problem.
+
+    Args:
+        command: ``"cache"`` (a feature cache) or ``"masks"`` (a mask cache).
+        path: The cache folder.
+
+    Returns:
+        0 for a whole cache, 2 otherwise (see :func:`report_problems`).
+
+    Raises:
+        CLIError: Without zarr.
+    """
+    try:  # both kinds, so that either names the other when given the wrong folder
+        from ..diffusion_policy.feature_cache import verify_cache
+        from ..diffusion_policy.mask_cache import verify_mask_cache
+    except ImportError as e:
+        raise needs_zarr(command, e) from e
+    verify = verify_cache if command == "cache" else verify_mask_cache
+    return report_problems(path, verify(path), *_VERIFIED[command])
+
+
+def report_problems(path: str, problems: list[str], what: str, whole: str) -> int:
+    """Print a ``--verify`` result: one ``error:`` line per problem and a summary; the exit status.
+
+    Args:
+        path: The checked cache.
+        problems: What the check found (empty: the cache is whole).
+        what: The kind of cache, for the advice (``"cache"``, ``"mask cache"``).
+        whole: What is printed for a whole cache.
+
+    Returns:
+        0 for a whole cache, 2 otherwise.
+    """
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{path}: {len(problems)} problem(s); delete the {what} and rebuild it", file=sys.stderr)
+        return 2
+    print(f"{path}: {whole}")
+    return 0

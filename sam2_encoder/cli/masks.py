@@ -16,12 +16,17 @@ import os
 import time
 from typing import Any
 
-from .cache import report_problems
-from .common import CLIError, EpisodeProgress, add_model_args, build_model, non_negative_int
+from .common import (
+    CLIError,
+    EpisodeProgress,
+    add_model_args,
+    build_model,
+    needs_zarr,
+    non_negative_int,
+    verify_cache_folder,
+)
 
 __all__ = ["register", "run"]
-
-_NEEDS_ZARR = "the masks command needs zarr: pip install 'sam2-encoder[dp]'"
 
 
 def register(sub: Any) -> argparse.ArgumentParser:
@@ -58,14 +63,6 @@ def register(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _verify(path: str) -> int:
-    try:
-        from ..diffusion_policy.mask_cache import verify_mask_cache
-    except ImportError as e:
-        raise CLIError(f"{_NEEDS_ZARR} ({e})") from e
-    return report_problems(path, verify_mask_cache(path), "mask cache", "every frame's masks match their checksum")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``sam2-encoder masks`` with parsed arguments; returns the exit status.
 
@@ -80,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.verify is not None:
         if args.replay is not None or args.key or args.prompts:
             raise CLIError("--verify CACHE checks an existing mask cache: give no replay buffer, --key or --prompts")
-        return _verify(args.verify)
+        return verify_cache_folder("masks", args.verify)
     for name, value in (("--key", args.key), ("--prompts", args.prompts)):
         if not value:
             raise CLIError(f"the following arguments are required: {name} (or --verify CACHE to check a mask cache)")
@@ -91,16 +88,12 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.prompts):
         raise CLIError(f"--prompts {args.prompts}: no such file")
     try:
-        from ..diffusion_policy.mask_cache import (
-            build_mask_cache,
-            check_mask_inputs,
-            default_mask_path,
-            weights_identity,
-        )
+        from ..diffusion_policy.mask_cache import build_mask_cache, check_mask_inputs, default_mask_path
     except ImportError as e:
-        raise CLIError(f"{_NEEDS_ZARR} ({e})") from e
+        raise needs_zarr("masks", e) from e
     import torch
 
+    from ..checkpoints import weights_identity
     from ..streaming import StreamingPredictor
 
     if args.threads:

@@ -8,19 +8,19 @@ validation split and a normaliser with identity entries for the keys the wrapper
 DP's image workspace asserts ``isinstance(dataset, BaseImageDataset)``. A wrapper class gets DP's
 base mixed in on first use (through its module's ``__getattr__``, :func:`serve_dp_class`), so
 that importing our modules never imports DP, while Hydra's ``_target_`` and pickle both find the
-class by name.
+class by name: a module sets ``__getattr__ = dp_classes(globals(), {"DPName": Wrapper})``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["DPDatasetWrapper", "sequence_frames", "serve_dp_class", "with_dp_base"]
+__all__ = ["DPDatasetWrapper", "dp_classes", "sequence_frames", "serve_dp_class", "with_dp_base"]
 
 
 def sequence_frames(indices_row: Sequence[int], sequence_length: int) -> np.ndarray:
@@ -174,3 +174,19 @@ def serve_dp_class(module_globals: dict[str, Any], name: str, cls: type) -> type
     served = with_dp_base(cls, name, module_globals["__name__"])
     module_globals[name] = served
     return served
+
+
+def dp_classes(module_globals: dict[str, Any], classes: Mapping[str, type]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that serves ``classes`` (``{name: wrapper}``) with DP's base mixed in.
+
+    Each is created on first use (:func:`serve_dp_class`), so that DP is imported only by the
+    configs that ask for it; any other name raises ``AttributeError`` as a module does.
+    """
+    module = module_globals["__name__"]
+
+    def __getattr__(name: str) -> Any:
+        if name in classes:
+            return serve_dp_class(module_globals, name, classes[name])
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

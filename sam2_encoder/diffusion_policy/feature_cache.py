@@ -11,6 +11,10 @@ training many times faster. Layout (zarr-2 format, readable by zarr 2.18 and zar
       checksums/<key>/<level>   (n_chunks,) int64: CRC-32 of each chunk's values, -1 until written
       progress/<key>            (n_chunks,) bool, one zarr chunk per flag
 
+What is stored and the spec that refuses a mismatched cache are this module's; integrity (format
+version, per-chunk CRC-32, progress flags, first-read verification, ``--verify``, crash-safe
+creation) is the :mod:`.store`'s, shared with the mask cache.
+
 Writing is resumable and safe to kill at any time: each chunk of frames is encoded, written, its
 checksums recorded, and only then flagged done; a rerun with the same arguments skips flagged
 chunks and recomputes the rest with the same batch composition, so the result is byte-identical to
@@ -26,7 +30,7 @@ levels average-pooled onto the coarsest grid and concatenated) or ``"packed"``
 What is verified when:
 
 * opening (:class:`FeatureCache`): the attributes exist, the format is this version's, the cache is
-  complete, and every feature array has the recorded dtype, frame count and chunking;
+  complete, and every array has the recorded dtype, frame count and chunking;
 * reading (:meth:`FeatureCache.fused`): the first time a chunk is read (per process), all of it is
   decoded and its CRC-32 compared with the recorded one; a missing chunk file (which zarr would
   silently read as zeros), a truncated or altered one, or a missing checksum raises
@@ -52,10 +56,24 @@ from .. import __version__
 from ..checkpoints import find_local_path
 from ..image_encoder import LEVELS, SAM2ImageEncoder
 from ..pooling import fuse_levels, pack_pyramid
-from .dp_base import DPDatasetWrapper, sequence_frames
-from .zarr_io import chunk_path, crc32, create_array, open_group, read_all, store_format
+from .dp_base import DPDatasetWrapper, dp_classes, sequence_frames
+from .store import (
+    NO_CHECKSUM,
+    ChecksummedArray,
+    Progress,
+    Store,
+    StoreError,
+    StoreKind,
+    create_store,
+    frame_index,
+    open_existing,
+    read_back,
+    verify_progress,
+)
+from .zarr_io import create_array, open_group
 
 __all__ = [
+    "FEATURES",
     "LAYOUTS",
     "CacheError",
     "CachedFeatureDataset",
@@ -68,19 +86,27 @@ __all__ = [
     "verify_cache",
 ]
 
-FORMAT = 2
-"""Cache layout version: 2 added per-chunk checksums (format-1 caches are refused: rebuild them)."""
-
-_NO_CHECKSUM = -1
-
 LAYOUTS = {"pool": "pool", "packed": "packed", "coarse_to_fine": "packed"}
 """What the heads read from a cache, by ``layout`` (an encoder's ``fuse`` value names its layout too):
 ``"pool"`` fuses levels onto the coarsest grid (``fuse="pool"``); ``"packed"`` folds s4, s8 and s16
 onto the s16 grid without loss (``pooling.pack_pyramid``; ``fuse="coarse_to_fine"``)."""
 
 
-class CacheError(RuntimeError):
+class CacheError(StoreError):
     """A feature cache is incomplete, damaged, or disagrees with the encoder or the arguments."""
+
+
+FEATURES = StoreKind(
+    attr="sam2_encoder",
+    noun="feature cache",
+    title="sam2_encoder feature cache",
+    command="sam2-encoder cache",
+    chunk="chunk",
+    unit="chunk",
+    verb="encode",
+    error=CacheError,
+)
+"""The feature cache as a :class:`~.store.StoreKind`."""
 
 
 def check_layout(layout: str) -> str:
@@ -120,7 +146,6 @@ def _spec(
 ) -> dict[str, Any]:
     t = encoder.transforms
     return {
-        "format": FORMAT,
         "variant": encoder.variant.name,
         "weights": encoder.weights_id if weights is None else weights,
         "image_size": list(encoder.image_size),
@@ -185,6 +210,49 @@ def _check_build_args(
     return levels, int(chunk_frames)
 
 
+def _arrays(store: Store) -> dict[tuple[str, str], ChecksummedArray]:
+    """Every ``features/<key>/<level>`` with its checksums, chunked by ``chunk_frames`` frames."""
+    spec = store.spec
+    chunk, n = int(spec["chunk_frames"]), int(spec["n_frames"])
+
+    def describe(name: str) -> Callable[[int], str]:
+        return lambda i: f"{name} chunk {i} (frames {i * chunk}-{min((i + 1) * chunk, n) - 1})"
+
+    return {
+        (key, level): ChecksummedArray(
+            store, f"features/{key}/{level}", f"checksums/{key}/{level}", chunk, describe(f"features/{key}/{level}")
+        )
+        for key in spec["keys"]
+        for level in spec["levels"]
+    }
+
+
+def _progress(store: Store, arrays: Mapping[tuple[str, str], ChecksummedArray]) -> dict[str, Progress]:
+    """Per key, its flags ``progress/<key>``: one per chunk of frames, which writes that chunk of every level."""
+    spec = store.spec
+    n_chunks = math.ceil(int(spec["n_frames"]) / int(spec["chunk_frames"]))
+    return {
+        key: Progress(
+            store, f"progress/{key}", [[(arrays[(key, lv)], [i]) for lv in spec["levels"]] for i in range(n_chunks)]
+        )
+        for key in spec["keys"]
+    }
+
+
+def _check_arrays(store: Store) -> list[str]:
+    """Every array present, with the recorded dtype, frame count and chunking."""
+    spec = store.spec
+    n, chunk = int(spec["n_frames"]), int(spec["chunk_frames"])
+    n_chunks = math.ceil(n / chunk)
+    found = []
+    for key in spec["keys"]:
+        for level in spec["levels"]:
+            found.append(store.check_array(f"features/{key}/{level}", n, spec["dtype"], rows=chunk))
+            found.append(store.check_array(f"checksums/{key}/{level}", n_chunks, "int64"))
+        found.append(store.check_array(f"progress/{key}", n_chunks, "bool"))
+    return [p for p in found if p is not None]
+
+
 class FeatureWriter:
     """A feature cache being written: created (or checked against its arguments) on construction.
 
@@ -239,14 +307,37 @@ class FeatureWriter:
         )
         self.shapes = encoder.feature_shapes()
         self.n_chunks = math.ceil(self.n_frames / chunk_frames)
-        self.created = _prepare(self.out, self.spec, keys, levels, self.shapes, self.n_chunks) if prepare else False
+        self.created = self._prepare() if prepare else False
         (barrier or (lambda: None))()
-        self.group = open_group(self.out, mode="r+")
-        self.complete = bool(self.group.attrs["sam2_encoder"].get("complete"))
-        self._flags = {key: read_all(self.group["progress"][key]).astype(bool) for key in keys}
+        self.store = Store(self.out, FEATURES, mode="r+")
+        self.complete = self.store.complete
+        self._arrays = _arrays(self.store)
+        self._progress = _progress(self.store, self._arrays)
+        problems: list[str] = []
+        self._flags = {key: progress.read(problems) for key, progress in self._progress.items()}
+        if problems:
+            raise self.store.damaged(problems)
         self._pending: dict[tuple[str, int], tuple[dict[str, np.ndarray], np.ndarray]] = {}
         self.written = 0
         """Chunks written by this object."""
+
+    def _prepare(self) -> bool:
+        """Check an existing cache's settings, or create an empty one whole; ``True`` if created."""
+        if self.out.exists():
+            open_existing(self.out, FEATURES, self.spec)
+            return False
+
+        def declare(group: Any) -> None:
+            for key in self.keys:
+                for level in self.levels:
+                    c, h, w = self.shapes[level]
+                    shape, chunks = (self.n_frames, c, h, w), (self.chunk_frames, c, h, w)
+                    create_array(group, f"features/{key}/{level}", shape, chunks, self.dtype, 0)
+                    create_array(group, f"checksums/{key}/{level}", (self.n_chunks,), (1,), "int64", NO_CHECKSUM)
+                create_array(group, f"progress/{key}", (self.n_chunks,), (1,), "bool", False)
+
+        create_store(self.out, FEATURES, self.spec, declare)
+        return True
 
     def frames(self, i: int) -> range:
         """Replay-buffer frames of chunk ``i``."""
@@ -298,12 +389,9 @@ class FeatureWriter:
         return level.float().cpu().numpy().astype(self.dtype)
 
     def _write(self, key: str, i: int, maps: Mapping[str, np.ndarray]) -> None:
-        span = self.frames(i)
         for level in self.levels:
-            self.group["features"][key][level][span.start : span.stop] = maps[level]
-            self.group["checksums"][key][level][i] = crc32(maps[level])
-        self.group["progress"][key][i] = True  # only after the data and its checksums are written
-        self._flags[key][i] = True
+            self._arrays[(key, level)].write(self.frames(i).start, maps[level])
+        self._progress[key].mark(i)  # only after the data and its checksums are written
         self.written += 1
 
     def finish(self) -> bool:
@@ -317,18 +405,17 @@ class FeatureWriter:
         """
         if self.complete:
             return True
-        flags = [read_all(self.group["progress"][key]) for key in self.keys]
+        problems: list[str] = []
+        flags = [progress.read(problems) for progress in self._progress.values()]  # other ranks wrote some
+        if problems:
+            raise self.store.damaged(problems)
         if not all(f.all() for f in flags):
             return False
-        problems = _verify_chunks(self.out, self.group, self.spec, clear_bad=True)
+        problems = _check_arrays(self.store)
         if problems:
-            raise CacheError(
-                f"feature cache {self.out}: {len(problems)} chunk(s) failed the read-back check and were unflagged "
-                f"(rerun the same command to re-encode them): " + "; ".join(problems[:5])
-            )
-        attrs = dict(self.group.attrs["sam2_encoder"])
-        attrs["complete"] = True  # written last: readers only trust complete caches
-        self.group.attrs["sam2_encoder"] = attrs
+            raise self.store.damaged(problems)
+        read_back([(progress, range(self.n_chunks)) for progress in self._progress.values()])
+        self.store.set_attrs(complete=True)  # written last: readers only trust complete caches
         self.complete = True
         return True
 
@@ -406,134 +493,9 @@ def build_cache(
     return writer.out
 
 
-def _prepare(out: Path, spec: dict, keys, levels, shapes, n_chunks: int) -> bool:
-    """Check an existing cache's settings, or create an empty one atomically; ``True`` if created."""
-    if out.exists():
-        group = open_group(out, mode="r+")
-        if "sam2_encoder" not in group.attrs:
-            raise CacheError(f"{out} exists and is not a sam2_encoder feature cache; pass another --out (out=)")
-        existing = dict(group.attrs["sam2_encoder"])
-        existing.pop("complete", None)
-        if existing != spec:
-            diff = {k: (existing.get(k), spec[k]) for k in spec if existing.get(k) != spec[k]}
-            raise CacheError(
-                f"a feature cache at {out} was built with other settings "
-                + ", ".join(f"{k}: {old!r} there vs {new!r} now" for k, (old, new) in diff.items())
-                + "; delete it or pass another --out"
-            )
-        return False
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # a previous run killed while creating it
-    try:
-        group = open_group(tmp, mode="w")
-        group.attrs["sam2_encoder"] = {**spec, "complete": False}
-        chunk = spec["chunk_frames"]
-        for key in keys:
-            for level in levels:
-                c, h, w = shapes[level]
-                create_array(
-                    group, f"features/{key}/{level}", (spec["n_frames"], c, h, w), (chunk, c, h, w), spec["dtype"], 0
-                )
-                create_array(group, f"checksums/{key}/{level}", (n_chunks,), (1,), "int64", _NO_CHECKSUM)
-            create_array(group, f"progress/{key}", (n_chunks,), (1,), "bool", False)
-        os.replace(tmp, out)  # the cache appears whole, with every array declared
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return True
-
-
 # --------------------------------------------------------------------------------------------
 # checking
 # --------------------------------------------------------------------------------------------
-
-
-def _chunk_problem(root: Path, group: Any, spec: Mapping[str, Any], key: str, level: str, i: int) -> str | None:
-    """What is wrong with chunk ``i`` of ``features/<key>/<level>``, or ``None`` when it checks out."""
-    name = f"features/{key}/{level}"
-    chunk = int(spec["chunk_frames"])
-    start, stop = i * chunk, min((i + 1) * chunk, int(spec["n_frames"]))
-    where = f"{name} chunk {i} (frames {start}-{stop - 1})"
-    try:
-        expected = int(group["checksums"][key][level][i])
-    except Exception as e:  # noqa: BLE001 - any failure to read the checksum is reported
-        return f"{where}: its checksum cannot be read ({type(e).__name__}: {e})"
-    array = group["features"][key][level]
-    file = chunk_path(root, name, (i, 0, 0, 0))
-    if not file.exists():
-        return f"{where}: the chunk file {file} is missing"
-    if expected == _NO_CHECKSUM:
-        return f"{where}: no checksum was recorded for it (checksums/{key}/{level}[{i}] is missing)"
-    try:
-        block = np.asarray(array[start:stop])
-    except Exception as e:  # noqa: BLE001 - a chunk that cannot be decoded is damaged
-        return f"{where}: the chunk file {file} cannot be decoded ({type(e).__name__}: {e})"
-    actual = crc32(block)
-    if actual != expected:
-        return f"{where}: damaged, CRC-32 {actual:08x} of its values differs from the recorded {expected:08x} ({file})"
-    return None
-
-
-def _check_arrays(root: Path, group: Any, spec: Mapping[str, Any]) -> list[str]:
-    """Every feature array present, with the recorded dtype, frame count and chunking."""
-    problems = []
-    for key in spec["keys"]:
-        for level in spec["levels"]:
-            name = f"features/{key}/{level}"
-            try:
-                array = group["features"][key][level]
-                group["checksums"][key][level]
-            except Exception as e:  # noqa: BLE001 - missing or unreadable metadata
-                problems.append(f"{name} or checksums/{key}/{level} cannot be opened ({type(e).__name__}: {e})")
-                continue
-            if np.dtype(array.dtype) != np.dtype(spec["dtype"]):
-                problems.append(f"{name} is stored as {np.dtype(array.dtype)}, the cache metadata says {spec['dtype']}")
-            if array.shape[0] != spec["n_frames"] or array.chunks[0] != spec["chunk_frames"]:
-                problems.append(
-                    f"{name} has {array.shape[0]} frames in chunks of {array.chunks[0]}, the cache metadata says "
-                    f"{spec['n_frames']} in chunks of {spec['chunk_frames']}"
-                )
-    return problems
-
-
-def _verify_chunks(
-    root: Path,
-    group: Any,
-    spec: Mapping[str, Any],
-    clear_bad: bool = False,
-    skip: Mapping[str, set[int]] | None = None,
-) -> list[str]:
-    """Problems of every chunk (except ``skip[key]``); ``clear_bad`` unflags the chunks that fail."""
-    problems = _check_arrays(root, group, spec)
-    if problems:
-        return problems
-    n_chunks = math.ceil(int(spec["n_frames"]) / int(spec["chunk_frames"]))
-    for key in spec["keys"]:
-        for i in range(n_chunks):
-            if skip and i in skip.get(key, ()):
-                continue
-            bad = [p for level in spec["levels"] if (p := _chunk_problem(root, group, spec, key, level, i))]
-            problems += bad
-            if bad and clear_bad:
-                group["progress"][key][i] = False
-    return problems
-
-
-def _open_spec(path: Path) -> tuple[Any, dict[str, Any]]:
-    if not path.exists():
-        raise FileNotFoundError(f"feature cache not found: {path}; build it with `sam2-encoder cache`")
-    group = open_group(path)
-    spec = group.attrs.get("sam2_encoder")
-    if spec is None:
-        mask_cache = "sam2_encoder_masks" in group.attrs
-        hint = " (it is a mask cache: `sam2-encoder masks --verify` checks those)" if mask_cache else ""
-        raise CacheError(f"{path} is not a sam2_encoder feature cache (no 'sam2_encoder' attributes){hint}")
-    if spec.get("format") != FORMAT:
-        raise CacheError(
-            f"feature cache {path} has layout format {spec.get('format')!r}; this version reads format {FORMAT} "
-            "(with per-chunk checksums): delete it and rebuild it with `sam2-encoder cache`"
-        )
-    return group, dict(spec)
 
 
 def verify_cache(path: str | os.PathLike[str]) -> list[str]:
@@ -548,35 +510,12 @@ def verify_cache(path: str | os.PathLike[str]) -> list[str]:
         One line per problem found (empty when the cache is whole).
 
     Raises:
-        FileNotFoundError: If there is no such folder.
-        CacheError: If it is not a sam2_encoder cache of this format.
+        CacheError: If it is not a sam2_encoder cache of this format (also a ``FileNotFoundError``
+            if there is no such folder).
     """
-    root = Path(path)
-    group, spec = _open_spec(root)
-    if store_format(root) != 2:
-        return [f"{root} is not in the zarr-2 format this package writes"]
-    problems = []
-    complete = bool(spec.get("complete"))
-    n_chunks = math.ceil(int(spec["n_frames"]) / int(spec["chunk_frames"]))
-    undone: dict[str, set[int]] = {}
-    for key in spec["keys"]:
-        try:
-            flags = read_all(group["progress"][key])
-        except Exception as e:  # noqa: BLE001 - report and go on
-            problems.append(f"progress/{key} cannot be read ({type(e).__name__}: {e})")
-            continue
-        undone[key] = {i for i in range(n_chunks) if i >= len(flags) or not flags[i]}
-        if undone[key] and complete:
-            problems.append(
-                f"progress/{key}: chunks {sorted(undone[key])[:10]} are not flagged done in a complete cache"
-            )
-    if not complete:  # chunks not done yet are not problems; the ones flagged done are checked
-        todo = sum(len(v) for v in undone.values())
-        problems.append(
-            f"{root} is incomplete ({todo} of {n_chunks * len(spec['keys'])} chunks still to encode): "
-            "rerun the same `sam2-encoder cache` command"
-        )
-    return problems + _verify_chunks(root, group, spec, skip=None if complete else undone)
+    store = Store(Path(path), FEATURES)
+    problems = store.format_problems() or _check_arrays(store)
+    return problems or verify_progress(list(_progress(store, _arrays(store)).values()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -591,26 +530,23 @@ class FeatureCache:
         path: The cache folder.
 
     Raises:
-        FileNotFoundError: If there is no such folder.
-        CacheError: If the folder is not a sam2_encoder cache of this format, is incomplete, or a
-            feature array's dtype, frame count or chunking disagrees with the metadata.
+        CacheError: If the folder is not a sam2_encoder cache of this format (also a
+            ``FileNotFoundError`` if there is none, a ``ValueError`` if it is no zarr group), is
+            incomplete, or an array's dtype, frame count or chunking disagrees with the metadata.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = find_local_path(path)
-        group, spec = _open_spec(self.path)
-        if not spec.get("complete"):
-            raise CacheError(
-                f"feature cache {self.path} is incomplete (an interrupted run?); "
-                "rerun the same `sam2-encoder cache` command to finish it"
-            )
-        problems = _check_arrays(self.path, group, spec)
+        self.store = Store(self.path, FEATURES)
+        self.spec: dict[str, Any] = self.store.spec
+        self._arrays = _arrays(self.store)
+        if not self.store.complete:
+            flags = [self.store.read_vector(p.flags, []) for p in _progress(self.store, self._arrays).values()]
+            done = sum(int(np.sum(f)) for f in flags if f is not None)
+            raise self.store.incomplete(done, len(self.keys) * math.ceil(len(self) / int(self.spec["chunk_frames"])))
+        problems = _check_arrays(self.store)
         if problems:
-            raise CacheError(f"feature cache {self.path} is damaged: " + "; ".join(problems))
-        self.spec: dict[str, Any] = spec
-        self._group = group
-        self._arrays: dict[tuple[str, str], Any] = {}
-        self._verified: set[tuple[str, str, int]] = set()
+            raise self.store.damaged(problems)
 
     @property
     def keys(self) -> list[str]:
@@ -625,13 +561,14 @@ class FeatureCache:
     def __len__(self) -> int:
         return int(self.spec["n_frames"])
 
-    def array(self, key: str, level: str):
-        """The zarr array ``features/<key>/<level>``, shape ``(N, C, h, w)`` (not checked: see :meth:`fused`)."""
+    def _array(self, key: str, level: str) -> ChecksummedArray:
         if key not in self.keys or level not in self.levels:
             raise KeyError(f"cache has keys {self.keys} and levels {self.levels}; asked for {key!r} / {level!r}")
-        if (key, level) not in self._arrays:
-            self._arrays[(key, level)] = self._group["features"][key][level]
         return self._arrays[(key, level)]
+
+    def array(self, key: str, level: str):
+        """The zarr array ``features/<key>/<level>``, shape ``(N, C, h, w)`` (not checked: see :meth:`fused`)."""
+        return self._array(key, level).data
 
     def check_chunks(self, key: str, level: str, chunks: Sequence[int]) -> None:
         """Verify chunks not yet verified by this object against their recorded CRC-32.
@@ -640,16 +577,7 @@ class FeatureCache:
             CacheError: Naming the array, chunk, frames and what is wrong (missing file, no
                 checksum, undecodable, or changed values).
         """
-        for i in chunks:
-            if (key, level, int(i)) in self._verified:
-                continue
-            problem = _chunk_problem(self.path, self._group, self.spec, key, level, int(i))
-            if problem is not None:
-                raise CacheError(
-                    f"feature cache {self.path}: {problem}; check it with `sam2-encoder cache --verify {self.path}` "
-                    "and rebuild it"
-                )
-            self._verified.add((key, level, int(i)))
+        self._array(key, level).check(chunks)
 
     def fused(
         self,
@@ -684,22 +612,10 @@ class FeatureCache:
         layout = check_layout(layout)
         if layout == "packed":
             levels = self.packed_levels(levels)
-        frames = np.asarray(frames)
-        if frames.ndim != 1 or not (np.issubdtype(frames.dtype, np.integer) or frames.size == 0):
-            raise TypeError(
-                f"frames must be a 1-D sequence of integer frame indices, got {frames.dtype} {frames.shape}"
-            )
-        frames = frames.astype(np.int64)
-        if frames.size and (frames.min() < 0 or frames.max() >= len(self)):
-            bad = int(frames.min()) if frames.min() < 0 else int(frames.max())
-            raise IndexError(f"frame {bad} is outside feature cache {self.path} ({len(self)} frames)")
-        unique, inverse = np.unique(frames, return_inverse=True)
-        chunks = np.unique(unique // int(self.spec["chunk_frames"]))
+        unique, inverse = np.unique(frame_index(frames, len(self), self.store), return_inverse=True)
         maps = []
         for level in levels or self.levels:
-            array = self.array(key, level)
-            self.check_chunks(key, level, chunks)
-            block = np.asarray(array.get_orthogonal_selection((unique,)))
+            block = self._array(key, level).read(unique)
             maps.append(torch.from_numpy(block.astype(np.float32))[torch.from_numpy(inverse.reshape(-1))])
         return pack_pyramid(maps) if layout == "packed" else fuse_levels(maps)
 
@@ -832,11 +748,6 @@ class CachedFeatureDataset(DPDatasetWrapper):
         return {**item, "obs": obs}
 
 
-def __getattr__(name: str) -> Any:
-    # DPCachedFeatureDataset: CachedFeatureDataset that is also DP's BaseImageDataset (DP's workspace
-    # asserts it), created on first use so that DP is imported only by configs that ask for it.
-    if name == "DPCachedFeatureDataset":
-        from .dp_base import serve_dp_class
-
-        return serve_dp_class(globals(), name, CachedFeatureDataset)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = dp_classes(globals(), {"DPCachedFeatureDataset": CachedFeatureDataset})
+"""``DPCachedFeatureDataset``: :class:`CachedFeatureDataset` that is also DP's ``BaseImageDataset`` (DP's
+workspace asserts it), created on first use so that DP is imported only by configs that ask for it."""

@@ -21,13 +21,14 @@ Prompts (frame pixel coordinates, as ``StreamingPredictor.add_prompt`` takes the
 Every episode must be listed; an object without a prompt in an episode has empty masks there
 (its token is then the "absent" one).
 
-Integrity, as for the feature cache: each episode's masks are written, then their checksums, and
-only then the episode is flagged done (chunk files are replaced whole). A rerun with the same
-arguments first re-reads the episodes flagged done against their checksums, tracks again the
-ones that fail, then the rest; it refuses a folder built from other arguments. ``complete`` is set
-only after the episodes of the run have been read back against their checksums. Readers
-(:class:`MaskCache`) refuse incomplete caches and verify each frame's chunk the first time they
-read it; :func:`verify_mask_cache` (``sam2-encoder masks --verify CACHE``) checks every frame.
+Integrity is the :mod:`.store`'s, shared with the feature cache: each episode's masks are
+written, then their checksums, and only then the episode is flagged done (chunk files are
+replaced whole). A rerun with the same arguments first re-reads the episodes flagged done against
+their checksums, tracks again the ones that fail, then the rest; it refuses a folder built from
+other arguments. ``complete`` is set only after the episodes of the run have been read back
+against their checksums. Readers (:class:`MaskCache`) refuse incomplete caches and verify each
+frame's chunk the first time they read it; :func:`verify_mask_cache` (``sam2-encoder masks
+--verify CACHE``) checks every frame.
 Format-1 caches (no checksums) are refused by name: rebuild them.
 """
 
@@ -43,12 +44,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoints import find_local_path, sha256sum
+from ..checkpoints import find_local_path, weights_identity
 from ..prompts import parse_episode_prompts, prompt_table_sha256
-from .dp_base import DPDatasetWrapper
-from .zarr_io import chunk_path, crc32, create_array, open_group
+from .dp_base import DPDatasetWrapper, dp_classes
+from .store import (
+    NO_CHECKSUM,
+    ChecksummedArray,
+    Progress,
+    Store,
+    StoreError,
+    StoreKind,
+    create_store,
+    frame_index,
+    open_existing,
+    read_back,
+    verify_progress,
+)
+from .zarr_io import create_array, open_group
 
 __all__ = [
+    "MASKS",
     "MaskCache",
     "MaskCacheError",
     "MaskDataset",
@@ -60,17 +75,25 @@ __all__ = [
     "weights_identity",
 ]
 
-FORMAT = 2
-"""Mask-cache layout version: 2 added per-frame checksums (format-1 caches are refused: rebuild them)."""
-
-_NO_CHECKSUM = -1
 _SUM_CHUNK = 1 << 14  # checksums per chunk file: an episode rewrites only the one or two it touches
 _SEALED = ("checksums", "episode_ends")  # small arrays whose CRC-32 the attributes of a complete cache record
-_ATTR = "sam2_encoder_masks"
 
 
-class MaskCacheError(RuntimeError):
+class MaskCacheError(StoreError):
     """A mask cache that is incomplete, damaged, built from other arguments, or not a mask cache."""
+
+
+MASKS = StoreKind(
+    attr="sam2_encoder_masks",
+    noun="mask cache",
+    title="mask cache",
+    command="sam2-encoder masks",
+    chunk="frame",
+    unit="episode",
+    verb="track",
+    error=MaskCacheError,
+)
+"""The mask cache as a :class:`~.store.StoreKind`: one chunk per frame, one progress flag per episode."""
 
 
 def load_prompts(
@@ -132,14 +155,6 @@ def _inputs(
     return frames, ends, load_prompts(prompts, len(ends), frame_shape=shape[1:3])
 
 
-def _open_existing(out: Path):  # noqa: ANN202 - a zarr group
-    try:
-        return _open(out, mode="r+")
-    except MaskCacheError as e:
-        joint = "; or" if str(e).endswith("command") else ";"  # a format-1 cache: rebuild it, or another --out
-        raise MaskCacheError(f"{e}{joint} pass another --out (out=)") from None
-
-
 def check_mask_inputs(
     replay: str | os.PathLike[str],
     key: str,
@@ -164,7 +179,7 @@ def check_mask_inputs(
     """
     frames, ends, table = _inputs(replay, key, prompts)
     if out is not None and Path(out).exists():
-        _open_existing(Path(out))
+        open_existing(Path(out), MASKS, {})
     return {
         "frames": int(frames.shape[0]),
         "frame_shape": tuple(frames.shape[1:3]),
@@ -233,7 +248,6 @@ def build_mask_cache(
     shape = tuple(frames.shape)
     objects = table["objects"]
     spec = {
-        "format": FORMAT,
         "replay": str(Path(replay).resolve()),
         "key": key,
         "objects": objects,
@@ -246,54 +260,13 @@ def build_mask_cache(
         "n_episodes": len(ends),
     }
     out = Path(out)
-    k, (h, w) = len(objects), shape[1:3]
     created = not out.exists()
-    if not created:
-        root = _open_existing(out)
-        old = dict(root.attrs[_ATTR])
-        differ = sorted(f for f in spec if old.get(f) != spec[f])
-        if differ:
-            details = "; ".join(f"{f}: cache {old.get(f)!r}, now {spec[f]!r}" for f in differ)
-            raise MaskCacheError(f"{out} was built from other arguments ({details}); use another --out or delete it")
-        problems = _check_arrays(root, spec)
-        recorded = _read_vector(root, "episode_ends", problems)
-        if not problems and not np.array_equal(recorded, ends):
-            problems.append("episode_ends differs from the replay buffer's meta/episode_ends")
-        if problems:
-            raise MaskCacheError(f"mask cache {out} is damaged: {'; '.join(problems)}; delete it and rerun")
-    else:
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            group = open_group(tmp, mode="w")
-            create_array(group, "masks", (shape[0], k, h, w), (1, k, h, w), "bool", False)
-            create_array(group, "checksums", (shape[0],), (min(shape[0], _SUM_CHUNK),), "int64", _NO_CHECKSUM)
-            create_array(group, "episode_ends", (len(ends),), (len(ends),), "int64", 0)[...] = ends
-            create_array(group, "episode_done", (len(ends),), (len(ends),), "bool", False)
-            group.attrs[_ATTR] = {**spec, "complete": False}
-            os.replace(tmp, out)  # the cache appears whole, every array declared
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        root = open_group(out, mode="r+")
-    masks, done, checksums = root["masks"], root["episode_done"], root["checksums"]
-    starts = np.concatenate([[0], ends[:-1]])
-    unreadable: list[str] = []  # a flag or checksum file that cannot be decoded: start those over
-    finished = _read_vector(root, "episode_done", unreadable, default=np.zeros(len(ends), bool))
-    sums = _read_vector(root, "checksums", unreadable, default=np.full(shape[0], _NO_CHECKSUM, np.int64))
-    damaged = list(unreadable)
-    for e in np.flatnonzero(finished).tolist():  # verify what this run resumes from
-        bad = _frame_problems(out, masks, sums, ends, range(starts[e], ends[e]))
-        if bad:
-            finished[e] = False
-            damaged += bad
-    if damaged:
-        root.attrs[_ATTR] = {**spec, "complete": False}  # before anything is rewritten
-        done[...] = finished
-        if on_damaged is not None:
-            on_damaged(damaged)
+    store = _create(out, spec, ends) if created else _resume(out, spec, ends)
+    masks, progress = _layout(store, ends)
+    finished = _resumable(progress, on_damaged)
     if on_start is not None:
         on_start(int(finished.sum()), len(ends))
+    starts = np.concatenate([[0], ends[:-1]])
     tracked: list[int] = []
     try:
         for e, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
@@ -303,11 +276,8 @@ def build_mask_cache(
                     _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
                 continue
             block = _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
-            masks[start:end] = block
-            sums[start:end] = [crc32(values) for values in block]
-            checksums[start:end] = sums[start:end]  # the chunk files it touches, each replaced whole
-            finished[e] = True
-            done[...] = finished  # only after the masks and their checksums are written
+            masks.write(start, block)  # the chunk files it touches, each replaced whole, then their checksums
+            progress.mark(e)  # only after the masks and their checksums are written
             tracked.append(e)
             if on_episode is not None:
                 on_episode(int(finished.sum()), len(ends))
@@ -315,22 +285,66 @@ def build_mask_cache(
         if created and not tracked:  # nothing of this run worth keeping
             shutil.rmtree(out, ignore_errors=True)
         raise
-    failed: list[str] = []
-    for e in tracked:  # read back what this run wrote before calling the cache complete
-        bad = _frame_problems(out, masks, sums, ends, range(starts[e], ends[e]))
+    read_back([(progress, tracked)])  # what this run wrote, before calling the cache complete
+    # written last: readers only trust complete caches, and check the small arrays against these CRC-32s
+    store.set_attrs(sealed_crc32=store.seal(_SEALED), complete=True)
+    return out
+
+
+def _create(out: Path, spec: Mapping[str, Any], ends: np.ndarray) -> Store:
+    """A new, empty mask cache (it appears whole, every array declared)."""
+    n, k, (h, w) = int(spec["n_frames"]), len(spec["objects"]), spec["frame_shape"]
+
+    def declare(group: Any) -> None:
+        create_array(group, "masks", (n, k, h, w), (1, k, h, w), "bool", False)
+        create_array(group, "checksums", (n,), (min(n, _SUM_CHUNK),), "int64", NO_CHECKSUM)
+        create_array(group, "episode_ends", (len(ends),), (len(ends),), "int64", 0)[...] = ends
+        create_array(group, "episode_done", (len(ends),), (len(ends),), "bool", False)
+
+    return create_store(out, MASKS, spec, declare)
+
+
+def _resume(out: Path, spec: Mapping[str, Any], ends: np.ndarray) -> Store:
+    """The existing cache ``out``, refused if built from other arguments or its arrays are damaged."""
+    store = open_existing(out, MASKS, spec)
+    problems = _check_arrays(store)
+    recorded = store.read_vector("episode_ends", problems)
+    if not problems and not np.array_equal(recorded, ends):
+        problems.append("episode_ends differs from the replay buffer's meta/episode_ends")
+    if problems:
+        raise store.damaged(problems)
+    return store
+
+
+def _layout(store: Store, ends: np.ndarray) -> tuple[ChecksummedArray, Progress]:
+    """The masks (one checksummed chunk per frame) and the episodes' flags, each writing its frames."""
+
+    def describe(frame: int) -> str:
+        return f"masks chunk {frame} (frame {frame}, episode {int(np.searchsorted(ends, frame, side='right'))})"
+
+    masks = ChecksummedArray(store, "masks", "checksums", 1, describe, sparse=True)  # zarr 3 omits empty masks
+    starts = np.concatenate([[0], ends[:-1]])
+    units = [[(masks, range(int(a), int(b)))] for a, b in zip(starts, ends)]
+    return masks, Progress(store, "episode_done", units)
+
+
+def _resumable(progress: Progress, on_damaged: Callable[[list[str]], None] | None) -> np.ndarray:
+    """The episodes a rerun keeps: flagged done and read back whole (the rest are unflagged)."""
+    damaged: list[str] = []  # a flag file that cannot be decoded: start those over
+    finished = progress.read(damaged)
+    if finished is None:
+        finished = np.zeros(len(progress.units), dtype=bool)
+    for e in np.flatnonzero(finished).tolist():  # verify what this run resumes from
+        bad = progress.problems(e)
         if bad:
             finished[e] = False
-            failed += bad
-    if failed:
-        done[...] = finished
-        raise MaskCacheError(
-            f"mask cache {out}: {len(failed)} frame(s) failed the read-back check and their episodes were unflagged "
-            f"(rerun the same command to track them again): " + "; ".join(failed[:5])
-        )
-    # written last: readers only trust complete caches, and check the small arrays against these CRC-32s
-    sealed = {name: crc32(np.asarray(root[name][...])) for name in _SEALED}
-    root.attrs[_ATTR] = {**spec, "sealed_crc32": sealed, "complete": True}
-    return out
+            damaged += bad
+    if damaged:
+        progress.store.set_attrs(complete=False)  # before anything is rewritten
+        progress.write_all(finished)
+        if on_damaged is not None:
+            on_damaged(damaged)
+    return progress.values
 
 
 def _track_episode(
@@ -382,142 +396,29 @@ def _track_episode(
     return out
 
 
-def weights_identity(checkpoint: str | os.PathLike[str] | None, seed: int = 0) -> str:
-    """``sha256:<hex>`` of a local checkpoint file (a folder's ``model.safetensors``), else a name.
-
-    Args:
-        checkpoint: What the predictor was built from (path, variant name, hub id, URL, or ``None``).
-        seed: The seed of random weights (``checkpoint=None``).
-    """
-    if checkpoint is None:
-        return f"random:seed={seed}"
-    path = find_local_path(checkpoint)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    return f"sha256:{sha256sum(path)}" if path.is_file() else str(checkpoint)
-
-
-def _open(path: Path, mode: str = "r"):  # noqa: ANN202 - a zarr group
-    try:
-        root = open_group(path, mode=mode)
-    except FileNotFoundError:
-        raise MaskCacheError(f"mask cache not found: {path}; build it with `sam2-encoder masks`") from None
-    except ValueError as e:  # not a zarr group, or one in a format we do not write
-        why = str(e).removeprefix(str(path)).strip()
-        raise MaskCacheError(
-            f"{path} is not a mask cache: it {why}" if why.startswith("is ") else f"{path}: {e}"
-        ) from e
-    if _ATTR not in root.attrs:
-        feature_cache = "sam2_encoder" in root.attrs
-        hint = " (it is a feature cache: `sam2-encoder cache --verify` checks those)" if feature_cache else ""
-        raise MaskCacheError(f"{path} is not a mask cache (no {_ATTR!r} attributes){hint}")
-    found = root.attrs[_ATTR].get("format")
-    if found != FORMAT:
-        what = " (no checksums)" if found == 1 else ""
-        raise MaskCacheError(
-            f"mask cache {path} has format {found!r}{what}; this version reads format {FORMAT} (a CRC-32 per frame): "
-            "delete it and rebuild it with the same `sam2-encoder masks` command"
-        )
-    return root
-
-
-def _check_arrays(root: Any, spec: Mapping[str, Any]) -> list[str]:
+def _check_arrays(store: Store) -> list[str]:
     """Every array present with the shape, dtype and chunking the attributes imply."""
+    spec = store.spec
     n, e = int(spec["n_frames"]), int(spec["n_episodes"])
     k, (h, w) = len(spec["objects"]), spec["frame_shape"]
-    expected = {
-        "masks": ((n, k, h, w), (1, k, h, w), "bool"),
-        "checksums": ((n,), None, "int64"),
-        "episode_ends": ((e,), None, "int64"),
-        "episode_done": ((e,), None, "bool"),
-    }
-    problems = []
-    for name, (shape, chunks, dtype) in expected.items():
-        try:
-            array = root[name]
-        except Exception as err:  # noqa: BLE001 - missing or unreadable metadata
-            problems.append(f"{name} cannot be opened ({type(err).__name__}: {err})")
-            continue
-        got = (tuple(array.shape), np.dtype(array.dtype))
-        if got != (shape, np.dtype(dtype)) or (chunks is not None and tuple(array.chunks) != chunks):
-            problems.append(
-                f"{name} is {np.dtype(array.dtype)} {tuple(array.shape)} in chunks of {tuple(array.chunks)}; "
-                f"the cache attributes imply {dtype} {shape}" + (f" in chunks of {chunks}" if chunks else "")
-            )
-    return problems
-
-
-def _read_vector(root: Any, name: str, problems: list[str], default: np.ndarray | None = None) -> np.ndarray:
-    """A whole small array, or ``default`` (with a problem noted) when its chunk cannot be decoded."""
-    try:
-        return np.asarray(root[name][...])
-    except Exception as e:  # noqa: BLE001 - a damaged chunk file
-        problems.append(f"{name} cannot be read ({type(e).__name__}: {e})")
-        return default
-
-
-def _sealed_problems(root: Any, spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> list[str]:
-    """The small arrays of a complete cache against the CRC-32s recorded when it was completed."""
-    sealed = spec.get("sealed_crc32") or {}
-    problems = []
-    for name in _SEALED:
-        expected, actual = sealed.get(name), crc32(np.asarray(arrays[name], dtype=root[name].dtype))
-        if expected is None:
-            problems.append(f"{name} has no recorded CRC-32 (sealed_crc32) in a complete cache")
-        elif actual != expected:
-            problems.append(
-                f"{name} is damaged: CRC-32 {actual:08x} of its values differs from the recorded {expected:08x}"
-            )
-    return problems
-
-
-def _frame_problem(path: Path, frame: int, ends: np.ndarray, values: np.ndarray | None, expected: int, error: str = ""):
-    """What is wrong with the chunk of ``frame`` (its decoded ``values``, or ``None`` + ``error``), or ``None``."""
-    episode = int(np.searchsorted(ends, frame, side="right"))
-    where = f"masks chunk {frame} (frame {frame}, episode {episode})"
-    file = chunk_path(path, "masks", (frame, 0, 0, 0))
-    if values is None:
-        return f"{where}: the chunk file {file} cannot be decoded ({error})"
-    if expected == _NO_CHECKSUM:
-        return f"{where}: no checksum was recorded for it (checksums[{frame}] is unset)"
-    actual = crc32(values)
-    if actual != expected:
-        missing = ", which is missing" if not file.exists() else ""
-        return (
-            f"{where}: damaged, CRC-32 {actual:08x} of its values differs from the recorded {expected:08x} "
-            f"({file}{missing})"
-        )
-    return None
-
-
-def _read_frames(array: Any, frames: np.ndarray) -> list[np.ndarray | str]:
-    """Each frame's ``(K, H, W)`` values, or the text of the error that decoding its chunk raised."""
-    try:
-        return list(np.asarray(array.get_orthogonal_selection((frames,)), dtype=bool))
-    except Exception:  # noqa: BLE001 - find the chunk(s) at fault, frame by frame
-        out: list[np.ndarray | str] = []
-        for frame in frames.tolist():
-            try:
-                out.append(np.asarray(array[frame], dtype=bool))
-            except Exception as e:  # noqa: BLE001 - a damaged chunk file
-                out.append(f"{type(e).__name__}: {e}")
-        return out
-
-
-def _check_values(path: Path, frame: int, ends: np.ndarray, values: np.ndarray | str, expected: int) -> str | None:
-    if isinstance(values, str):
-        return _frame_problem(path, frame, ends, None, expected, values)
-    return _frame_problem(path, frame, ends, values, expected)
-
-
-def _frame_problems(path: Path, array: Any, sums: np.ndarray, ends: np.ndarray, frames: range) -> list[str]:
-    """Problems of the chunks of ``frames`` (each read and compared with its recorded CRC-32)."""
-    index = np.arange(frames.start, frames.stop, dtype=np.int64)
-    found = (
-        _check_values(path, f, ends, values, int(sums[f]))
-        for f, values in zip(index.tolist(), _read_frames(array, index))
-    )
+    found = [
+        store.check_array("masks", n, "bool", rows=1, tail=(k, h, w)),
+        store.check_array("checksums", n, "int64"),
+        store.check_array("episode_ends", e, "int64"),
+        store.check_array("episode_done", e, "bool"),
+    ]
     return [p for p in found if p is not None]
+
+
+def _small_arrays(store: Store, problems: list[str]) -> np.ndarray | None:
+    """``episode_ends`` once the arrays, the small vectors and (complete) their sealed CRC-32s check out."""
+    problems += _check_arrays(store)
+    if problems:
+        return None
+    vectors = {name: store.read_vector(name, problems) for name in _SEALED}
+    if not problems and store.complete:
+        problems += store.seal_problems(vectors)
+    return None if problems else vectors["episode_ends"]
 
 
 def verify_mask_cache(path: str | os.PathLike[str]) -> list[str]:
@@ -534,35 +435,10 @@ def verify_mask_cache(path: str | os.PathLike[str]) -> list[str]:
     Raises:
         MaskCacheError: If there is no such folder, or it is not a mask cache of this format.
     """
-    path = Path(path)
-    root = _open(path)
-    spec = dict(root.attrs[_ATTR])
-    problems = _check_arrays(root, spec)
-    if problems:
-        return problems
-    ends = _read_vector(root, "episode_ends", problems)
-    done = _read_vector(root, "episode_done", problems)
-    sums = _read_vector(root, "checksums", problems)
-    if problems:
-        return problems
-    complete = bool(spec.get("complete"))
-    if complete:
-        problems += _sealed_problems(root, spec, {"checksums": sums, "episode_ends": ends})
-        if problems:
-            return problems
-    if complete and not done.all():
-        undone = np.flatnonzero(~done).tolist()[:10]
-        problems.append(f"episode_done: episodes {undone} are not flagged done in a complete cache")
-    if not complete:
-        problems.append(
-            f"{path} is incomplete ({int(done.sum())} of {len(done)} episodes tracked): "
-            "rerun the same `sam2-encoder masks` command"
-        )
-    starts = np.concatenate([[0], ends[:-1]])
-    for e in range(len(ends)):
-        if complete or done[e]:
-            problems += _frame_problems(path, root["masks"], sums, ends, range(int(starts[e]), int(ends[e])))
-    return problems
+    store = Store(Path(path), MASKS)
+    problems = store.format_problems()
+    ends = None if problems else _small_arrays(store, problems)
+    return problems or verify_progress([_layout(store, ends)[1]])
 
 
 class MaskCache:
@@ -578,27 +454,17 @@ class MaskCache:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = find_local_path(path)  # inside DP's train.py: relative to the launch directory
-        self.root = _open(self.path)
-        self.spec = dict(self.root.attrs[_ATTR])
-        if not self.spec.get("complete"):
-            done = _read_vector(self.root, "episode_done", [], default=np.zeros(0, bool))
-            raise MaskCacheError(
-                f"{self.path} is incomplete ({int(done.sum())} of {self.spec['n_episodes']} episodes): rerun the same "
-                "command to finish it"
-            )
-        problems = _check_arrays(self.root, self.spec)
-        if not problems:
-            self._ends = _read_vector(self.root, "episode_ends", problems)
-            self._sums = _read_vector(self.root, "checksums", problems)
-        if not problems:
-            problems += _sealed_problems(self.root, self.spec, {"checksums": self._sums, "episode_ends": self._ends})
+        self.store = Store(self.path, MASKS)
+        self.root = self.store.group
+        self.spec = self.store.spec
+        if not self.store.complete:
+            done = self.store.read_vector("episode_done", [], default=np.zeros(0, bool))
+            raise self.store.incomplete(int(done.sum()), int(self.spec["n_episodes"]))
+        problems: list[str] = []
+        ends = _small_arrays(self.store, problems)
         if problems:
-            raise MaskCacheError(
-                f"mask cache {self.path} is damaged: {'; '.join(problems)}; check it with "
-                f"`sam2-encoder masks --verify {self.path}` and rebuild it"
-            )
-        self._array = self.root["masks"]
-        self._verified: set[int] = set()
+            raise self.store.damaged(problems)
+        self._masks, _ = _layout(self.store, ends)
 
     @property
     def objects(self) -> list[int]:
@@ -624,24 +490,10 @@ class MaskCache:
             MaskCacheError: Naming the chunk, frame and episode of a missing, undecodable or
                 altered chunk, or one without a checksum.
         """
-        index = np.asarray(frames, dtype=np.int64).reshape(-1)
-        if index.size and (index.min() < 0 or index.max() >= len(self)):
-            bad = int(index.min()) if index.min() < 0 else int(index.max())
-            raise IndexError(f"frame {bad} is outside mask cache {self.path} ({len(self)} frames)")
-        unique, inverse = np.unique(index, return_inverse=True)
-        values = _read_frames(self._array, unique)
-        for frame, value in zip(unique.tolist(), values):
-            if frame in self._verified and not isinstance(value, str):
-                continue
-            problem = _check_values(self.path, frame, self._ends, value, int(self._sums[frame]))
-            if problem is not None:
-                raise MaskCacheError(
-                    f"mask cache {self.path}: {problem}; check it with `sam2-encoder masks --verify {self.path}` "
-                    "and rebuild it"
-                )
-            self._verified.add(frame)
-        block = np.stack(values) if values else np.zeros((0, *self.mask_shape), dtype=bool)
-        return block[inverse.reshape(-1)]
+        unique, inverse = np.unique(frame_index(frames, len(self), self.store), return_inverse=True)
+        if not unique.size:
+            return np.zeros((0, *self.mask_shape), dtype=bool)
+        return np.asarray(self._masks.read(unique), dtype=bool)[inverse]
 
 
 class MaskDataset(DPDatasetWrapper):
@@ -705,11 +557,6 @@ class MaskDataset(DPDatasetWrapper):
         return {**item, "obs": {**item["obs"], self.obs_key: masks}}
 
 
-def __getattr__(name: str) -> Any:
-    # DPMaskDataset: MaskDataset that is also DP's BaseImageDataset (DP's workspace asserts it),
-    # created on first use so that DP is imported only by configs that ask for it.
-    if name == "DPMaskDataset":
-        from .dp_base import serve_dp_class
-
-        return serve_dp_class(globals(), name, MaskDataset)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = dp_classes(globals(), {"DPMaskDataset": MaskDataset})
+"""``DPMaskDataset``: :class:`MaskDataset` that is also DP's ``BaseImageDataset`` (DP's workspace asserts
+it), created on first use so that DP is imported only by configs that ask for it."""
