@@ -1,0 +1,622 @@
+"""Export for robots: the image encoder and a policy's observation encoder to ONNX and OpenVINO IR.
+
+What is exported is exactly what the eager module computes, as a graph of positional tensors:
+
+- :class:`ImageEncoderGraph`: ``SAM2ImageEncoder.encode`` (trunk, neck, ``conv_s0`` / ``conv_s1``,
+  no-memory embedding), optionally behind the transforms (uint8 or float camera frames of a fixed
+  size -> SAM 2 pixels), with the outputs ``s4``, ``s8``, ``s16``.
+- :class:`ObsEncoderGraph`: a ``MultiCameraEncoder`` (DP's ``SAM2ObsEncoder``, the LeRobot policy's
+  encoder): camera frames, then object masks, then low-dim inputs -> the ``(N, D)`` condition.
+
+Both have a dynamic batch dimension (named ``batch``); everything else is fixed at export. After
+writing, the file is run in the runtime on a seeded input and compared with eager
+(:func:`check_parity`): the largest absolute difference per output must stay within
+``PARITY_RTOL * max(1, max |eager|)`` (measured: 2.5e-5 on values up to 14.5, i.e. 1.7e-6 of
+the magnitude, for sam2.1 tiny at 128 px with Meta-scaled weights, in ONNX Runtime 1.32 and
+OpenVINO 2026.4 f32). A file that fails the check is never left at the output path: files are
+written under a temporary name and renamed into place only once checked.
+
+OpenVINO's bf16 (``INFERENCE_PRECISION_HINT=bf16``, opt-in, CPUs with AVX512-BF16 or AMX) is
+reported as fidelity (cosine and relative L2 per output, as ``benchmarks/fidelity.py`` does),
+not as parity. Note that OpenVINO picks bf16 *by default* on such CPUs: :func:`load_runtime`
+always sets the precision hint.
+
+The runtimes are optional: ``pip install "sam2-encoder[export]"`` (onnx, onnxruntime, onnxscript)
+and ``"sam2-encoder[openvino]"``; they are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .image_encoder import LEVELS, SAM2ImageEncoder, bf16_support
+from .transforms import SAM2Transforms
+
+__all__ = [
+    "FORMATS",
+    "IMAGE_INPUTS",
+    "PARITY_RTOL",
+    "RUNTIMES",
+    "ExportError",
+    "ExportResult",
+    "ImageEncoderGraph",
+    "ParityReport",
+    "RuntimeModel",
+    "check_parity",
+    "export_graph",
+    "export_image_encoder",
+    "load_runtime",
+    "resize_matrix",
+]
+
+FORMATS = ("onnx", "openvino")
+IMAGE_INPUTS = ("pixels", "uint8", "float")
+RUNTIMES = ("onnxruntime", "openvino")
+# Largest |runtime - eager| allowed per output, as a fraction of max(1, max |eager|): 60x the
+# 1.7e-6 measured (see the module docstring), room for other CPUs' kernels, far below any real change.
+PARITY_RTOL = 1e-4
+# bf16 (OpenVINO's precision hint) is reported, and counts as passing at this cosine (benchmarks/fidelity.py's goal)
+BF16_MIN_COSINE = 0.999
+
+_EXTRAS = {
+    "onnx": ("onnx", "export"),
+    "onnxruntime": ("onnxruntime", "export"),
+    "onnxscript": ("onnxscript", "export"),
+    "openvino": ("openvino", "openvino"),
+}
+
+
+class ExportError(ValueError):
+    """A module or option that cannot be exported, or an export whose outputs are not the eager ones."""
+
+
+def _require(module: str) -> Any:
+    """Import an optional runtime, or one ImportError naming the extra that installs it."""
+    import importlib
+
+    name, extra = _EXTRAS[module]
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise ImportError(
+            f"{module} is not installed ({e}); install the export extra: pip install 'sam2-encoder[{extra}]'"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# graphs: the exported modules
+# --------------------------------------------------------------------------------------------
+
+
+def resize_matrix(src: int, dst: int) -> torch.Tensor:
+    """The ``(dst, src)`` matrix of SAM 2's bilinear antialiased resize along one axis.
+
+    The resize is linear and separable, so resizing an identity image along one axis yields its
+    weights: ``resize(x) = R_h @ x @ R_w.T`` equals ``F.interpolate(x, mode="bilinear",
+    antialias=True)`` up to float rounding. Exported as two MatMuls, it runs in every runtime
+    (ONNX's ``Resize`` with ``antialias`` is not implemented alike: OpenVINO 2026.4 is off by up to 1.8).
+
+    Args:
+        src: Input length along the axis.
+        dst: Output length.
+
+    Returns:
+        ``(dst, src)`` float32.
+    """
+    eye = torch.eye(src, dtype=torch.float32)[None, None]
+    if src == dst:
+        return eye[0, 0]
+    return F.interpolate(eye, size=(dst, src), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+
+
+class ImageEncoderGraph(nn.Module):
+    """A ``SAM2ImageEncoder`` as one tensor in, ``(s4, s8, s16)`` out: what is exported.
+
+    Args:
+        encoder: A float32 encoder on the CPU (its weights are shared, not copied).
+        input: ``"pixels"``: ``(B, 3, S, S)`` float32 SAM 2 pixels (the output of
+            ``encoder.transforms``), as ``encoder.encode`` takes. ``"uint8"``: ``(B, 3, H, W)``
+            uint8 camera frames (``(B, H, W, 3)`` with ``layout="HWC"``), 0..255, in the
+            encoder's ``channel_order``. ``"float"``: the same as float32 in the encoder's
+            ``input_range``. Frames are resized to ``image_size`` and normalised as
+            ``encoder(images)`` does (no range check: that needs data-dependent control flow).
+        input_size: ``(H, W)`` of the camera frames for ``"uint8"`` / ``"float"`` (fixed in the
+            graph); default: the encoder's ``image_size`` (no resize).
+        layout: ``"CHW"`` (default) or ``"HWC"`` (OpenCV frames) for ``"uint8"`` / ``"float"``.
+
+    Raises:
+        ExportError: For an encoder that cannot be exported or a bad option (one line each).
+    """
+
+    output_names = LEVELS
+
+    def __init__(
+        self,
+        encoder: SAM2ImageEncoder,
+        input: str = "pixels",
+        input_size: int | tuple[int, int] | None = None,
+        layout: str = "CHW",
+    ) -> None:
+        super().__init__()
+        check_exportable(encoder)
+        if input not in IMAGE_INPUTS:
+            raise ExportError(f"input must be one of {IMAGE_INPUTS}, got {input!r}")
+        if layout not in ("CHW", "HWC"):
+            raise ExportError(f"layout must be 'CHW' or 'HWC', got {layout!r}")
+        self.encoder = encoder
+        self.input = input
+        self.layout = layout if input != "pixels" else "CHW"
+        self.input_size = _check_input_size(encoder.image_size if input_size is None else input_size)
+        if input == "pixels" and self.input_size != encoder.image_size:
+            raise ExportError(
+                f"input='pixels' takes SAM 2 pixels at image_size {encoder.image_size}, got input_size "
+                f"{self.input_size}; use input='uint8' or 'float' to resize camera frames in the graph"
+            )
+        t = encoder.transforms
+        self.transforms = SAM2Transforms(
+            encoder.image_size, channel_order=t.channel_order, input_range=t.input_range, validate=False
+        )
+        (h, w), (s_h, s_w) = self.input_size, encoder.image_size
+        self.register_buffer("resize_h", resize_matrix(h, s_h), persistent=False)
+        self.register_buffer("resize_w", resize_matrix(w, s_w).T.contiguous(), persistent=False)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """``("pixel_values",)`` or ``("images",)``."""
+        return ("pixel_values",) if self.input == "pixels" else ("images",)
+
+    def example_inputs(self, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Seeded inputs of this graph's kind: ``(batch, 3, H, W)`` (or HWC) uint8 / float32."""
+        g = torch.Generator().manual_seed(seed)
+        h, w = self.input_size
+        shape = (batch, h, w, 3) if self.layout == "HWC" else (batch, 3, h, w)
+        if self.input == "uint8":
+            return (torch.randint(0, 256, shape, generator=g, dtype=torch.uint8),)
+        if self.input == "float":
+            low, high = self.transforms.input_range
+            return (torch.rand(shape, generator=g) * (high - low) + low,)
+        return (torch.randn(shape, generator=g),)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Camera frames -> ``(B, 3, S, S)`` SAM 2 pixels, as ``encoder.transforms`` (resize as two matmuls)."""
+        if self.input == "pixels":
+            return images
+        x = images.permute(0, 3, 1, 2) if self.layout == "HWC" else images
+        x = self.transforms.to_rgb_unit(x)
+        x = torch.matmul(self.resize_h, torch.matmul(x, self.resize_w))
+        return self.transforms.normalize(x).contiguous()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode a batch.
+
+        Args:
+            images: See ``input``.
+
+        Returns:
+            ``s4 (B, 32, S/4, S/4)``, ``s8 (B, 64, S/8, S/8)``, ``s16 (B, 256, S/16, S/16)``.
+        """
+        pyramid = self.encoder.encode(self.preprocess(images))
+        return pyramid.s4, pyramid.s8, pyramid.s16
+
+    def reference(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What eager computes for the same inputs: ``encoder(images)`` / ``encoder.encode(pixels)``."""
+        (images,) = inputs
+        if self.input == "pixels":
+            pyramid = self.encoder.encode(images)
+        else:
+            x = images.permute(0, 3, 1, 2) if self.layout == "HWC" else images
+            pyramid = self.encoder(x)
+        return pyramid.as_dict()
+
+
+def check_exportable(encoder: SAM2ImageEncoder) -> None:
+    """Refuse an encoder whose graph would not be its fp32 CPU computation.
+
+    Raises:
+        ExportError: For ``precision="bf16"`` (export fp32; run bf16 in OpenVINO), weights that
+            are not float32, weights off the CPU, or a deferred checkpoint not loaded yet.
+    """
+    if not isinstance(encoder, SAM2ImageEncoder):
+        raise ExportError(f"expected a SAM2ImageEncoder, got {type(encoder).__name__}")
+    if encoder.pending_checkpoint is not None:
+        raise ExportError(
+            f"{encoder.variant.name} has placeholder weights ({encoder.pending_checkpoint} was not found): "
+            "load the saved state_dict before exporting"
+        )
+    if encoder.precision != "fp32":
+        raise ExportError(
+            f"precision={encoder.precision!r} is not exported (autocast is not a graph); export the fp32 encoder "
+            "and run it in OpenVINO with precision='bf16'"
+        )
+    weight = encoder.no_memory_embedding
+    if weight.dtype != torch.float32 or weight.device.type != "cpu":
+        raise ExportError(
+            f"export needs float32 weights on the CPU, got {weight.dtype} on {weight.device}: "
+            "export encoder.float().cpu() (or a copy of it)"
+        )
+
+
+def _check_input_size(size: object) -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+    try:
+        h, w = (int(v) for v in pair)  # type: ignore[union-attr]
+        ok = all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in pair)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or h < 1 or w < 1:
+        raise ExportError(f"input_size must be a side or (height, width) of whole numbers >= 1, got {size!r}")
+    return h, w
+
+
+# --------------------------------------------------------------------------------------------
+# runtimes
+# --------------------------------------------------------------------------------------------
+
+
+class RuntimeModel:
+    """An exported file loaded in ONNX Runtime or OpenVINO on the CPU; call it with numpy arrays.
+
+    Args:
+        path: A ``.onnx`` file (either runtime) or an OpenVINO ``.xml`` (OpenVINO).
+        runtime: ``"onnxruntime"`` or ``"openvino"``.
+        precision: ``"f32"`` or ``"bf16"`` (OpenVINO only; needs native bf16).
+        threads: CPU threads (0: the runtime's default).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], runtime: str, precision: str = "f32", threads: int = 0) -> None:
+        self.path, self.runtime, self.precision = Path(path), runtime, precision
+        if runtime not in RUNTIMES:
+            raise ExportError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if precision not in ("f32", "bf16"):
+            raise ExportError(f"precision must be 'f32' or 'bf16', got {precision!r}")
+        if runtime == "onnxruntime":
+            if precision != "f32":
+                raise ExportError("ONNX Runtime runs this graph in f32 only; bf16 is OpenVINO's precision='bf16'")
+            ort = _require("onnxruntime")
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.input_names = [i.name for i in self._session.get_inputs()]
+            self.output_names = [o.name for o in self._session.get_outputs()]
+        else:
+            if precision == "bf16":
+                ok, why = bf16_support("cpu")
+                if not ok:
+                    raise ExportError(f"OpenVINO precision='bf16' needs native bf16 on this CPU: {why}")
+            ov = _require("openvino")
+            config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}  # set always: bf16 is its default
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
+            core = ov.Core()
+            self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+            self.input_names = [next(iter(i.get_names())) for i in self._compiled.inputs]
+            self.output_names = [next(iter(o.get_names())) for o in self._compiled.outputs]
+
+    def __call__(self, *inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model on positional inputs (in ``input_names`` order); returns ``{output name: array}``."""
+        if len(inputs) != len(self.input_names):
+            raise ValueError(
+                f"{self.path.name} takes {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}"
+            )
+        feed = {name: np.ascontiguousarray(x) for name, x in zip(self.input_names, inputs)}
+        if self.runtime == "onnxruntime":
+            return dict(zip(self.output_names, self._session.run(None, feed)))
+        result = self._compiled(feed)
+        return {name: np.asarray(result[out]) for name, out in zip(self.output_names, self._compiled.outputs)}
+
+
+def load_runtime(
+    path: str | os.PathLike[str], runtime: str | None = None, precision: str = "f32", threads: int = 0
+) -> RuntimeModel:
+    """Load an exported model: ``.xml`` in OpenVINO, ``.onnx`` in ONNX Runtime unless ``runtime`` says otherwise."""
+    if runtime is None:
+        runtime = "openvino" if Path(path).suffix == ".xml" else "onnxruntime"
+    return RuntimeModel(path, runtime, precision=precision, threads=threads)
+
+
+# --------------------------------------------------------------------------------------------
+# parity
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ParityReport:
+    """How one runtime's outputs compare with eager on one seeded batch.
+
+    Attributes:
+        runtime: ``"onnxruntime"``, ``"openvino f32"`` or ``"openvino bf16"``.
+        batch: The batch size checked.
+        max_abs_diff: Per output, ``max |runtime - eager|``.
+        abs_max: Per output, ``max |eager|`` (the scale of the values).
+        tolerance: Per output, the allowed ``max_abs_diff`` (f32 only).
+        fidelity: bf16 only: per output, ``cosine_min`` and ``rel_l2_error_max`` over the batch.
+    """
+
+    runtime: str
+    batch: int
+    max_abs_diff: dict[str, float]
+    abs_max: dict[str, float]
+    tolerance: dict[str, float] = field(default_factory=dict)
+    fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """f32: every output within its tolerance; bf16: every output's cosine >= ``BF16_MIN_COSINE``."""
+        if self.fidelity:
+            return all(v["cosine_min"] >= BF16_MIN_COSINE for v in self.fidelity.values())
+        return all(self.max_abs_diff[k] <= self.tolerance[k] for k in self.max_abs_diff)
+
+    def line(self) -> str:
+        """One line for people: the runtime, the batch and each output's numbers."""
+        if self.fidelity:
+            parts = [
+                f"{k} cos {v['cosine_min']:.6f} rel-L2 {v['rel_l2_error_max']:.2e} (max abs {self.max_abs_diff[k]:.2e})"
+                for k, v in self.fidelity.items()
+            ]
+        else:
+            parts = [
+                f"{k} {self.max_abs_diff[k]:.2e} (values up to {self.abs_max[k]:.3g}, allowed {self.tolerance[k]:.1e})"
+                for k in self.max_abs_diff
+            ]
+        return f"{self.runtime}, batch {self.batch}: max abs diff " + "; ".join(parts)
+
+
+def _compare(runtime: str, batch: int, got: Mapping[str, np.ndarray], ref: Mapping[str, torch.Tensor]) -> ParityReport:
+    diff, scale, tol, fid = {}, {}, {}, {}
+    for name, expected in ref.items():
+        a = expected.detach().double().cpu()
+        b = torch.from_numpy(np.asarray(got[name])).double()
+        if tuple(a.shape) != tuple(b.shape):
+            raise ExportError(f"{runtime}: output {name!r} has shape {tuple(b.shape)}, eager {tuple(a.shape)}")
+        diff[name] = float((a - b).abs().max()) if a.numel() else 0.0
+        scale[name] = float(a.abs().max()) if a.numel() else 0.0
+        tol[name] = PARITY_RTOL * max(1.0, scale[name])
+        if runtime.endswith("bf16"):
+            a2, b2 = a.flatten(1), b.flatten(1)
+            cos = F.cosine_similarity(a2, b2, dim=1)
+            rel = (b2 - a2).norm(dim=1) / a2.norm(dim=1).clamp_min(1e-30)
+            fid[name] = {"cosine_min": float(cos.min()), "rel_l2_error_max": float(rel.max())}
+    return ParityReport(runtime, batch, diff, scale, tol, fid)
+
+
+def check_parity(
+    graph: nn.Module,
+    path: str | os.PathLike[str],
+    runtimes: Sequence[str] = ("onnxruntime",),
+    batches: Sequence[int] = (1, 3),
+    seed: int = 0,
+) -> list[ParityReport]:
+    """Run an exported file on seeded inputs in each runtime and compare with the eager graph.
+
+    Args:
+        graph: The exported module (:class:`ImageEncoderGraph` or ``ObsEncoderGraph``): its
+            ``example_inputs(batch, seed)`` and ``reference(*inputs)`` are used.
+        path: The exported ``.onnx`` or ``.xml``.
+        runtimes: Any of ``"onnxruntime"`` (``.onnx`` only), ``"openvino f32"``, ``"openvino bf16"``.
+        batches: Batch sizes to check (two different ones show the batch is dynamic).
+        seed: Seed of the inputs.
+
+    Returns:
+        One report per runtime and batch.
+    """
+    reports = []
+    models = {}
+    for runtime in runtimes:
+        name, _, precision = runtime.partition(" ")
+        models[runtime] = load_runtime(path, name, precision or "f32")
+    for batch in batches:
+        inputs = graph.example_inputs(batch, seed + batch)
+        with torch.no_grad():
+            ref = graph.reference(*inputs)
+        arrays = [x.numpy() for x in inputs]
+        for runtime, model in models.items():
+            reports.append(_compare(runtime, batch, model(*arrays), ref))
+    return reports
+
+
+# --------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_graph` wrote and measured.
+
+    Attributes:
+        path: The file written (``.onnx``, or the ``.xml`` of an OpenVINO IR with its ``.bin`` beside it).
+        format: ``"onnx"`` or ``"openvino"``.
+        inputs: Input name -> ``(shape with "batch" first, dtype)``.
+        outputs: The output names.
+        parity: The checks run (empty when ``check=False``).
+    """
+
+    path: Path
+    format: str
+    inputs: dict[str, tuple[tuple[int | str, ...], str]]
+    outputs: tuple[str, ...]
+    parity: list[ParityReport]
+
+    def summary(self) -> list[str]:
+        """Lines for people: the file, the inputs and outputs, and each parity check."""
+        ins = ", ".join(f"{k} {tuple(s)} {d}" for k, (s, d) in self.inputs.items())
+        lines = [f"wrote {self.path} ({self.format}): inputs {ins}; outputs {', '.join(self.outputs)}"]
+        lines += ["  " + ("ok   " if r.ok else "FAIL ") + r.line() for r in self.parity]
+        return lines
+
+
+@contextlib.contextmanager
+def _export_settings(graph: nn.Module) -> Iterator[None]:
+    """One pass over the whole batch (no micro-batch chunks: the batch is symbolic), eval mode, quiet logs."""
+    encoders = [m for m in graph.modules() if isinstance(m, SAM2ImageEncoder)]
+    saved = [(e, e.micro_batch) for e in encoders]
+    training = graph.training
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = quiet.level
+    try:
+        for e in encoders:
+            e.micro_batch = None
+        graph.eval()
+        quiet.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch.export's own
+            yield
+    finally:
+        for e, value in saved:
+            e.micro_batch = value
+        graph.train(training)
+        quiet.setLevel(level)
+
+
+def _check_out(path: Path, fmt: str) -> Path:
+    suffix = {"onnx": ".onnx", "openvino": ".xml"}[fmt]
+    if path.is_dir():
+        raise ExportError(f"output {path} is a folder; give a {suffix} file name")
+    if path.suffix != suffix:
+        raise ExportError(f"output {path}: format {fmt!r} writes a {suffix} file name, got {path.name!r}")
+    if not path.parent.is_dir():
+        raise ExportError(f"output {path}: the folder {path.parent} does not exist")
+    return path
+
+
+def _to_onnx(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> None:
+    _require("onnxscript")
+    _require("onnx")
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=4096)
+    names = list(graph.input_names)
+    try:
+        with _export_settings(graph), torch.no_grad():
+            torch.onnx.export(
+                graph,
+                inputs,
+                str(path),
+                dynamo=True,
+                input_names=names,
+                output_names=list(graph.output_names),
+                dynamic_shapes=tuple({0: batch} for _ in inputs),
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as e:  # noqa: BLE001 - torch.export / onnxscript raise many types; one message here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"torch.onnx.export of {type(graph).__name__} failed: {type(e).__name__}: {first}") from e
+
+
+def _to_openvino(onnx_path: Path, xml_path: Path) -> None:
+    ov = _require("openvino")
+    model = ov.convert_model(str(onnx_path))
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)  # f32 weights: its default halves them
+
+
+def export_graph(
+    graph: nn.Module,
+    path: str | os.PathLike[str],
+    format: str = "onnx",
+    check: bool = True,
+    bf16: bool = False,
+    batches: Sequence[int] = (1, 3),
+    opset: int | None = None,
+) -> ExportResult:
+    """Export a graph module to ONNX or OpenVINO IR, check parity, then rename into place.
+
+    Args:
+        graph: :class:`ImageEncoderGraph` or ``ObsEncoderGraph``.
+        path: Output ``.onnx`` (format ``"onnx"``) or ``.xml`` (``"openvino"``, ``.bin`` beside it),
+            in an existing folder. Written under a temporary name; renamed only once checked.
+        format: ``"onnx"`` or ``"openvino"``.
+        check: Run the parity check (ONNX Runtime for ONNX, OpenVINO f32 for IR) on ``batches``.
+        bf16: Also report OpenVINO bf16 fidelity (needs openvino and native bf16; not a pass/fail of parity).
+        batches: Batch sizes of the check.
+        opset: ONNX opset (default: the exporter's).
+
+    Returns:
+        The :class:`ExportResult`.
+
+    Raises:
+        ExportError: For a bad option, an export that fails, or outputs outside the tolerance
+            (nothing is left at ``path`` then).
+        ImportError: When the runtime needed is not installed, naming the extra.
+    """
+    if format not in FORMATS:
+        raise ExportError(f"format must be one of {FORMATS}, got {format!r}")
+    path = _check_out(Path(path), format)
+    inputs = graph.example_inputs(2)  # 2, not 1: torch.export specialises a batch of 1
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+    tmp_onnx, tmp_xml = tmp.with_suffix(".onnx"), tmp.with_suffix(".xml")
+    written = [tmp_onnx] if format == "onnx" else [tmp_xml, tmp_xml.with_suffix(".bin")]
+    try:
+        if format == "openvino":
+            _require("openvino")
+        _to_onnx(graph, inputs, tmp_onnx, opset)
+        if format == "openvino":
+            _to_openvino(tmp_onnx, tmp_xml)
+        target = written[0]
+        runtimes = (["onnxruntime"] if format == "onnx" else ["openvino f32"]) if check else []
+        if bf16:
+            runtimes.append("openvino bf16")
+        reports = check_parity(graph, target, runtimes, batches) if runtimes else []
+        bad = [r for r in reports if not r.ok and not r.fidelity]
+        if bad:
+            raise ExportError(f"{path.name}: outputs differ from eager beyond the tolerance: {bad[0].line()}")
+        if format == "openvino":
+            tmp_xml.with_suffix(".bin").replace(path.with_suffix(".bin"))  # the weights first, the .xml last
+        target.replace(path)
+    finally:
+        for p in {tmp_onnx, *written}:
+            p.unlink(missing_ok=True)
+    shapes = {
+        name: (("batch", *x.shape[1:]), str(x.dtype).removeprefix("torch."))
+        for name, x in zip(graph.input_names, inputs)
+    }
+    return ExportResult(path, format, shapes, tuple(graph.output_names), reports)
+
+
+def export_image_encoder(
+    encoder: SAM2ImageEncoder,
+    path: str | os.PathLike[str],
+    format: str = "onnx",
+    input: str = "pixels",
+    input_size: int | tuple[int, int] | None = None,
+    layout: str = "CHW",
+    check: bool = True,
+    bf16: bool = False,
+) -> ExportResult:
+    """Export a ``SAM2ImageEncoder`` (optionally with its transforms) with outputs ``s4``, ``s8``, ``s16``.
+
+    Args:
+        encoder: A float32 CPU encoder at the ``image_size`` to export (any multiple of 32).
+        path: Output ``.onnx`` or ``.xml``.
+        format: ``"onnx"`` or ``"openvino"``.
+        input: ``"pixels"`` (SAM 2 pixels, ``(B, 3, S, S)`` float32), ``"uint8"`` or ``"float"``
+            camera frames (see :class:`ImageEncoderGraph`).
+        input_size: ``(H, W)`` of the camera frames (``"uint8"`` / ``"float"``).
+        layout: ``"CHW"`` or ``"HWC"`` camera frames.
+        check: Parity check in the runtime (batches 1 and 3).
+        bf16: Also report OpenVINO bf16 fidelity.
+
+    Returns:
+        The :class:`ExportResult`.
+
+    Example:
+        >>> enc = SAM2ImageEncoder("sam2.1_hiera_tiny", "sam2.1_hiera_tiny", image_size=224)  # doctest: +SKIP
+        >>> export_image_encoder(enc, "sam2_tiny_224.onnx", input="uint8", input_size=(480, 640))  # doctest: +SKIP
+    """
+    graph = ImageEncoderGraph(encoder, input=input, input_size=input_size, layout=layout)
+    return export_graph(graph, path, format=format, check=check, bf16=bf16)

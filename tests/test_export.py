@@ -1,0 +1,211 @@
+"""Export for robots: the image encoder and a policy's obs encoder in ONNX Runtime and OpenVINO.
+
+Tolerance: an exported output may differ from eager by at most ``PARITY_RTOL * max(1, max |eager|)``
+(1e-4 of the magnitude). Measured: up to 2.6e-6 on values up to 2 (seeded weights, 64 px, here) and
+2.5e-5 on values up to 14.5 (Meta-scaled weights, 128 px): 1.3e-6 to 1.7e-6 of the magnitude, so
+the bound has 60x room for other CPUs' kernels while any real change (a missing layer, a wrong
+resize) is off by the magnitude itself. The runtimes are optional extras: without them these
+tests skip, naming the extra.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sam2_encoder import SAM2ImageEncoder
+from sam2_encoder.export import (
+    PARITY_RTOL,
+    ExportError,
+    ImageEncoderGraph,
+    export_image_encoder,
+    load_runtime,
+    resize_matrix,
+)
+from sam2_encoder.image_encoder import bf16_support
+
+
+def _need(module: str, extra: str):
+    return pytest.importorskip(module, reason=f"{module} is not installed: pip install 'sam2-encoder[{extra}]'")
+
+
+def _tiny(image_size: int = 64, **kwargs) -> SAM2ImageEncoder:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=image_size, seed=3, **kwargs)
+
+
+def _within_tolerance(got: np.ndarray, ref: torch.Tensor) -> tuple[float, float]:
+    diff = float(np.abs(got - ref.numpy()).max())
+    return diff, PARITY_RTOL * max(1.0, float(ref.abs().max()))
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SAM2ImageEncoder:
+    return _tiny()
+
+
+@pytest.fixture(scope="module")
+def onnx_pixels(encoder, tmp_path_factory):
+    """The 64 px encoder exported to ONNX with SAM 2 pixels as input (one export for the module)."""
+    _need("onnxruntime", "export")
+    _need("onnxscript", "export")
+    path = tmp_path_factory.mktemp("onnx") / "tiny64.onnx"
+    return export_image_encoder(encoder, path)
+
+
+@pytest.fixture(scope="module")
+def openvino_frames(encoder, tmp_path_factory):
+    """The 64 px encoder with its transforms, uint8 HWC 96x120 camera frames in, as an OpenVINO IR."""
+    _need("openvino", "openvino")
+    _need("onnxscript", "export")
+    path = tmp_path_factory.mktemp("openvino") / "tiny64_frames.xml"
+    return export_image_encoder(encoder, path, format="openvino", input="uint8", input_size=(96, 120), layout="HWC")
+
+
+def test_onnx_export_matches_encode_in_onnxruntime_for_batches_1_and_3(encoder, onnx_pixels):
+    """The ONNX file computes encoder.encode(pixels) within the stated tolerance at batch 1 and 3 (dynamic batch)."""
+    model = load_runtime(onnx_pixels.path)
+    for batch in (1, 3):
+        pixels = torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(10 + batch))
+        out = model(pixels.numpy())
+        ref = encoder.encode(pixels).as_dict()
+        for level in ("s4", "s8", "s16"):
+            assert out[level].shape == tuple(ref[level].shape)
+            diff, allowed = _within_tolerance(out[level], ref[level])
+            assert diff <= allowed, (batch, level, diff)
+    assert [r.batch for r in onnx_pixels.parity] == [1, 3] and all(r.ok for r in onnx_pixels.parity)
+
+
+def test_onnx_file_names_its_input_outputs_and_dynamic_batch(onnx_pixels):
+    """The graph's input is pixel_values (batch, 3, 64, 64) float, its outputs s4, s8, s16 with a 'batch' dim."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_pixels.path), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert (inp.name, inp.shape, inp.type) == ("pixel_values", ["batch", 3, 64, 64], "tensor(float)")
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    assert outputs == {"s4": ["batch", 32, 16, 16], "s8": ["batch", 64, 8, 8], "s16": ["batch", 256, 4, 4]}
+    assert onnx_pixels.inputs == {"pixel_values": (("batch", 3, 64, 64), "float32")}
+
+
+def test_export_leaves_only_the_file_no_temporary(onnx_pixels):
+    """A finished export leaves exactly the named file in its folder (the temporary was renamed)."""
+    assert sorted(p.name for p in onnx_pixels.path.parent.iterdir()) == ["tiny64.onnx"]
+
+
+def test_openvino_ir_of_uint8_frames_matches_encoder_forward(encoder, openvino_frames):
+    """The IR with the transforms inside takes uint8 HWC frames and equals encoder(frames) in OpenVINO f32."""
+    assert sorted(p.name for p in openvino_frames.path.parent.iterdir()) == ["tiny64_frames.bin", "tiny64_frames.xml"]
+    model = load_runtime(openvino_frames.path)  # .xml: OpenVINO, f32 hint set
+    g = torch.Generator().manual_seed(7)
+    for batch in (1, 3):
+        frames = torch.randint(0, 256, (batch, 96, 120, 3), generator=g, dtype=torch.uint8)
+        out = model(frames.numpy())
+        ref = encoder(frames).as_dict()
+        for level in ("s4", "s8", "s16"):
+            diff, allowed = _within_tolerance(out[level], ref[level])
+            assert diff <= allowed, (batch, level, diff)
+
+
+def test_openvino_runs_the_onnx_file_too(encoder, onnx_pixels):
+    """OpenVINO reads the ONNX file directly, with the same parity."""
+    _need("openvino", "openvino")
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    out = load_runtime(onnx_pixels.path, "openvino")(pixels.numpy())
+    ref = encoder.encode(pixels).as_dict()
+    for level in ("s4", "s8", "s16"):
+        diff, allowed = _within_tolerance(out[level], ref[level])
+        assert diff <= allowed, (level, diff)
+
+
+def test_openvino_bf16_is_reported_as_fidelity_where_native(openvino_frames):
+    """bf16 (opt-in) gives cosine >= 0.999 per level against eager fp32, on CPUs with native bf16."""
+    ok, why = bf16_support("cpu")
+    if not ok:
+        pytest.skip(f"no native bf16 on this CPU: {why}")
+    from sam2_encoder.export import check_parity
+
+    graph = ImageEncoderGraph(_tiny(), input="uint8", input_size=(96, 120), layout="HWC")
+    (report,) = check_parity(graph, openvino_frames.path, ["openvino bf16"], batches=[2])
+    assert set(report.fidelity) == {"s4", "s8", "s16"}
+    assert all(v["cosine_min"] >= 0.999 and v["rel_l2_error_max"] < 0.05 for v in report.fidelity.values())
+    assert report.ok and "cos" in report.line()
+
+
+def test_resize_matrix_reproduces_the_antialiased_resize():
+    """R_h @ x @ R_w.T equals SAM 2's bilinear antialiased resize (down and up) to float rounding."""
+    from sam2_encoder.transforms import SAM2Transforms
+
+    x = torch.rand(2, 3, 96, 120, generator=torch.Generator().manual_seed(0))
+    for size in (64, (128, 160), (96, 64)):
+        t = SAM2Transforms(size)
+        (h, w) = t.image_size
+        got = resize_matrix(96, h) @ x @ resize_matrix(120, w).T
+        assert torch.allclose(got, t.resize(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"format": "tflite"}, "format must be one of ('onnx', 'openvino'), got 'tflite'"),
+        ({"input": "bgr"}, "input must be one of ('pixels', 'uint8', 'float'), got 'bgr'"),
+        ({"input": "uint8", "layout": "NHWC"}, "layout must be 'CHW' or 'HWC', got 'NHWC'"),
+        ({"input": "uint8", "input_size": (0, 64)}, "input_size must be a side or (height, width)"),
+        ({"input_size": 96}, "input='pixels' takes SAM 2 pixels at image_size (64, 64), got input_size (96, 96)"),
+    ],
+)
+def test_bad_export_options_are_refused_in_one_line(encoder, tmp_path, kwargs, message):
+    """Each bad option is one ExportError naming the value and what is expected; nothing is written."""
+    with pytest.raises(ExportError) as e:
+        export_image_encoder(encoder, tmp_path / "x.onnx", **kwargs)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_output_paths_are_refused_before_exporting(encoder, tmp_path):
+    """A missing folder, a folder, or the wrong suffix for the format: one line each, before any work."""
+    cases = [
+        (tmp_path / "missing" / "x.onnx", "onnx", f"the folder {tmp_path / 'missing'} does not exist"),
+        (tmp_path / "x.xml", "onnx", "format 'onnx' writes a .onnx file name, got 'x.xml'"),
+        (tmp_path / "x.onnx", "openvino", "format 'openvino' writes a .xml file name, got 'x.onnx'"),
+        (tmp_path / "dir.onnx", "onnx", "is a folder; give a .onnx file name"),
+    ]
+    (tmp_path / "dir.onnx").mkdir()
+    for path, fmt, message in cases:
+        with pytest.raises(ExportError) as e:
+            export_image_encoder(encoder, path, format=fmt)
+        assert message in str(e.value), str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.onnx"]
+
+
+def test_encoders_that_are_not_their_fp32_cpu_graph_are_refused(tmp_path):
+    """bf16 autocast, non-float32 weights and deferred (unloaded) weights cannot be exported: said so."""
+    with pytest.raises(ExportError, match="precision='bf16' is not exported .* run it in OpenVINO"):
+        ImageEncoderGraph(_tiny(precision="bf16"))
+    with pytest.raises(ExportError, match=r"float32 weights on the CPU, got torch.float64 on cpu"):
+        ImageEncoderGraph(_tiny(dtype=torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        deferred = SAM2ImageEncoder(
+            "sam2.1_hiera_tiny", checkpoint=tmp_path / "gone.pt", image_size=64, missing_checkpoint="defer"
+        )
+    with pytest.raises(ExportError, match="placeholder weights .*gone.pt was not found"):
+        ImageEncoderGraph(deferred)
+
+
+def test_image_size_not_a_multiple_of_32_is_refused():
+    """The encoder refuses an image size the trunk cannot tile (so nothing of that size is exported)."""
+    with pytest.raises(ValueError, match="multiple of 32"):
+        _tiny(image_size=100)
+
+
+def test_unknown_runtime_and_bf16_in_onnxruntime_are_refused(tmp_path):
+    """load_runtime takes onnxruntime or openvino; bf16 is OpenVINO's (ONNX Runtime runs f32)."""
+    with pytest.raises(ExportError, match="runtime must be one of"):
+        load_runtime(tmp_path / "x.onnx", "tensorrt")
+    with pytest.raises(ExportError, match="ONNX Runtime runs this graph in f32 only"):
+        load_runtime(tmp_path / "x.onnx", "onnxruntime", precision="bf16")
