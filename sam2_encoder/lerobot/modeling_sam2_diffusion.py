@@ -14,6 +14,7 @@ and the UNet, and :meth:`SAM2DiffusionPolicy.from_pretrained` builds the model w
 import builtins
 import warnings
 from collections import deque
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,11 +30,34 @@ from lerobot.utils.constants import ACTION
 from torch import Tensor
 
 from ..camera_encoder import MultiCameraEncoder
-from ..checkpoints import CheckpointError
-from ..object_tracking import ObjectTracker, TrackerModules
+from ..object_tracking import TrackerModules
+from ..obs_tracker import ObsTracker
 from .configuration_sam2_diffusion import SAM2DiffusionConfig
 
-__all__ = ["SAM2DiffusionPolicy"]
+__all__ = ["MOVED_PREFIXES", "SAM2DiffusionPolicy", "migrate_state_dict"]
+
+MOVED_PREFIXES = {"tracker.": "encoder.tracker."}
+"""State-dict key prefixes that moved (old -> new): the tracker's weights are the encoder's since the
+policy uses the encoder's object tracker. :func:`migrate_state_dict` renames them on every load."""
+
+
+def migrate_state_dict(state: MutableMapping[str, Tensor], prefix: str = "") -> MutableMapping[str, Tensor]:
+    """Rename, in place, the keys of an older ``model.safetensors`` (:data:`MOVED_PREFIXES`); returns ``state``.
+
+    Args:
+        state: A policy state dict (keys under ``prefix``).
+        prefix: Where the policy's keys start (``load_state_dict`` passes it).
+    """
+    for old, new in MOVED_PREFIXES.items():
+        for key in [k for k in state if k.startswith(prefix + old)]:
+            state[prefix + new + key[len(prefix + old) :]] = state.pop(key)
+    return state
+
+
+def _migrate_on_load(module: torch.nn.Module, state: MutableMapping[str, Tensor], prefix: str, *_: Any) -> None:
+    """``load_state_dict`` pre-hook: old keys renamed before they are matched (strict loads keep working)."""
+    migrate_state_dict(state, prefix)
+
 
 T = TypeVar("T", bound="SAM2DiffusionPolicy")
 
@@ -70,6 +94,8 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         self.low_dim_keys = config.low_dim_keys  # observation.state and ENV features; masks are never state
         self.obs_keys = self.camera_keys + self.low_dim_keys
         self.input_keys = self.obs_keys + list(self.mask_keys.values())  # what the denoiser's condition reads
+        # the encoder's object tracker (object tokens, frozen trunk): its weights are in model.safetensors
+        tracks = bool(self.mask_keys) and config.freeze and config.object_tracker
         with warnings.catch_warnings():
             if not load_sam2_checkpoint:  # random weights on purpose: model.safetensors replaces them
                 warnings.filterwarnings("ignore", message=r".*has no checkpoint.*")
@@ -109,30 +135,11 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
                 object_tokens=config.object_tokens,
                 object_token_dim=config.object_token_dim,
                 object_absent=config.object_absent,
+                object_tracker=tracks,
+                object_prompts=config.object_prompts if tracks else None,
+                n_obs_steps=config.n_obs_steps,
             )
-        # the policy's own tracker (object tokens, frozen trunk): its weights live in model.safetensors
-        self.tracker: TrackerModules | None = None
-        self.object_tracker: ObjectTracker | None = None
-        if self.mask_keys and config.freeze and config.object_tracker:
-            try:
-                self.tracker = TrackerModules(
-                    self.encoder.encoder,
-                    checkpoint=config.sam2_checkpoint if load_sam2_checkpoint else None,
-                    seed=config.sam2_seed,
-                    download=config.sam2_download and load_sam2_checkpoint,
-                )
-            except CheckpointError as e:
-                raise CheckpointError(
-                    f"{e}\nsam2_diffusion: the policy's own object tracker needs a full SAM 2 checkpoint (memory "
-                    "attention / encoder); pass one, or set object_tracker=false and give the masks in every batch"
-                ) from e
-            self.object_tracker = ObjectTracker(
-                self.tracker.model,
-                config.sam2_variant,
-                {camera: tuple(config.image_features[camera].shape[1:]) for camera in self.mask_keys},
-                config.num_objects,
-                prompts=config.object_prompts,
-            )
+        self.register_load_state_dict_pre_hook(_migrate_on_load)  # old model.safetensors: tracker.* keys
         self.obs_feature_dim = self.encoder.output_shape()[0]
         self.global_cond_dim = self.obs_feature_dim * config.n_obs_steps
         self.unet = DiffusionConditionalUnet1d(config, global_cond_dim=self.global_cond_dim)
@@ -175,6 +182,16 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
             out.append({"params": group["params"], "lr": group["lr"], "name": "sam2_trunk"})
         return out
 
+    @property
+    def tracker(self) -> TrackerModules | None:
+        """The object tracker's SAM 2 weights (the encoder's: ``encoder.tracker.*``), or ``None``."""
+        return self.encoder.tracker
+
+    @property
+    def object_tracker(self) -> ObsTracker | None:
+        """The encoder's object tracker (streams per batch row), or ``None`` without one."""
+        return self.encoder.obs_tracker
+
     def reset(self) -> None:
         """Start a new episode: clear the queues, the encoder's remembered frames and the object streams.
 
@@ -184,9 +201,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         n_obs, n_act = self.config.n_obs_steps, self.config.n_action_steps
         self._queues = {key: deque(maxlen=n_obs) for key in self.input_keys}
         self._queues[ACTION] = deque(maxlen=n_act)
-        self.encoder.forget_frames()
-        if self.object_tracker is not None:
-            self.object_tracker.reset()
+        self.encoder.reset_objects()  # the frame memo and the object streams
         self._tracking = None
 
     def set_object_prompts(self, prompts: dict[str, Any], row: int | None = None) -> None:
@@ -202,12 +217,12 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
             row: A batch row (one environment / robot of several), or ``None`` for all rows.
 
         Raises:
-            ValueError: Without object tokens, without a tracker (``freeze=False``), with
-                ``resize_shape`` / a crop, or for prompts that do not fit the cameras.
+            ValueError: Without object tokens, without a tracker (``freeze=False``), or for prompts
+                that do not fit the cameras (camera pixels, inside the centre crop the encoder sees).
         """
-        tracker = self._require_tracker("set_object_prompts")
+        self._require_tracker("set_object_prompts")
         try:
-            tracker.set_prompts(prompts, row=row)
+            self.encoder.set_object_prompts(prompts, row=row)
         except ValueError as e:
             raise ValueError(f"sam2_diffusion.set_object_prompts: {e}") from e
 
@@ -256,7 +271,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
             ``(B, n_action_steps, A)`` normalised actions.
         """
         if any(len(self._queues[key]) for key in self.obs_keys):
-            obs = {key: torch.stack(list(self._queues[key]), dim=1) for key in self.input_keys}
+            obs = self._queued()
         else:
             obs = self._stack_steps(batch)
         return self._generate(obs, noise)
@@ -280,12 +295,12 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         missing = [key for key in self.obs_keys if key not in batch]
         if missing:
             raise KeyError(f"sam2_diffusion.select_action: missing {missing}; got keys {sorted(batch)}")
-        tracking = self._tracks(batch)
-        if tracking:  # no masks in the batch: the policy's tracker makes them from this step's encoder pass
-            step = self._track(batch)
-        else:
-            step = {key: batch[key] for key in self.input_keys}
-        self._queues = populate_queues(self._queues, step)
+        tracking = self._tracks(batch)  # no masks in the batch: the encoder's tracker makes them
+        if tracking:
+            self._require_tracker("select_action")
+        self._queues = populate_queues(self._queues, {key: batch[key] for key in batch if key in self.input_keys})
+        if tracking and self._queues[ACTION]:  # no prediction at this step: the tracker still follows this frame
+            self.encoder(self._queued())
         if not self._queues[ACTION]:
             actions = self.predict_action_chunk(batch, noise=noise)
             self._queues[ACTION].extend(actions.transpose(0, 1))
@@ -366,8 +381,8 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
             obs[key] = x
         return obs
 
-    def _require_tracker(self, what: str) -> ObjectTracker:
-        """The policy's object tracker, or one clear error saying why there is none."""
+    def _require_tracker(self, what: str) -> ObsTracker:
+        """The encoder's object tracker, or one clear error saying why there is none."""
         if not self.mask_keys:
             raise ValueError(
                 f"sam2_diffusion.{what}: this policy has no object tokens (object_masks is empty), so nothing to track"
@@ -376,8 +391,8 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
             self.config.check_tracking()
         except ValueError as e:
             raise ValueError(f"sam2_diffusion.{what}: {e}") from e
-        assert self.object_tracker is not None
-        return self.object_tracker
+        assert self.encoder.obs_tracker is not None
+        return self.encoder.obs_tracker
 
     def _tracks(self, batch: dict[str, Tensor]) -> bool:
         """Whether this step's masks come from the policy's tracker (the batch has none) or the batch."""
@@ -398,38 +413,9 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         self._tracking = tracking
         return tracking
 
-    def _track(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """One step's queue entries when the policy tracks: camera features, masks, low-dim values.
-
-        Every camera's new frame goes through SAM 2 in ONE trunk pass; the tracker reads that pass
-        (no encoder of its own) and the queues keep the features, so a frame is never encoded twice.
-
-        Returns:
-            ``{camera: (B, *feature_shape), mask key: (B, K, H, W) bool, low-dim key: (B, S)}``.
-        """
-        tracker = self._require_tracker("select_action")
-        image_encoder = self.encoder.encoder
-        t = image_encoder.transforms
-        frames = {}
-        for key in self.camera_keys:
-            x = batch[key]
-            shape = tuple(self.config.image_features[key].shape)
-            if x.dim() != 4 or tuple(x.shape[1:]) != shape or not x.is_floating_point():
-                raise ValueError(
-                    f"sam2_diffusion.select_action: batch[{key!r}] is {tuple(x.shape)} {x.dtype}; expected "
-                    f"(B, {', '.join(map(str, shape))}) float in [0, 1]"
-                )
-            frames[key] = x
-        rows = len(frames[self.camera_keys[0]])
-        # the same preprocessing as the encoder's own (no resize / crop with tracking), one trunk pass
-        pixels = torch.cat([t.finish(t.to_rgb_unit(frames[key])) for key in self.camera_keys])
-        pyramid = image_encoder.encode(pixels)
-        per_camera = {key: pyramid.select(slice(i * rows, (i + 1) * rows)) for i, key in enumerate(self.camera_keys)}
-        masks = tracker.step({c: frames[c] for c in self.mask_keys}, {c: per_camera[c] for c in self.mask_keys})
-        step = {key: self.encoder.fuse_levels(per_camera[key]) for key in self.camera_keys}
-        step.update({self.mask_keys[camera]: masks[camera] for camera in self.mask_keys})
-        step.update({key: batch[key] for key in self.low_dim_keys})
-        return step
+    def _queued(self) -> dict[str, Tensor]:
+        """``{key: (B, n_obs_steps, *shape)}``: the queued observations (and masks, unless the policy tracks)."""
+        return {key: torch.stack(list(self._queues[key]), dim=1) for key in self.input_keys if self._queues[key]}
 
     def _global_cond(self, obs: dict[str, Tensor]) -> Tensor:
         """``(B, To * D)``: every camera and step through SAM 2 in one pass, per-step features concatenated."""

@@ -92,6 +92,12 @@ def training_batch(batch: int = 3, steps: int = 2) -> dict[str, torch.Tensor]:
     }
 
 
+def newest_masks(policy: SAM2DiffusionPolicy) -> torch.Tensor:
+    """``(B, K, h, w)``: the tracked masks of each row's newest frame (the encoder's rows are b * n_obs_steps + t)."""
+    masks = policy.encoder.tracked_masks[TOP]
+    return masks.reshape(-1, policy.config.n_obs_steps, *masks.shape[1:])[:, -1]
+
+
 def trunk_calls(policy: SAM2DiffusionPolicy) -> list[int]:
     calls: list[int] = []
     embed = policy.encoder.encoder.vision_encoder.backbone.patch_embed
@@ -191,7 +197,7 @@ def test_tracker_path_encodes_each_frame_once_and_masks_equal_a_standalone_predi
             obs[WRIST] = wrist[t].permute(2, 0, 1)[None].float() / 255
         torch.manual_seed(t)  # DDPM's denoising steps draw from the global generator
         action = policy.select_action(dict(obs), noise=noise)
-        masks = policy._queues[MASKS][-1]
+        masks = newest_masks(policy)
         if t == 0:
             standalone.add_prompt(frame.numpy(), obj_id=1, **PROMPTS[TOP][1])
             res = standalone.add_prompt(None, obj_id=2, **PROMPTS[TOP][2])
@@ -209,19 +215,19 @@ def test_tracker_path_encodes_each_frame_once_and_masks_equal_a_standalone_predi
 def test_reset_restarts_the_streams_and_prompts_can_be_set_per_row(present_checkpoint: Path) -> None:
     policy = make_policy(present_checkpoint, object_prompts={}).eval()
     frames = video(3)
-    with pytest.raises(ValueError, match=r"no object prompts for batch row 0"):
+    with pytest.raises(ValueError, match=r"no object prompts for stream 0"):
         policy.select_action(observation(frames[0], 0))
     policy.reset()
     policy.set_object_prompts(PROMPTS)
     policy.set_object_prompts({TOP: {5: {"box": [0, 0, 30, 30]}, 9: {"points": [[50, 40]]}}}, row=1)
     two = {k: torch.cat([v, v]) for k, v in observation(frames[0], 0).items()}
     policy.select_action(two)
-    first = policy._queues[MASKS][-1]
+    first = newest_masks(policy)
     assert first.shape == (2, 2, H, W) and not torch.equal(first[0], first[1]), "each row has its own objects"
     policy.select_action({k: torch.cat([v, v]) for k, v in observation(frames[1], 1).items()})
     policy.reset()
     policy.select_action(two)
-    assert torch.equal(policy._queues[MASKS][-1], first), "after reset the first frame is prompted again"
+    assert torch.equal(newest_masks(policy), first), "after reset the first frame is prompted again"
 
 
 def test_strict_reload_tracks_like_the_saved_policy(present_checkpoint: Path, tmp_path: Path) -> None:
@@ -234,7 +240,7 @@ def test_strict_reload_tracks_like_the_saved_policy(present_checkpoint: Path, tm
     ckpt.unlink()  # the reload reads model.safetensors only
     back = SAM2DiffusionPolicy.from_pretrained(tmp_path / "model")
     saved = load_file(str(tmp_path / "model" / "model.safetensors"))
-    assert any(k.startswith("tracker.parts.memory_attention.") for k in saved), "tracker weights are saved"
+    assert any(k.startswith("encoder.tracker.parts.memory_attention.") for k in saved), "tracker weights are saved"
     assert set(saved) == set(back.state_dict())
     for key, value in back.state_dict().items():
         assert torch.equal(saved[key], value), key
@@ -245,7 +251,7 @@ def test_strict_reload_tracks_like_the_saved_policy(present_checkpoint: Path, tm
         action = policy.select_action(observation(frame, t), noise)
         torch.manual_seed(t)
         assert torch.equal(action, back.select_action(observation(frame, t), noise))
-        assert torch.equal(policy._queues[MASKS][-1], back._queues[MASKS][-1])
+        assert torch.equal(newest_masks(policy), newest_masks(back))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,9 +319,9 @@ def test_bad_object_inputs_give_one_clear_error() -> None:
         finetuned.set_object_prompts(PROMPTS)
     with pytest.raises(ValueError, match="select_action: .*needs freeze=true"):
         finetuned.eval().select_action(observation(frame, 0))
-    assert finetuned.tracker is None and not any(k.startswith("tracker.") for k in finetuned.state_dict())
+    assert finetuned.tracker is None and not any("tracker." in k for k in finetuned.state_dict())
     untracked = make_policy(object_tracker=False, object_prompts={})
-    assert untracked.tracker is None and not any(k.startswith("tracker.") for k in untracked.state_dict())
+    assert untracked.tracker is None and not any("tracker." in k for k in untracked.state_dict())
     with pytest.raises(ValueError, match=r"object tracker .* is off \(object_tracker=false\)"):
         untracked.eval().select_action(observation(frame, 0))
     plain = make_policy(object_masks={}, object_prompts={})
