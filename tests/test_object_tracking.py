@@ -91,7 +91,10 @@ def test_prompts_are_normalised() -> None:
         ({"cam": {1: {"points": [[1, 1]]}}}, r"prompts 1 objects \[1\]; expected num_objects=2"),
         ({"cam": {1: {"points": [[1, 1]]}, "1": {"box": [0, 0, 4, 4]}}}, r"names object 1 twice"),
         ({"cam": {"a": {"points": [[1, 1]]}, 2: {"box": [0, 0, 4, 4]}}}, r"object ids must be ints, got 'a'"),
-        ({"cam": {1: {"point": [[1, 1]]}, 2: {"box": [0, 0, 4, 4]}}}, r"\[1\]: unknown keys \['point'\]; a prompt is a mapping of"),
+        (
+            {"cam": {1: {"point": [[1, 1]]}, 2: {"box": [0, 0, 4, 4]}}},
+            r"\[1\]: unknown keys \['point'\]; a prompt is a mapping of",
+        ),
         ({"cam": {1: {}, 2: {"box": [0, 0, 4, 4]}}}, r"\[1\]: empty prompt: give points"),
         (
             {"cam": {1: {"points": [[81, 5]]}, 2: {"box": [0, 0, 4, 4]}}},
@@ -103,8 +106,14 @@ def test_prompts_are_normalised() -> None:
         ({"cam": {1: {"points": [[1, 1]], "labels": [1, 1]}, 2: {"box": [0, 0, 4, 4]}}}, r"one 1 \(object\) or 0"),
         ({"cam": {1: {"points": [[1, 1]], "labels": [2]}, 2: {"box": [0, 0, 4, 4]}}}, r"one 1 \(object\) or 0"),
         ({"cam": {1: {"labels": [1]}, 2: {"box": [0, 0, 4, 4]}}}, r"\[1\]: labels without points"),
-        ({"cam": {1: {"points": [["x", 1]]}, 2: {"box": [0, 0, 4, 4]}}}, r"points must be \[\[x, y\], ...\] of finite numbers, got \[\['x', 1\]\]"),
-        ({"cam": {1: {"points": [[np.nan, 1]]}, 2: {"box": [0, 0, 4, 4]}}}, r"points must be \[\[x, y\], ...\] of finite numbers, got \[\[nan, 1\]\]"),
+        (
+            {"cam": {1: {"points": [["x", 1]]}, 2: {"box": [0, 0, 4, 4]}}},
+            r"points must be \[\[x, y\], ...\] of finite numbers, got \[\['x', 1\]\]",
+        ),
+        (
+            {"cam": {1: {"points": [[np.nan, 1]]}, 2: {"box": [0, 0, 4, 4]}}},
+            r"points must be \[\[x, y\], ...\] of finite numbers, got \[\[nan, 1\]\]",
+        ),
         ({"cam": [1, 2]}, r"object_prompts\['cam'\] must be \{obj_id: prompt\}"),
     ],
 )
