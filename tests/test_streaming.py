@@ -387,6 +387,7 @@ def test_cli_track_folder(checkpoint, tmp_path: Path, capsys) -> None:
     assert [p.name for p in masks] == [f"{i:06d}.png" for i in range(5)]
     report = json.loads((out / "track.json").read_text())
     assert report["frames"] == 5 and report["image_size"] == SIZE
+    assert report["prompt"] == {"points": [[20.0, 20.0], [70.0, 40.0]], "labels": [1, 0], "box": [5.0, 5.0, 45.0, 40.0]}
 
     # the CLI's masks are the library's masks
     pred = StreamingPredictor(VARIANT, checkpoint=checkpoint, image_size=SIZE)

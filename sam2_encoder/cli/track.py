@@ -171,35 +171,21 @@ def _check_out(out: Path) -> None:
         raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``sam2-encoder track`` with parsed arguments.
+def _prompt(args: argparse.Namespace) -> dict[str, Any]:
+    """The first frame's prompt as ``StreamingPredictor.add_prompt`` takes it (and track.json records it)."""
+    prompt: dict[str, Any] = {}
+    if args.point or args.negative:
+        prompt["points"] = [*args.point, *args.negative]
+        prompt["labels"] = [1] * len(args.point) + [0] * len(args.negative)
+    if args.box is not None:
+        prompt["box"] = list(args.box)
+    return prompt
 
-    Everything is written into a temporary folder beside ``--out`` that replaces it only when
-    every frame was tracked; a failed run leaves nothing behind.
 
-    Returns:
-        The exit status (0 on success).
-
-    Raises:
-        CLIError: For a missing prompt, an unreadable or empty input, a prompt that does not fit
-            the frame, or an output folder that is not ours to replace.
-    """
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..streaming import StreamingPredictor
+def _first_frame(args: argparse.Namespace) -> tuple[np.ndarray, Iterator[np.ndarray], int]:
+    """``(first frame, the other frames, frame count or 0 if unknown)``, the prompt checked against it."""
     from .frames import iter_frames
 
-    if not args.point and not args.box:
-        raise CLIError("give at least one --point X,Y (or a --box X0,Y0,X1,Y1) on the first frame")
-    try:
-        import PIL  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise CLIError("writing mask PNGs needs Pillow: pip install pillow") from None
-    source = Path(args.input)
-    out = Path(args.out) if args.out else source.parent / f"{source.stem}_track"
-    _check_out(out)
     frames, count = iter_frames(args.input)
     if count == 0:
         raise CLIError(f"{args.input} holds no frames")
@@ -210,7 +196,78 @@ def run(args: argparse.Namespace) -> int:
     except StopIteration:
         raise CLIError(f"{args.input} holds no frames") from None
     _check_prompts(args, first)
+    return first, frames, count
 
+
+def _track(
+    args: argparse.Namespace, predictor: Any, frames: Iterator[np.ndarray], count: int, work: Path
+) -> list[float]:
+    """Track object 1 through ``frames`` into ``work/masks`` (and ``work/overlay``); the mask area of each frame."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    areas: list[float] = []
+    bar = tqdm(frames, total=count, desc="track", unit="frame", disable=args.quiet)
+    for index, frame in enumerate(bar):
+        if args.max_frames and index >= args.max_frames:
+            break
+        try:
+            result = predictor.add_prompt(frame, obj_id=1, **_prompt(args)) if index == 0 else predictor.track(frame)
+        except (ValueError, TypeError) as e:
+            raise CLIError(f"{args.input}: frame {index}: {e}") from e
+        mask = result.mask(1).cpu().numpy()
+        areas.append(float(mask.mean()))
+        _save_png(mask.astype(np.uint8) * 255, work / "masks" / f"{index:06d}.png")
+        if not args.no_overlay:
+            _save_png(overlay(frame, mask), work / "overlay" / f"{index:06d}.png")
+    bar.close()
+    return areas
+
+
+def _report(args: argparse.Namespace, out: Path, predictor: Any, areas: list[float], seconds: float) -> dict[str, Any]:
+    """What ``track.json`` records: input, prompt, model, timing, the mask area of each frame."""
+    return {
+        "input": str(Path(args.input)),
+        "frames": len(areas),
+        "prompt": _prompt(args),
+        "variant": predictor.variant.name,
+        "image_size": predictor.image_size,
+        "seconds": round(seconds, 3),
+        "ms_per_frame": round(1000 * seconds / len(areas), 2),
+        "state_bytes": predictor.state_nbytes(),
+        "mask_area_fraction": [round(a, 5) for a in areas],
+        "out": str(out),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sam2-encoder track`` with parsed arguments.
+
+    Everything is written into a temporary folder beside ``--out`` that replaces it only when
+    every frame was tracked; a failed run leaves nothing behind. ``track.json`` records the
+    prompt, the model and the timing.
+
+    Returns:
+        The exit status (0 on success).
+
+    Raises:
+        CLIError: For a missing prompt, an unreadable or empty input, a prompt that does not fit
+            the frame, or an output folder that is not ours to replace.
+    """
+    import torch
+
+    from ..streaming import StreamingPredictor
+
+    if not args.point and not args.box:
+        raise CLIError("give at least one --point X,Y (or a --box X0,Y0,X1,Y1) on the first frame")
+    try:
+        import PIL  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise CLIError("writing mask PNGs needs Pillow: pip install pillow") from None
+    source = Path(args.input)
+    out = Path(args.out) if args.out else source.parent / f"{source.stem}_track"
+    _check_out(out)
+    first, frames, count = _first_frame(args)
     predictor = build_model(
         StreamingPredictor,
         args,
@@ -219,9 +276,6 @@ def run(args: argparse.Namespace) -> int:
         dtype=getattr(torch, args.dtype),
         precision=args.precision,
     )
-    points = [*args.point, *args.negative]
-    labels = [1] * len(args.point) + [0] * len(args.negative)
-    areas: list[float] = []
     work = out.with_name(f".{out.name}.{os.getpid()}.partial")
     shutil.rmtree(work, ignore_errors=True)
     (work / "masks").mkdir(parents=True)
@@ -229,37 +283,9 @@ def run(args: argparse.Namespace) -> int:
         (work / "overlay").mkdir()
     try:
         start = time.perf_counter()
-        bar = tqdm(_chain(first, frames), total=count, desc="track", unit="frame", disable=args.quiet)
-        for index, frame in enumerate(bar):
-            if args.max_frames and index >= args.max_frames:
-                break
-            try:
-                if index == 0:
-                    result = predictor.add_prompt(
-                        frame, obj_id=1, points=points or None, labels=labels or None, box=args.box
-                    )
-                else:
-                    result = predictor.track(frame)
-            except (ValueError, TypeError) as e:
-                raise CLIError(f"{args.input}: frame {index}: {e}") from e
-            mask = result.mask(1).cpu().numpy()
-            areas.append(float(mask.mean()))
-            _save_png(mask.astype(np.uint8) * 255, work / "masks" / f"{index:06d}.png")
-            if not args.no_overlay:
-                _save_png(overlay(frame, mask), work / "overlay" / f"{index:06d}.png")
-        bar.close()
+        areas = _track(args, predictor, _chain(first, frames), count, work)
         seconds = time.perf_counter() - start
-        report = {
-            "input": str(source),
-            "frames": len(areas),
-            "variant": predictor.variant.name,
-            "image_size": predictor.image_size,
-            "seconds": round(seconds, 3),
-            "ms_per_frame": round(1000 * seconds / len(areas), 2),
-            "state_bytes": predictor.state_nbytes(),
-            "mask_area_fraction": [round(a, 5) for a in areas],
-            "out": str(out),
-        }
+        report = _report(args, out, predictor, areas, seconds)
         (work / "track.json").write_text(json.dumps(report, indent=1))
         if out.exists():
             shutil.rmtree(out)  # an earlier track output (checked above)
