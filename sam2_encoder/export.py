@@ -298,7 +298,8 @@ class RuntimeModel:
                 if not ok:
                     raise ExportError(f"OpenVINO precision='bf16' needs native bf16 on this CPU: {why}")
             ov = _require("openvino")
-            config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}  # set always: bf16 is its default
+            # precision always set (bf16 is its default on CPUs that have it); latency: one request at a time
+            config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
             if threads:
                 config["INFERENCE_NUM_THREADS"] = threads
             core = ov.Core()

@@ -209,3 +209,66 @@ def test_unknown_runtime_and_bf16_in_onnxruntime_are_refused(tmp_path):
         load_runtime(tmp_path / "x.onnx", "tensorrt")
     with pytest.raises(ExportError, match="ONNX Runtime runs this graph in f32 only"):
         load_runtime(tmp_path / "x.onnx", "onnxruntime", precision="bf16")
+
+
+# --------------------------------------------------------------------------------------------
+# sam2-encoder export
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_exports_the_image_encoder_with_its_transforms_and_prints_the_parity(tmp_path, capsys):
+    """`sam2-encoder export --input uint8` writes the ONNX file and prints the parity it measured (JSON)."""
+    import json
+
+    from sam2_encoder.cli import main
+
+    _need("onnxruntime", "export")
+    _need("onnxscript", "export")
+    out = tmp_path / "enc.onnx"
+    args = ["export", "--image-size", "64", "--input", "uint8", "--input-size", "48", "80", "--out", str(out)]
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inputs"] == {"images": {"shape": ["batch", 3, 48, 80], "dtype": "uint8"}}
+    assert report["outputs"] == ["s4", "s8", "s16"]
+    assert [(r["runtime"], r["batch"], r["ok"]) for r in report["parity"]] == [("onnxruntime", 1, True)] + [
+        ("onnxruntime", 3, True)
+    ]
+    assert all(v < 1e-4 for r in report["parity"] for v in r["max_abs_diff"].values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc.onnx"]
+    frames = np.random.default_rng(0).integers(0, 256, (2, 3, 48, 80), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eager = SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=64)  # the CLI's seeded weights (seed 0)
+    ref = eager(torch.from_numpy(frames)).as_dict()
+    got = load_runtime(out)(frames)
+    for level in ("s4", "s8", "s16"):
+        diff, allowed = _within_tolerance(got[level], ref[level])
+        assert diff <= allowed, (level, diff)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--out", "{tmp}/missing/x.onnx"],
+            "error: --out {tmp}/missing/x.onnx: the folder {tmp}/missing does not exist",
+        ),
+        (["--out", "{tmp}/x.xml"], "error: --out {tmp}/x.xml: --format onnx writes a .onnx file, got 'x.xml'"),
+        (["--out", "{tmp}/x.onnx", "--format", "openvino"], "--format openvino writes a .xml file, got 'x.onnx'"),
+        (["--out", "{tmp}"], "error: --out {tmp} is a folder; give a .onnx file name"),
+        (["--out", "{tmp}/x.onnx", "--format", "tflite"], "argument --format: invalid choice: 'tflite'"),
+        (["--out", "{tmp}/x.onnx", "--image-size", "100"], "expected a positive multiple of 32, got 100"),
+        (["--out", "{tmp}/x.onnx", "--input-size", "48", "64"], "error: --input-size is the camera frame size of"),
+        (["--out", "{tmp}/x.onnx", "--variant", "sam9"], "error: --variant 'sam9': "),
+        (["--out", "{tmp}/x.onnx", "--policy", "{tmp}", "--checkpoint", "x.pt"], "--checkpoint do not apply"),
+    ],
+)
+def test_cli_mistakes_are_one_error_line_exit_2_and_write_nothing(args, message, tmp_path, capsys):
+    """Every mistake is one `error: ...` line on stderr, exit status 2, and nothing is written."""
+    from sam2_encoder.cli import main
+
+    tmp = str(tmp_path)
+    assert main(["export", *(a.replace("{tmp}", tmp) for a in args)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message.replace("{tmp}", tmp) in err[-1], err
+    assert list(tmp_path.iterdir()) == []

@@ -16,12 +16,12 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import cache, doctor, download, encode, masks, track
+from . import cache, doctor, download, encode, export, masks, track
 from .common import CLIError
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (encode, download, cache, masks, track, doctor)
+_COMMANDS = (encode, download, cache, masks, track, export, doctor)
 
 
 class _Parser(argparse.ArgumentParser):
