@@ -272,3 +272,21 @@ def test_cli_mistakes_are_one_error_line_exit_2_and_write_nothing(args, message,
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message.replace("{tmp}", tmp) in err[-1], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_runtime_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    """Without onnxruntime / onnxscript / openvino the error says which extra installs it."""
+    import sys
+
+    from sam2_encoder.cli import main
+
+    for name in ("onnxruntime", "openvino", "onnxscript"):
+        monkeypatch.setitem(sys.modules, name, None)  # what `import name` does when it is not installed
+    with pytest.raises(ImportError, match=r"onnxruntime is not installed .*pip install 'sam2-encoder\[export\]'"):
+        load_runtime(tmp_path / "x.onnx")
+    with pytest.raises(ImportError, match=r"openvino is not installed .*pip install 'sam2-encoder\[openvino\]'"):
+        load_runtime(tmp_path / "x.xml")
+    assert main(["export", "--image-size", "64", "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: onnxscript is not installed") and "pip install 'sam2-encoder[export]'" in err
+    assert list(tmp_path.iterdir()) == []
