@@ -1102,7 +1102,7 @@ MODEL_CASES: list[Bad] = [
         "cache with masks: prompt outside the frame",
         lambda t: _with_masks(t, prompts={"objects": [1], "episodes": {"0": {"1": {"points": [[33, 1]]}}}}),
         ValueError,
-        "prompts: episode 0 object 1: (x, y) = [33.0, 1.0] lies outside the 32x32 (W x H) frames",
+        "prompts: episode 0 object 1: point [[33.0, 1.0]] lies outside the 32x32 (W x H) frame",
     ),
     Bad(
         "mask cache: on_features without needs_features",
@@ -1194,8 +1194,13 @@ MODEL_CASES: list[Bad] = [
     ),
     Bad("mask dataset chain of numbers", lambda t: _chain(t, [1, 2]), ValueError, "got [1, 2]"),
     # --- prompts (StreamingPredictor) and frames ---
-    Bad("prompt empty", lambda t: _prompt(), ValueError, "empty prompt for object 1: give points=[[x, y], ...]"),
-    Bad("prompt no points", lambda t: _prompt(points=np.zeros((0, 2))), ValueError, "empty prompt for object 1"),
+    Bad(
+        "prompt empty",
+        lambda t: _prompt(),
+        ValueError,
+        "object 1: empty prompt: give points [[x, y], ...] (with labels) or a box",
+    ),
+    Bad("prompt no points", lambda t: _prompt(points=np.zeros((0, 2))), ValueError, "object 1: empty prompt"),
     Bad(
         "prompt empty mask",
         lambda t: _prompt(mask=np.zeros((48, 64), bool)),
@@ -1212,47 +1217,50 @@ MODEL_CASES: list[Bad] = [
         "prompt point outside",
         lambda t: _prompt(points=[[100, 5]]),
         ValueError,
-        "point (x, y) = (100.0, 5.0) lies outside the 64x48 (W x H) frame",
+        "object 1: point [[100.0, 5.0]] lies outside the 64x48 (W x H) frame",
     ),
     Bad(
         "prompt point negative",
         lambda t: _prompt(points=[[-1, 5]]),
         ValueError,
-        "point (x, y) = (-1.0, 5.0) lies outside the 64x48",
+        "object 1: point [[-1.0, 5.0]] lies outside the 64x48",
     ),
     Bad(
-        "prompt point nan", lambda t: _prompt(points=[[_NAN, 5]]), ValueError, "points must be finite, got [[nan, 5.0]]"
+        "prompt point nan",
+        lambda t: _prompt(points=[[_NAN, 5]]),
+        ValueError,
+        "points must be [[x, y], ...] of finite numbers, got [[nan, 5]]",
     ),
     Bad(
         "prompt points shape",
         lambda t: _prompt(points=[[1, 2, 3]]),
         ValueError,
-        "points must be (K, 2) (x, y) pairs, got shape (1, 3)",
+        "points must be [[x, y], ...] of finite numbers, got [[1, 2, 3]]",
     ),
     Bad(
         "prompt labels mismatch",
         lambda t: _prompt(points=[[10, 5]], labels=[1, 0]),
         ValueError,
-        "labels must have one entry per point: 1 points, labels [1, 0]",
+        "labels must be one 1 (object) or 0 (background) per point, got [1, 0] for 1 point",
     ),
     Bad(
         "prompt label 2",
         lambda t: _prompt(points=[[10, 5]], labels=[2]),
         ValueError,
-        "labels must be 1 (object) or 0 (background), got [2]",
+        "labels must be one 1 (object) or 0 (background) per point, got [2] for 1 point",
     ),
     Bad("prompt box inverted", lambda t: _prompt(box=[10, 10, 5, 5]), ValueError, "box must have x1 > x0 and y1 > y0"),
     Bad(
         "prompt box outside",
         lambda t: _prompt(box=[0, 0, 70, 10]),
         ValueError,
-        "box corner (x, y) = (70.0, 10.0) lies outside",
+        "box corner [[70.0, 10.0]] lies outside",
     ),
     Bad(
         "prompt obj_id string",
         lambda t: _prompt(obj_id="a", points=[[1, 1]]),
         TypeError,
-        "obj_id must be an int, got 'a'",
+        "obj_id: object ids must be ints, got 'a'",
     ),
     Bad(
         "frame float",
