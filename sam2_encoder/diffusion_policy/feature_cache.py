@@ -57,6 +57,7 @@ from ..checkpoints import find_local_path
 from ..image_encoder import LEVELS, SAM2ImageEncoder
 from ..pooling import fuse_levels, pack_pyramid
 from .dp_base import DPDatasetWrapper, dp_classes, sequence_frames
+from .replay import replay_frames
 from .store import (
     NO_CHECKSUM,
     ChecksummedArray,
@@ -70,7 +71,7 @@ from .store import (
     read_back,
     verify_progress,
 )
-from .zarr_io import create_array, open_group
+from .zarr_io import create_array
 
 __all__ = [
     "FEATURES",
@@ -164,29 +165,6 @@ def _spec(
         "version": __version__,
         "source": source,
     }
-
-
-def _replay_frames(replay: str | os.PathLike[str], keys: Sequence[str]) -> tuple[Any, int]:
-    """``(data group, n_frames)`` of a replay buffer, every key checked to be (N, H, W, 3) uint8."""
-    source = open_group(replay)
-    if "data" not in source:
-        raise KeyError(f"replay buffer {replay} has no data/ group; it has {sorted(source.keys())}")
-    data = source["data"]
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise KeyError(f"replay buffer {replay} has no data/{missing[0]}; it has {sorted(data.keys())}")
-    n_frames = data[keys[0]].shape[0]
-    for key in keys:
-        array = data[key]
-        shape = tuple(array.shape)
-        if len(shape) != 4 or shape[-1] != 3 or shape[0] != n_frames or np.dtype(array.dtype) != np.uint8:
-            raise ValueError(
-                f"data/{key} of {replay} is {np.dtype(array.dtype)} {shape}; "
-                f"expected ({n_frames}, H, W, 3) uint8 frames"
-            )
-    if n_frames == 0:
-        raise ValueError(f"replay buffer {replay}: data/{keys[0]} holds no frames")
-    return data, n_frames
 
 
 def _check_build_args(
@@ -301,7 +279,7 @@ class FeatureWriter:
         if out is None:
             out = default_cache_path(replay, encoder.variant.name, encoder.image_size[0])
         self.out = Path(out)
-        self.data, self.n_frames = _replay_frames(replay, keys)
+        self.data, self.n_frames = replay_frames(replay, keys)
         self.spec = _spec(
             encoder, keys, levels, dtype, self.n_frames, chunk_frames, str(Path(replay).resolve()), weights
         )

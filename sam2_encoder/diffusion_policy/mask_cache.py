@@ -47,6 +47,7 @@ import torch
 from ..checkpoints import find_local_path, weights_identity
 from ..prompts import parse_episode_prompts, prompt_table_sha256
 from .dp_base import DPDatasetWrapper, dp_classes
+from .replay import episode_ends, replay_frames
 from .store import (
     NO_CHECKSUM,
     ChecksummedArray,
@@ -60,7 +61,7 @@ from .store import (
     read_back,
     verify_progress,
 )
-from .zarr_io import create_array, open_group
+from .zarr_io import create_array
 
 __all__ = [
     "MASKS",
@@ -139,19 +140,10 @@ def _inputs(
     replay: str | os.PathLike[str], key: str, prompts: str | os.PathLike[str] | Mapping[str, Any]
 ) -> tuple[Any, np.ndarray, dict[str, Any]]:
     """``(frames array, episode_ends, prompts table)``, everything checked."""
-    source = open_group(replay)
-    if "data" not in source or key not in source["data"]:
-        have = sorted(source["data"].keys()) if "data" in source else sorted(source.keys())
-        raise KeyError(f"replay buffer {replay} has no data/{key}; it has {have}")
-    frames = source["data"][key]
+    data, n_frames = replay_frames(replay, [key])
+    frames = data[key]
+    ends = episode_ends(replay, n_frames)
     shape = tuple(frames.shape)
-    if len(shape) != 4 or shape[-1] != 3 or np.dtype(frames.dtype) != np.uint8:
-        raise ValueError(f"data/{key} of {replay} is {np.dtype(frames.dtype)} {shape}; expected (N, H, W, 3) uint8")
-    if "meta" not in source or "episode_ends" not in source["meta"]:
-        raise ValueError(f"replay buffer {replay} has no meta/episode_ends (a Diffusion Policy ReplayBuffer has)")
-    ends = np.asarray(source["meta"]["episode_ends"][...], dtype=np.int64)
-    if len(ends) == 0 or ends[-1] != shape[0] or np.any(np.diff(np.concatenate([[0], ends])) <= 0):
-        raise ValueError(f"meta/episode_ends of {replay} does not split its {shape[0]} frames: {ends.tolist()}")
     return frames, ends, load_prompts(prompts, len(ends), frame_shape=shape[1:3])
 
 
@@ -266,21 +258,9 @@ def build_mask_cache(
     finished = _resumable(progress, on_damaged)
     if on_start is not None:
         on_start(int(finished.sum()), len(ends))
-    starts = np.concatenate([[0], ends[:-1]])
     tracked: list[int] = []
     try:
-        for e, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
-            features = on_features if on_features is not None and needs_features(start, end) else None
-            if finished[e]:
-                if features is not None:  # masks done, features not: the same tracking gives them
-                    _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
-                continue
-            block = _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
-            masks.write(start, block)  # the chunk files it touches, each replaced whole, then their checksums
-            progress.mark(e)  # only after the masks and their checksums are written
-            tracked.append(e)
-            if on_episode is not None:
-                on_episode(int(finished.sum()), len(ends))
+        _track_all(predictor, frames, ends, table, masks, progress, tracked, on_episode, needs_features, on_features)
     except BaseException:
         if created and not tracked:  # nothing of this run worth keeping
             shutil.rmtree(out, ignore_errors=True)
@@ -289,6 +269,39 @@ def build_mask_cache(
     # written last: readers only trust complete caches, and check the small arrays against these CRC-32s
     store.set_attrs(sealed_crc32=store.seal(_SEALED), complete=True)
     return out
+
+
+def _track_all(
+    predictor: Any,
+    frames: Any,
+    ends: np.ndarray,
+    table: Mapping[str, Any],
+    masks: ChecksummedArray,
+    progress: Progress,
+    tracked: list[int],
+    on_episode: Callable[[int, int], None] | None,
+    needs_features: Callable[[int, int], bool] | None,
+    on_features: Callable[[int, Any], None] | None,
+) -> None:
+    """Track each episode not flagged done into ``masks``, flag it, and append it to ``tracked``.
+
+    An episode already done is tracked again (not rewritten) only while ``needs_features`` wants
+    its frames' features.
+    """
+    finished, objects = progress.values, table["objects"]
+    starts = np.concatenate([[0], ends[:-1]])
+    for e, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+        features = on_features if on_features is not None and needs_features(start, end) else None
+        if finished[e]:
+            if features is not None:  # masks done, features not: the same tracking gives them
+                _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
+            continue
+        block = _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
+        masks.write(start, block)  # the chunk files it touches, each replaced whole, then their checksums
+        progress.mark(e)  # only after the masks and their checksums are written
+        tracked.append(e)
+        if on_episode is not None:
+            on_episode(int(finished.sum()), len(ends))
 
 
 def _create(out: Path, spec: Mapping[str, Any], ends: np.ndarray) -> Store:

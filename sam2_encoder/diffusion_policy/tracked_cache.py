@@ -63,8 +63,9 @@ def build_cache_with_masks(
         predictor: The :class:`~sam2_encoder.streaming.StreamingPredictor`; its ``encoder``
             (variant, image size, transforms) defines the features.
         prompts: The prompts file or mapping (see :mod:`.mask_cache`).
-        weights: Identity of the predictor's weights, recorded in the mask cache (see
-            :func:`~.mask_cache.weights_identity`).
+        weights: Identity of the predictor's weights, recorded in the mask cache
+            (:func:`~sam2_encoder.checkpoints.weights_identity` of its checkpoint, the one
+            ``SAM2ImageEncoder.weights_id`` reports for the same checkpoint).
         feature_weights: Identity recorded in the feature cache (default ``weights``): what a
             ``SAM2ImageEncoder`` reading the cache reports as ``weights_id`` for the same weights.
         mask_key: The camera to track; default: the only key.
@@ -84,8 +85,9 @@ def build_cache_with_masks(
         ValueError: For a ``mask_key`` that is not one of ``keys`` (or none with several keys),
             the same folder for both caches, bad prompts or frames.
         KeyError: For a key not in the replay buffer.
-        CacheError / MaskCacheError: For an existing folder built from other arguments or
-            damaged, or chunks / episodes that fail the read-back check (rerun to redo them).
+        CacheError / MaskCacheError: (both :class:`~.store.StoreError`) For an existing folder
+            built from other arguments or damaged, or chunks / episodes that fail the read-back
+            check (rerun to redo them).
     """
     keys = [keys] if isinstance(keys, str) else list(keys)
     if mask_key is None:
