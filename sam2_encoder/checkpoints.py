@@ -214,7 +214,7 @@ def weights_identity(checkpoint: str | os.PathLike[str] | None, seed: int = 0) -
       identity as the file alone);
     * a sharded Hugging Face folder (``model.safetensors.index.json``): ``sha256-shards:<hex>``,
       the SHA-256 of the lines ``<sha256 of shard>  <shard file>`` (one per shard the index lists,
-      in name order, each ending in a newline), i.e. of ``sha256sum <shards> | sha256sum``'s input:
+      in name order, each ending in a newline: what ``sha256sum <shards> | sha256sum`` hashes);
       the shards hold every weight, so two folders share an identity exactly when their shards do;
     * a variant name, hub id or URL: resolved as the model resolves it (without downloading), then
       one of the above.

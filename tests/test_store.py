@@ -8,6 +8,7 @@ damage-checks them, and writes the same files again.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -156,6 +157,8 @@ def test_every_refusal_to_open_is_the_kinds_error_with_one_message(kind, tmp_pat
         with pytest.raises(kind.error) as info:
             Store(path, kind)
         assert isinstance(info.value, also) and fragment in str(info.value), str(info.value)
+        again = pickle.loads(pickle.dumps(info.value))  # as from a DataLoader worker
+        assert type(again) is type(info.value) and str(again) == str(info.value)
 
 
 def _vectors(tmp_path: Path, fail: bool = False) -> Store:

@@ -75,11 +75,22 @@ class StoreError(RuntimeError):
     The base of each cache's error (``CacheError``, ``MaskCacheError``).
     """
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        made = type(self).__dict__.get("_made_of")  # a kind's error that is also FileNotFoundError / ValueError
+        return (_remake, (*made, self.args)) if made else super().__reduce__()
+
 
 @functools.cache
 def _error_type(base: type[StoreError], also: type[Exception]) -> type[StoreError]:
-    """``base`` that is also ``also`` (a missing store is a ``FileNotFoundError`` too)."""
-    return type(base.__name__, (base, also), {"__module__": base.__module__, "__doc__": base.__doc__})
+    """``base`` that is also ``also`` (a missing store is a ``FileNotFoundError`` too); picklable."""
+    return type(
+        base.__name__, (base, also), {"__module__": base.__module__, "__doc__": base.__doc__, "_made_of": (base, also)}
+    )
+
+
+def _remake(base: type[StoreError], also: type[Exception], args: tuple[Any, ...]) -> StoreError:
+    """Unpickle an error made by :func:`_error_type`."""
+    return _error_type(base, also)(*args)
 
 
 _KINDS: dict[str, StoreKind] = {}
