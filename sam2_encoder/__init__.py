@@ -27,6 +27,7 @@ _EXPORTS = {
     "SAM2Transforms": "transforms",
     "FeaturePyramid": "image_encoder",
     "SAM2ImageEncoder": "image_encoder",
+    "EncoderConfig": "config",
     "MultiCameraEncoder": "camera_encoder",
     "StreamingPredictor": "streaming",
     "TrackResult": "streaming",
@@ -38,6 +39,7 @@ _EXPORTS = {
 __all__ = [
     "VARIANTS",
     "CheckpointError",
+    "EncoderConfig",
     "FeaturePyramid",
     "MultiCameraEncoder",
     "ObjectTracker",
@@ -58,6 +60,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .camera_encoder import MultiCameraEncoder
     from .checkpoints import CheckpointError, convert_meta_state_dict, load_checkpoint, resolve_checkpoint
+    from .config import EncoderConfig
     from .diffusion_policy.obs_encoder import SAM2ObsEncoder
     from .image_encoder import FeaturePyramid, SAM2ImageEncoder
     from .object_tracking import ObjectTracker, TrackerModules

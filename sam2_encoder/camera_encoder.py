@@ -17,119 +17,53 @@ with that same trunk pass (see ``object_tracker`` below).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._checks import whole_number
 from .camera_view import CameraView
+from .config import EncoderConfig, whole_dims
 from .downloads import CheckpointError
 from .finetune import configure_finetuning
 from .frame_memo import FrameMemo, MemoLookup, memo_rows
-from .heads import CameraHead
-from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder, build_seeded
-from .object_tokens import ObjectTokens, check_masks, object_mask_keys
+from .heads import HeadBuilder
+from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder
+from .object_tokens import check_masks, object_mask_keys
 from .object_tracking import TrackerModules
 from .obs_tracker import ObsTracker, TrackPlan, parse_view_prompts
-from .pooling import CoarseToFine, build_pool, check_pool_options, coarse_to_fine_shape, fuse_levels, pack_pyramid
+from .pooling import fuse_levels, pack_pyramid
 from .transforms import UINT8_HINT
 
-__all__ = ["MultiCameraEncoder", "whole_dims"]
+__all__ = ["EncoderConfig", "MultiCameraEncoder", "whole_dims"]
 
 
 class MultiCameraEncoder(nn.Module):
     """Observation encoder with a SAM 2 trunk shared by all cameras.
 
     Args:
-        cameras: ``{key: (3, H, W)}``: the image inputs.
+        cameras: ``{key: (3, H, W)}``: the image inputs. Two keys that differ only by ``.`` vs
+            ``_`` are refused (their heads would share one module name).
         low_dim: ``{key: shape}``: values appended to the camera features as they are.
-        variant: Released SAM 2 model name.
-        checkpoint: Weights (see ``SAM2ImageEncoder``); ``None``: seeded random weights.
-        image_size: SAM 2 input side (multiple of 32); every camera is resized to it.
-        levels: Pyramid levels feeding the heads (``"s4"``, ``"s8"``, ``"s16"``); several levels
-            are fused by average-pooling the finer ones to the coarsest selected grid and
-            concatenating channels.
-        pool: Head type: ``spatial_softmax``, ``attention``, ``avg`` or ``conv``.
-        num_keypoints: Keypoints of the ``spatial_softmax`` head (unused by the others).
-        pool_kwargs: Extra head options (``temperature``, ``num_heads``, ``hidden_channels``...);
-            an option the chosen head does not take is an error.
-        feature_dim: Output size per camera (``None``: the head's natural size, e.g.
-            ``2 * num_keypoints`` for spatial softmax).
-        share_heads: One head for all cameras instead of one per camera.
-        fuse: How the pyramid reaches the head: ``"pool"`` (``levels`` average-pooled to the
-            coarsest selected grid) or ``"coarse_to_fine"`` (s16 upsampled x2 and fused with s8,
-            then with s4, see :class:`~sam2_encoder.pooling.CoarseToFine`; ``levels`` is then all
-            three and the head's input is the packed pyramid ``(1024, S/16, S/16)``).
-        fuse_stride: Stride of the map the readout sees with ``"coarse_to_fine"``: 8 or 4.
-        fuse_channels: ``(C_8, C_4)`` widths of the coarse-to-fine maps.
-        object_masks_key: Obs key of per-frame object masks ``(N, K, H, W)`` (bool or float in
-            [0, 1], the camera's ``H, W``): a key (one camera) or ``{camera: key}``. Each camera
-            with masks gets ``num_objects`` tokens, see :mod:`sam2_encoder.object_tokens`.
-        num_objects: ``K``, the objects per camera.
-        object_level: Pyramid level the tokens pool (``"s4"``, ``"s8"``, ``"s16"``); with
-            ``fuse="pool"`` it must be the coarsest of ``levels``.
-        object_tokens: ``"append"`` (after the camera's readout) or ``"replace"`` (tokens only).
-        object_token_dim: Project each token to this size (``None``: the level's channels);
-            ``feature_dim`` sizes the readout only.
-        object_absent: Token of an empty mask: ``"learned"`` embedding or ``"zero"``.
-        object_tracker: Track the objects at inference: in eval mode under ``torch.no_grad()``,
-            an obs dict WITHOUT the mask keys gets its masks from one SAM 2 tracker per (stream,
-            camera), fed with the policy's own trunk pass (each new frame is encoded once, for
-            the tracker and the heads). Needs object tokens, ``freeze=True`` and a full SAM 2
-            checkpoint (memory modules); the tracker's weights (:class:`~sam2_encoder.
-            object_tracking.TrackerModules`, frozen, never trained) are in this module's state
-            dict (``tracker.*``), so a saved policy tracks without the SAM 2 file. Training and
-            obs dicts that carry masks are unchanged. Streams: see :meth:`reset_objects`. The
-            last tracked call's masks: ``tracked_masks`` ``{camera: (n, K, h, w) bool}`` in the
-            view the trunk sees (after ``resize_shape`` and the centre ``crop_shape``).
-        object_prompts: First-frame prompts of the tracker, ``{camera: {obj_id: {"points":
-            [[x, y], ...], "labels": [1, ...]} | {"box": [x0, y0, x1, y1]}}}`` in camera pixels
-            (the obs image's ``W x H``, before ``resize_shape`` / ``crop_shape``; with a crop they
-            must lie inside the centre crop the encoder sees at inference). ``num_objects`` ids per
-            camera with masks; mask channel ``k`` is the ``k``-th smallest id. ``None``: set them
-            later with :meth:`set_object_prompts`.
-        n_obs_steps: Rows per stream in a call: the rows are ``b * n_obs_steps + t`` (Diffusion
-            Policy flattens ``(B, To)`` this way), ``t = n_obs_steps - 1`` the newest frame.
-            ``None``: 1 (every row its own stream, one frame per call).
-        object_restart: When a stream starts over (prompted again): ``"auto"`` (default): at the
-            first call, after :meth:`reset_objects` / :meth:`set_object_prompts`, when the number
-            of streams changes, on ``train()`` / ``eval()``, and when a stream's ``n_obs_steps``
-            frames are all one frame that is not the last frame it tracked (Diffusion Policy's
-            ``MultiStepWrapper`` repeats an episode's first observation that way); ``"manual"``:
-            the same without the last rule.
-        freeze: Keep the SAM 2 weights frozen (default). ``False`` fine-tunes them (see ``finetune``).
-        finetune: With ``freeze=False``: ``"all"`` (default), ``"last_blocks"`` or ``"lora"``.
-        finetune_blocks: Trainable Hiera blocks for ``"last_blocks"``.
-        lora_rank: LoRA rank for ``"lora"``.
-        lora_alpha: LoRA alpha for ``"lora"``.
-        trunk_lr_scale: Learning-rate multiplier of the trunk's group in :meth:`param_groups`.
-        input_range: Range of incoming float images (``(0, 1)``; Diffusion Policy's normaliser gives
-            ``(-1, 1)``).
-        channel_order: ``"RGB"`` or ``"BGR"``.
-        resize_shape: Optional ``(H, W)`` resize before cropping (Diffusion Policy's option).
-        crop_shape: Optional ``(H, W)`` crop: random in train mode when ``random_crop``, centre
-            otherwise (unlike Diffusion Policy, ``random_crop=False`` still crops).
-        random_crop: Random crops in train mode.
-        compile: ``torch.compile`` the encoder pass (static shapes).
-        fast_attention: See ``SAM2ImageEncoder``.
-        precision: ``"fp32"`` (default) or ``"bf16"``: the Hiera trunk under bfloat16 autocast where
-            the hardware has native bf16 (see ``SAM2ImageEncoder``); heads stay float32.
-        seed: Seed of the random parts (heads, random SAM 2 weights).
-        download: Allow downloading a remote checkpoint. Off by default so that a host's reload
-            (which re-runs this constructor) never touches the network. A checkpoint that is not
-            found gives placeholder weights and a warning: a host's reload replaces them with its
-            saved state dict; used before that, the encoder raises (nothing runs on them).
-        reuse_frames: At inference (eval mode, autograd off), reuse the features of frames seen in
-            the previous call instead of encoding them again: with ``n_obs_steps`` To, a control
-            loop then encodes each camera frame once instead of To times. A frame repeated within
-            one call (the first step of an episode, whose queue holds the first frame To times) is
-            encoded once too. Frames (with their object masks) are matched by exact content and
-            get the features they were given one call earlier or by their first copy, i.e. equal to
-            encoding every frame up to the float rounding of batched kernels, which can depend on
-            the batch size (bit-identical in our tests and benchmark).
+        config: Every other option, validated: an :class:`~sam2_encoder.config.EncoderConfig`
+            (its parts and :func:`~sam2_encoder.config.option_docs` describe each option).
+        **options: The same options flat instead (``variant=..., pool="avg", crop_shape=(84, 84)``,
+            see :meth:`EncoderConfig.from_flat <sam2_encoder.config.EncoderConfig.from_flat>`);
+            not together with ``config``.
+
+    Options that need the cameras are checked here: ``object_masks_key`` against the cameras and
+    low-dim keys, ``share_heads`` with object tokens on every camera, a crop no larger than a
+    camera (after ``resize_shape``), and the tracker's ``object_prompts`` inside the frames (and
+    the centre crop) the encoder sees at inference.
+
+    With ``object_tracker=True``, an inference call (eval mode, autograd off) whose obs dict has
+    no masks gets them from one SAM 2 tracker per (stream, camera), fed with the policy's own
+    trunk pass (each new frame is encoded once, for the tracker and the heads). The tracker's
+    weights (:class:`~sam2_encoder.object_tracking.TrackerModules`, frozen) are in this module's
+    state dict (``tracker.*``), so a saved policy tracks without the SAM 2 file. Streams: see
+    :meth:`reset_objects`; the last tracked call's masks: ``tracked_masks`` ``{camera: (n, K, h,
+    w) bool}`` in the view the trunk sees.
 
     Shapes:
         ``forward({key: (N, *shape)}) -> (N, D)`` with ``D = output_shape()[0]``; extra leading
@@ -141,191 +75,83 @@ class MultiCameraEncoder(nn.Module):
         self,
         cameras: Mapping[str, Sequence[int]],
         low_dim: Mapping[str, Sequence[int]] | None = None,
-        variant: str = "sam2.1_hiera_tiny",
-        checkpoint: str | os.PathLike[str] | None = None,
-        image_size: int = 224,
-        levels: Sequence[str] | str = ("s16",),
-        pool: str = "spatial_softmax",
-        num_keypoints: int = 32,
-        pool_kwargs: Mapping[str, Any] | None = None,
-        feature_dim: int | None = None,
-        share_heads: bool = False,
-        fuse: str = "pool",
-        fuse_stride: int = 8,
-        fuse_channels: Sequence[int] = (64, 32),
-        object_masks_key: str | Mapping[str, str] | None = None,
-        num_objects: int = 1,
-        object_level: str = "s16",
-        object_tokens: str = "append",
-        object_token_dim: int | None = None,
-        object_absent: str = "learned",
-        freeze: bool = True,
-        finetune: str | None = None,
-        finetune_blocks: int = 2,
-        lora_rank: int = 8,
-        lora_alpha: float = 16.0,
-        trunk_lr_scale: float = 0.1,
-        input_range: Sequence[float] = (0.0, 1.0),
-        channel_order: str = "RGB",
-        resize_shape: Sequence[int] | None = None,
-        crop_shape: Sequence[int] | None = None,
-        random_crop: bool = True,
-        compile: bool = False,
-        fast_attention: bool = True,
-        seed: int = 0,
-        download: bool = False,
-        reuse_frames: bool = True,
-        precision: str = "fp32",
-        object_tracker: bool = False,
-        object_prompts: Mapping[str, Any] | None = None,
-        n_obs_steps: int | None = None,
-        object_restart: str = "auto",
+        config: EncoderConfig | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
+        config = _config(config, options)
+        self.config = config
+        backbone, view, readout, objects = config.backbone, config.view, config.readout, config.objects
         self.rgb_shapes = _check_cameras(cameras)
         self.low_dim_shapes = {k: whole_dims(low_dim[k], f"low_dim[{k!r}]") for k in sorted(low_dim or {})}
-        self.levels = (levels,) if isinstance(levels, str) else tuple(levels)
-        unknown = [lv for lv in self.levels if lv not in LEVELS]
-        if unknown or not self.levels:
-            raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {list(self.levels)}")
-        self.levels = tuple(lv for lv in LEVELS if lv in self.levels)  # finest first
-        if fuse not in ("pool", "coarse_to_fine"):
-            raise ValueError(f"fuse must be 'pool' or 'coarse_to_fine', got {fuse!r}")
-        if fuse == "coarse_to_fine":
-            if self.levels not in (("s16",), LEVELS):
-                raise ValueError(
-                    f"fuse='coarse_to_fine' reads s4, s8 and s16 itself; got levels={list(self.levels)} "
-                    "(leave levels at its default or give all three)"
-                )
-            self.levels = LEVELS
-        self.fuse = fuse
-        self.object_masks = object_mask_keys(object_masks_key, self.rgb_shapes, self.low_dim_shapes)
-        self.num_objects = whole_number(num_objects, "num_objects")
-        if object_token_dim is not None:
-            whole_number(object_token_dim, "object_token_dim")
-        if self.object_masks:
-            if object_level not in LEVELS:
-                raise ValueError(f"object_level must be one of {LEVELS}, got {object_level!r}")
-            if fuse == "pool" and object_level != self.levels[-1]:
-                raise ValueError(
-                    f"object_level={object_level!r} with fuse='pool' needs it to be the coarsest of levels "
-                    f"{list(self.levels)} (finer levels are pooled away); use object_level={self.levels[-1]!r} "
-                    "or fuse='coarse_to_fine', which keeps every level"
-                )
-            if object_tokens not in ("append", "replace"):
-                raise ValueError(f"object_tokens must be 'append' or 'replace', got {object_tokens!r}")
-            if share_heads and set(self.object_masks) != set(self.rgb_shapes):
-                raise ValueError(
-                    f"share_heads=True needs object masks for every camera {list(self.rgb_shapes)}, "
-                    f"got them for {list(self.object_masks)}"
-                )
-        self.object_level = object_level
-        if freeze and finetune is not None:
-            raise ValueError(f"finetune={finetune!r} needs freeze=False")
-        self.resize_shape = whole_dims(resize_shape, "resize_shape", 2) if resize_shape is not None else None
-        self.crop_shape = whole_dims(crop_shape, "crop_shape", 2) if crop_shape is not None else None
-        if not (isinstance(trunk_lr_scale, int | float) and math.isfinite(trunk_lr_scale) and trunk_lr_scale >= 0):
-            raise ValueError(f"trunk_lr_scale must be a finite number >= 0, got {trunk_lr_scale!r}")
-        if feature_dim is not None:
-            whole_number(feature_dim, "feature_dim")
-        self.random_crop = random_crop
-        self.trunk_lr_scale = trunk_lr_scale
-        self.use_compile = compile
+        self.levels = readout.levels
+        self.fuse = readout.fuse
+        self.object_masks = object_mask_keys(objects.object_masks_key, self.rgb_shapes, self.low_dim_shapes)
+        self.num_objects = objects.num_objects
+        if self.object_masks and readout.share_heads and set(self.object_masks) != set(self.rgb_shapes):
+            raise ValueError(
+                f"share_heads=True needs object masks for every camera {list(self.rgb_shapes)}, "
+                f"got them for {list(self.object_masks)}"
+            )
+        self.object_level = objects.object_level
+        self.resize_shape = view.resize_shape
+        self.crop_shape = view.crop_shape
+        self.random_crop = view.random_crop
+        self.trunk_lr_scale = config.finetune.trunk_lr_scale
+        self.use_compile = backbone.compile
         self._check_crop()
-        # the object tracker's options, checked before SAM 2 is built
-        self.n_obs_steps = None if n_obs_steps is None else whole_number(n_obs_steps, "n_obs_steps")
-        if not isinstance(object_tracker, bool):
-            raise ValueError(f"object_tracker must be true or false, got {object_tracker!r}")
-        self.object_tracker = object_tracker
-        self.object_restart = object_restart
+        # the object tracker's options (checked by config.tracking)
+        tracking = config.tracking
+        self.n_obs_steps = tracking.n_obs_steps
+        self.object_tracker = tracking.object_tracker
+        self.object_restart = tracking.object_restart
         self.tracked_masks: dict[str, torch.Tensor] = {}  # the last tracked call's masks, in the view
         views = {camera: self.view(camera) for camera in self.object_masks}
-        prompts = {}
-        if object_tracker:
-            self._check_tracking(freeze, object_restart)
-            prompts = parse_view_prompts(object_prompts, views, self.num_objects, "object_prompts")
-        elif object_prompts:
-            raise ValueError(
-                "object_prompts are given but object_tracker is false: set object_tracker=true to track them"
-            )
+        prompts = parse_view_prompts(tracking.object_prompts, views, self.num_objects, "object_prompts")
 
         self.encoder = SAM2ImageEncoder(
-            variant,
-            checkpoint=checkpoint,
-            image_size=image_size,
+            backbone.variant,
+            checkpoint=backbone.checkpoint,
+            image_size=backbone.image_size,
             freeze=True,
-            fast_attention=fast_attention,
-            channel_order=channel_order,
-            input_range=tuple(input_range),
-            seed=seed,
-            download=download,
-            precision=precision,
+            fast_attention=backbone.fast_attention,
+            channel_order=view.channel_order,
+            input_range=view.input_range,
+            seed=backbone.seed,
+            download=backbone.download,
+            precision=backbone.precision,
             missing_checkpoint="defer",  # a host's reload brings the weights in its own state dict
         )
-        if not freeze:
-            configure_finetuning(self.encoder, finetune or "all", finetune_blocks, lora_rank, lora_alpha)
-
-        shapes = self.encoder.feature_shapes()
-        channels = sum(shapes[lv][0] for lv in self.levels)
-        _, height, width = shapes[self.levels[-1]]
-        self.feature_shape = (channels, height, width)
-        # the packed pyramid: each level folded onto the s16 grid (see pooling.pack_pyramid)
-        layout = tuple((lv, shapes[lv][0], shapes[lv][1] // shapes["s16"][1]) for lv in LEVELS)
-        if fuse == "coarse_to_fine":
-            self.feature_shape = (sum(c * f * f for _, c, f in layout), height, width)
-            channels, height, width = coarse_to_fine_shape(height, width, fuse_stride, fuse_channels)
-        kwargs = dict(pool_kwargs or {})
-        if pool == "spatial_softmax":
-            kwargs.setdefault("num_keypoints", num_keypoints)
-            whole_number(kwargs["num_keypoints"], "num_keypoints")
-        projected = {"output_dim": feature_dim} if feature_dim and pool != "spatial_softmax" else {}
-        check_pool_options(pool, {**kwargs, **projected})
-
-        def make_readout() -> nn.Module:
-            if pool == "spatial_softmax":  # keypoint coordinates, optionally projected
-                head = build_pool(pool, channels, height, width, **kwargs)
-                return _Projected(head, feature_dim) if feature_dim else head
-            extra = {"output_dim": feature_dim} if feature_dim else {}
-            return build_pool(pool, channels, height, width, **kwargs, **extra)
-
-        def make_head(with_objects: bool) -> nn.Module:
-            if fuse == "pool" and not with_objects:
-                return make_readout()  # the plain head (state-dict keys as before these options)
-            readout = None if with_objects and object_tokens == "replace" else make_readout()
-            level_channels = shapes[object_level][0]
-            upsample = readout is not None and fuse == "coarse_to_fine"
-            k = self.num_objects
-            return CameraHead(
-                readout,
-                CoarseToFine([c for _, c, _ in layout], fuse_stride, fuse_channels) if upsample else None,
-                ObjectTokens(level_channels, k, object_token_dim, object_absent) if with_objects else None,
-                object_level=object_level,
-                object_channels=level_channels,
-                packed=fuse == "coarse_to_fine",
-                layout=layout,
+        tune = config.finetune
+        if not tune.freeze:
+            configure_finetuning(
+                self.encoder, tune.finetune or "all", tune.finetune_blocks, tune.lora_rank, tune.lora_alpha
             )
-
-        if share_heads:
+        builder = HeadBuilder(readout, objects, self.encoder.feature_shapes())
+        self.feature_shape = builder.feature_shape
+        if readout.share_heads:
             names = {"shared": bool(self.object_masks)}
         else:
             names = {_module_key(k): k in self.object_masks for k in self.rgb_shapes}
-        self.heads = build_seeded(lambda: nn.ModuleDict({n: make_head(o) for n, o in names.items()}), seed)
-        self.share_heads = share_heads
-        self.reuse_frames = reuse_frames
+        self.heads = builder.build(names, backbone.seed)
+        self.share_heads = readout.share_heads
+        self.reuse_frames = config.reuse_frames
         self._memo = FrameMemo()
         self._compiled = None
         self.tracker: TrackerModules | None = None  # the tracker's weights (state dict: tracker.*)
         self.obs_tracker: ObsTracker | None = None  # its streams per batch row
-        if object_tracker:
+        if tracking.object_tracker:
             try:  # (not read while the encoder's checkpoint is deferred: the state dict brings both)
-                self.tracker = TrackerModules(self.encoder, checkpoint=checkpoint, seed=seed, download=download)
+                self.tracker = TrackerModules(
+                    self.encoder, checkpoint=backbone.checkpoint, seed=backbone.seed, download=backbone.download
+                )
             except CheckpointError as e:
                 raise CheckpointError(
                     f"{e}\nobject_tracker=True: the encoder's object tracker needs a full SAM 2 checkpoint (memory "
                     "attention / encoder); pass one, or set object_tracker=false and give the masks in every obs dict"
                 ) from e
             self.obs_tracker = ObsTracker(
-                self.tracker, views, self.num_objects, self.n_obs_steps, object_restart, prompts
+                self.tracker, views, self.num_objects, self.n_obs_steps, tracking.object_restart, prompts
             )
 
     # ----------------------------------------------------------------------------------------
@@ -566,21 +392,6 @@ class MultiCameraEncoder(nn.Module):
             )
         return self.obs_tracker
 
-    def _check_tracking(self, freeze: bool, restart: str) -> None:
-        if not self.object_masks:
-            raise ValueError(
-                "object_tracker=True needs object tokens: set object_masks_key (or a `type: mask` entry in shape_meta) "
-                "and num_objects; without object tokens there is nothing to track"
-            )
-        if not freeze:
-            raise ValueError(
-                "object_tracker=True needs freeze=True: the tracker's mask decoder and memory were trained on SAM 2's "
-                "own features, and a fine-tuned trunk feeds it others; fine-tune with masks from the dataset and give "
-                "them in every obs dict at inference (object_tracker=false)"
-            )
-        if restart not in ("auto", "manual"):
-            raise ValueError(f"object_restart must be 'auto' or 'manual', got {restart!r}")
-
     def _tracks(self, obs_dict: Mapping[str, torch.Tensor]) -> bool:
         """Whether this call's masks come from the tracker (the obs dict has none) or from the obs dict."""
         if self.obs_tracker is None:
@@ -776,19 +587,6 @@ def _children(modules: list[nn.Module]) -> tuple[int, ...]:
     return tuple(id(c) for m in modules for c in m._modules.values())
 
 
-class _Projected(nn.Module):
-    """A head followed by a linear projection to ``output_dim``."""
-
-    def __init__(self, head: nn.Module, output_dim: int) -> None:
-        super().__init__()
-        self.head = head
-        self.proj = nn.Linear(head.output_dim, output_dim)
-        self.output_dim = output_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.head(x))
-
-
 def _first_bad(value: torch.Tensor) -> str:
     """Where the first non-finite entry of a ``(N, D)`` tensor is, and its value."""
     row, col = (~torch.isfinite(value)).nonzero()[0].tolist()
@@ -804,7 +602,25 @@ def _rows(
     return tuple(t if t is None else t[rows] for t in tensors)  # type: ignore[return-value]
 
 
+def _config(config: EncoderConfig | None, options: Mapping[str, Any]) -> EncoderConfig:
+    """The encoder's config: ``config`` as given, or built from flat ``options`` (not both)."""
+    if config is None:
+        return EncoderConfig.from_flat(**options)
+    if not isinstance(config, EncoderConfig):
+        raise TypeError(
+            f"MultiCameraEncoder(cameras, low_dim, config): config must be an EncoderConfig, got "
+            f"{type(config).__name__} {config!r}; pass the other options by name (variant=..., pool=...)"
+        )
+    if options:
+        raise TypeError(
+            f"MultiCameraEncoder takes an EncoderConfig or flat options, not both: got config and {sorted(options)}; "
+            "use dataclasses.replace on the config's parts, or EncoderConfig.from_flat(**{**config.flat(), ...})"
+        )
+    return config
+
+
 def _module_key(key: str) -> str:
+    """The name of camera ``key``'s head in ``heads`` (module names cannot contain '.')."""
     return key.replace(".", "_")
 
 
@@ -818,29 +634,13 @@ def _check_cameras(cameras: Mapping[str, Sequence[int]]) -> dict[str, tuple[int,
         if len(shape) != 3 or shape[0] != 3:
             raise ValueError(f"camera {key!r}: shape must be [3, H, W], got {list(shape)}")
         out[key] = shape  # type: ignore[assignment]
+    names: dict[str, list[str]] = {}
+    for key in out:
+        names.setdefault(_module_key(key), []).append(key)
+    clashes = [keys for keys in names.values() if len(keys) > 1]
+    if clashes:
+        raise ValueError(
+            f"cameras {clashes[0]} would share one head: a head's module name replaces '.' by '_' "
+            f"(both are {_module_key(clashes[0][0])!r}); rename one of them"
+        )
     return out
-
-
-def whole_dims(value: object, what: str, length: int | None = None) -> tuple[int, ...]:
-    """A shape given as whole numbers >= 1 (Python or numpy integers, or integral floats like 32.0).
-
-    Raises:
-        ValueError: Naming ``what`` and the value, for anything else (a bare number, a string,
-            bools, fractions, zero or negative sizes, or a length other than ``length``).
-    """
-    import numbers
-
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence | torch.Size) and not hasattr(value, "tolist"):
-        raise ValueError(f"{what} must be a list of whole numbers >= 1, got {value!r}")
-    items = value.tolist() if hasattr(value, "tolist") else list(value)
-    if not isinstance(items, list):
-        raise ValueError(f"{what} must be a list of whole numbers >= 1, got {value!r}")
-    out = []
-    for item in items:
-        whole = isinstance(item, numbers.Integral) or isinstance(item, float) and item.is_integer()
-        if isinstance(item, bool) or not whole or item < 1:
-            raise ValueError(f"{what} must be whole numbers >= 1, got {list(items)!r}")
-        out.append(int(item))
-    if length is not None and len(out) != length:
-        raise ValueError(f"{what} must be {length} whole numbers (H, W), got {list(items)!r}")
-    return tuple(out)
