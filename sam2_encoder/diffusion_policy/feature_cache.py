@@ -384,9 +384,10 @@ class FeatureWriter:
         if self.complete:
             return True
         problems: list[str] = []
-        flags = [progress.read(problems) for progress in self._progress.values()]  # other ranks wrote some
+        self._flags = {key: progress.read(problems) for key, progress in self._progress.items()}  # other ranks'
         if problems:
             raise self.store.damaged(problems)
+        flags = list(self._flags.values())
         if not all(f.all() for f in flags):
             return False
         problems = _check_arrays(self.store)
