@@ -1114,7 +1114,7 @@ MODEL_CASES: list[Bad] = [
         "cache is a file",
         lambda t: _open_cache(_write(t / "x.zarr", b"")),
         ValueError,
-        "x.zarr is not a zarr group (a file)",
+        "x.zarr is not a sam2_encoder feature cache: it is not a zarr group (a file)",
     ),
     Bad("cache missing", lambda t: _open_cache(t / "none.zarr"), FileNotFoundError, "feature cache not found: "),
     Bad(

@@ -323,7 +323,7 @@ USER_ERRORS = [
     (
         "cache out is the replay",
         lambda t: ["cache", str(_replay(t / "r.zarr")), "--keys", "img", "--out", str(t / "r.zarr"), *SMALL, "--quiet"],
-        "r.zarr exists and is not a sam2_encoder feature cache; pass another --out",
+        "r.zarr is not a sam2_encoder feature cache (no 'sam2_encoder' attributes); pass another --out",
     ),
     (
         "cache out is a file",
