@@ -37,7 +37,10 @@ A robot loop around a :class:`~sam2_encoder.camera_encoder.MultiCameraEncoder` w
         features = policy_encoder.fuse_levels(pyramid)                    # the head's input, no re-encode
         obs = policy_encoder({"cam": features, "cam_masks": masks})       # (1, D)
 
-(``sam2_diffusion``, the LeRobot policy, does exactly this inside ``select_action``.)
+Neither host's policy does this by hand: the encoder's own tracker
+(:class:`~sam2_encoder.obs_tracker.ObsTracker`, ``object_tracker=True``) runs one ``ObjectTracker``
+per stream on the encoder's trunk pass, with the windows, restarts, crops and frame reuse of both
+hosts; ``ObjectTracker`` is the piece for a loop of one's own.
 """
 
 from __future__ import annotations
