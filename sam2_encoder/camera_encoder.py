@@ -30,11 +30,11 @@ from .finetune import configure_finetuning
 from .frame_memo import FrameMemo, MemoLookup, memo_rows
 from .heads import HeadBuilder
 from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder
-from .object_tokens import check_masks, object_mask_keys
+from .object_tokens import object_mask_keys
 from .object_tracking import TrackerModules
+from .obs_inputs import batch_dims, given_masks, low_dim_values, to_pixels, tracks_call
 from .obs_tracker import ObsTracker, TrackPlan, parse_view_prompts
 from .pooling import fuse_levels, pack_pyramid
-from .transforms import UINT8_HINT
 
 __all__ = ["EncoderConfig", "MultiCameraEncoder", "whole_dims"]
 
@@ -194,13 +194,13 @@ class MultiCameraEncoder(nn.Module):
             ``(N, D)``: per row, each camera's head output (keys sorted), then the low-dim
             values flattened (keys sorted).
         """
-        lead, n = self._batch_dims(obs_dict)
+        lead, n = batch_dims(obs_dict, self.rgb_shapes, self.low_dim_shapes, self.feature_shape, self._head_dtype())
         if n == 0:  # an empty batch: (*lead, D) with no rows, nothing encoded
             return torch.zeros(
                 *lead, self.output_shape()[0], dtype=self._head_dtype(), device=obs_dict[self.rgb_keys[0]].device
             )
         tracking = self._tracks(obs_dict)
-        masks = {} if tracking else self._object_masks(obs_dict, lead, n)  # {camera: (n, K, H, W) float}
+        masks = {} if tracking else given_masks(obs_dict, self.object_masks, self.rgb_shapes, self.num_objects, lead, n)
         call = self._sort_cameras(obs_dict, lead, n, masks, tracking)
         todo = [(key, *_rows((x, m), None if hit is None else hit.missing)) for key, x, m, hit in call.pending]
         inputs = [self._preprocess(key, x, m) for key, x, m in todo if len(x)]  # [(pixels, fitted masks)]
@@ -293,11 +293,7 @@ class MultiCameraEncoder(nn.Module):
     ) -> torch.Tensor:
         """``(*lead, D)``: the cameras' outputs (keys sorted), then the low-dim values flattened (keys sorted)."""
         parts = [outputs[key] for key in self.rgb_keys]
-        for key in self.low_dim_keys:
-            value = obs_dict[key].reshape(n, -1).to(parts[0].dtype)
-            if not bool(torch.isfinite(value).all()):
-                raise ValueError(f"obs_dict[{key!r}] (low-dim input) contains NaN or inf: {_first_bad(value)}")
-            parts.append(value)
+        parts += low_dim_values(obs_dict, self.low_dim_keys, n, parts[0].dtype)
         return torch.cat(parts, dim=-1).reshape(*lead, -1)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -394,24 +390,7 @@ class MultiCameraEncoder(nn.Module):
 
     def _tracks(self, obs_dict: Mapping[str, torch.Tensor]) -> bool:
         """Whether this call's masks come from the tracker (the obs dict has none) or from the obs dict."""
-        if self.obs_tracker is None:
-            return False
-        keys = list(self.object_masks.values())
-        given = [key for key in keys if key in obs_dict]
-        if given and len(given) != len(keys):
-            raise KeyError(
-                f"obs_dict has object masks {given} but not {sorted(set(keys) - set(given))}; give all of them or none "
-                "(the encoder's object tracker then makes them)"
-            )
-        if given:
-            return False
-        if self.training or torch.is_grad_enabled():
-            raise KeyError(
-                f"obs_dict is missing {keys[0]!r}, the object masks of camera {next(iter(self.object_masks))!r}; the "
-                "object tracker runs at inference only (eval mode, under torch.no_grad()): training reads the masks "
-                f"from the dataset; got keys {sorted(obs_dict)}"
-            )
-        return True
+        return self.obs_tracker is not None and tracks_call(obs_dict, self.object_masks, self.training)
 
     # ----------------------------------------------------------------------------------------
     # training helpers
@@ -467,38 +446,6 @@ class MultiCameraEncoder(nn.Module):
     # input handling
     # ----------------------------------------------------------------------------------------
 
-    def _batch_dims(self, obs_dict: Mapping[str, torch.Tensor]) -> tuple[tuple[int, ...], int]:
-        lead: tuple[int, ...] | None = None
-        for key, shape in {**self.rgb_shapes, **self.low_dim_shapes}.items():
-            if key not in obs_dict:
-                raise KeyError(
-                    f"obs_dict is missing {key!r}; expected keys {sorted({**self.rgb_shapes, **self.low_dim_shapes})}, "
-                    f"got {sorted(obs_dict)}"
-                )
-            value = obs_dict[key]
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"obs_dict[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
-            if key in self.rgb_shapes and tuple(value.shape[-3:]) == self.feature_shape:
-                shape = self.feature_shape
-                if value.dtype != self._head_dtype():
-                    raise TypeError(
-                        f"obs_dict[{key!r}] holds precomputed features {tuple(value.shape)} of dtype {value.dtype}; "
-                        f"the heads take {self._head_dtype()} (FeatureCache.fused returns float32): convert them with "
-                        f".to({self._head_dtype()})"
-                    )
-            if value.dim() < len(shape) + 1 or tuple(value.shape[value.dim() - len(shape) :]) != shape:
-                expected = f"(N, {', '.join(map(str, shape))})"
-                if key in self.rgb_shapes:
-                    expected += f" or cached features (N, {', '.join(map(str, self.feature_shape))})"
-                raise ValueError(f"obs_dict[{key!r}] has shape {tuple(value.shape)}; expected {expected}")
-            this = tuple(value.shape[: value.dim() - len(shape)])
-            if lead is None:
-                lead = this
-            elif this != lead:
-                raise ValueError(f"obs_dict[{key!r}] has batch dims {this}, other keys have {lead}")
-        assert lead is not None
-        return lead, math.prod(lead)
-
     def _head_dtype(self) -> torch.dtype:
         """The dtype of the heads' weights (what precomputed features must be)."""
         weight = next(self.heads.parameters(), None)
@@ -508,53 +455,11 @@ class MultiCameraEncoder(nn.Module):
         head = self.head_for(key)
         return head(x) if masks is None else head(x, masks)
 
-    def _object_masks(
-        self, obs_dict: Mapping[str, torch.Tensor], lead: tuple[int, ...], n: int
-    ) -> dict[str, torch.Tensor]:
-        """``{camera: (n, K, H, W) float}`` for the cameras with object masks, checked."""
-        out = {}
-        for camera, key in self.object_masks.items():
-            if key not in obs_dict:
-                raise KeyError(
-                    f"obs_dict is missing {key!r}, the object masks of camera {camera!r}; got keys {sorted(obs_dict)}"
-                )
-            _, h, w = self.rgb_shapes[camera]
-            value = obs_dict[key]
-            if isinstance(value, torch.Tensor) and tuple(value.shape) == (*lead, self.num_objects, h, w):
-                value = value.reshape(n, self.num_objects, h, w)
-            elif isinstance(value, torch.Tensor):
-                expected = ", ".join(map(str, (*lead, self.num_objects, h, w)))
-                raise ValueError(
-                    f"obs_dict[{key!r}] (object masks of camera {camera!r}) has shape {tuple(value.shape)}; expected "
-                    f"({expected}): the batch dims, num_objects={self.num_objects}, then the camera's H, W"
-                )
-            out[camera] = check_masks(value, key, (self.num_objects, h, w))
-        return out
-
     def _preprocess(
         self, key: str, x: torch.Tensor, masks: torch.Tensor | None = None, finish: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Images to SAM 2 pixels ``(M, 3, S, S)``; object masks through the same resize and crop.
-
-        ``finish=False`` stops before SAM 2's resize and normalisation: RGB in [0, 1], resized and cropped.
-        """
-        if not x.is_floating_point():
-            raise TypeError(
-                f"obs_dict[{key!r}] is {x.dtype}; expected float images in input_range "
-                f"{self.encoder.transforms.input_range} (Diffusion Policy's normaliser output)"
-            )
-        t = self.encoder.transforms
-        try:
-            x = t.to_rgb_unit(x)
-        except ValueError as e:  # this encoder takes float images only: rescaling is the fix
-            message = str(e).replace(UINT8_HINT, f"; scale 0..255 images to input_range {t.input_range}")
-            raise ValueError(f"obs_dict[{key!r}]: {message}") from e
-        if masks is not None:  # one tensor through resize and crop: the masks get the images' crops
-            x = torch.cat([x, masks.to(x.dtype)], dim=1)
-        x = self.view(key).apply(x, self.training)
-        if masks is not None:
-            x, masks = x[:, :3].contiguous(), x[:, 3:]
-        return (t.finish(x) if finish else x), masks
+        """Images to SAM 2 pixels through camera ``key``'s view (see :func:`~sam2_encoder.obs_inputs.to_pixels`)."""
+        return to_pixels(self.encoder.transforms, self.view(key), key, x, masks, self.training, finish)
 
     def _check_crop(self) -> None:
         """Raise if a crop is larger than a camera (see :class:`~sam2_encoder.camera_view.CameraView`)."""
@@ -585,12 +490,6 @@ class _Call:
 def _children(modules: list[nn.Module]) -> tuple[int, ...]:
     """Identities of every child of each module: changes when a submodule is replaced."""
     return tuple(id(c) for m in modules for c in m._modules.values())
-
-
-def _first_bad(value: torch.Tensor) -> str:
-    """Where the first non-finite entry of a ``(N, D)`` tensor is, and its value."""
-    row, col = (~torch.isfinite(value)).nonzero()[0].tolist()
-    return f"row {row}, entry {col} is {value[row, col].item()}"
 
 
 def _rows(
