@@ -183,7 +183,7 @@ class MultiCameraEncoder(nn.Module):
 
         Steps: check the inputs; sort the cameras (precomputed features, frames for the frame memo,
         frames for the object tracker); preprocess through each camera's view; ONE trunk pass for
-        every frame still to encode; track; heads; append the low-dim values.
+        every frame still to encode; track; heads (:class:`_ForwardCall`); append the low-dim values.
 
         Args:
             obs_dict: ``{key: (N, *shape)}`` for every camera and low-dim key (extra keys are
@@ -201,52 +201,8 @@ class MultiCameraEncoder(nn.Module):
             )
         tracking = self._tracks(obs_dict)
         masks = {} if tracking else given_masks(obs_dict, self.object_masks, self.rgb_shapes, self.num_objects, lead, n)
-        call = self._sort_cameras(obs_dict, lead, n, masks, tracking)
-        todo = [(key, *_rows((x, m), None if hit is None else hit.missing)) for key, x, m, hit in call.pending]
-        inputs = [self._preprocess(key, x, m) for key, x, m in todo if len(x)]  # [(pixels, fitted masks)]
-        plan = self.obs_tracker.plan(call.tracked, n) if call.tracked and self.obs_tracker is not None else None
-        late = len(call.tracked) if plan is not None and len(plan.encode) else 0  # trunk inputs of tracked cameras
-        pixels = [p for p, _ in inputs]
-        if late:  # the tracked cameras' new frames join the same trunk pass
-            pixels += [self.encoder.transforms.finish(call.tracked[key][plan.encode]) for key in call.tracked]
-        pyramids = self._trunk_pass(pixels)
-        outputs = dict(call.outputs)
-        if plan is not None:
-            outputs.update(self._track(plan, call.tracked, pyramids[len(pyramids) - late :]))
-        outputs.update(self._memo_heads(call, todo, pyramids[: len(pyramids) - late], [m for _, m in inputs]))
+        outputs = _ForwardCall(self, obs_dict, lead, n, masks, tracking).run()
         return self._join(outputs, obs_dict, lead, n)
-
-    def _sort_cameras(
-        self,
-        obs_dict: Mapping[str, torch.Tensor],
-        lead: tuple[int, ...],
-        n: int,
-        masks: Mapping[str, torch.Tensor],
-        tracking: bool,
-    ) -> _Call:
-        """Each camera's rows: precomputed features (heads now), tracked frames, or frames for the memo."""
-        memo = self._memo if self.reuse_frames and not self.training and not torch.is_grad_enabled() else None
-        if memo is not None and not memo.tie(self, obs_dict[self.rgb_keys[0]].device.type):
-            memo = None  # (tie forgets outputs of other weights or another autocast state)
-        call = _Call(memo)
-        for key in self.rgb_keys:
-            x = obs_dict[key]
-            x = x.reshape(n, *x.shape[len(lead) :])
-            m = masks.get(key)
-            features = tuple(x.shape[1:]) == self.feature_shape
-            if tracking and key in self.object_masks:
-                if features:
-                    raise ValueError(
-                        f"obs_dict[{key!r}] holds precomputed features {tuple(x.shape)}, but the object tracker needs "
-                        f"camera {key!r}'s frames (3, H, W); give the frames, or the masks under "
-                        f"{self.object_masks[key]!r}"
-                    )
-                call.tracked[key] = self._preprocess(key, x, None, finish=False)[0]  # [0, 1], in the view
-            elif features:  # precomputed by `sam2-encoder cache` or a tracker
-                call.outputs[key] = self._head(key, x, m)
-            else:  # a remembered row must match the frame and, with object tokens, its masks
-                call.pending.append((key, x, m, memo.lookup(key, memo_rows(x, m)) if memo is not None else None))
-        return call
 
     def _trunk_pass(self, pixels: Sequence[torch.Tensor]) -> list[FeaturePyramid]:
         """ONE trunk pass over every ``(M_i, 3, S, S)`` input; one pyramid per input, in order."""
@@ -255,38 +211,6 @@ class MultiCameraEncoder(nn.Module):
         pyramid = self._encode_pyramid(torch.cat(list(pixels), dim=0))
         starts = [sum(len(p) for p in pixels[:i]) for i in range(len(pixels) + 1)]
         return [pyramid.select(slice(a, b)) for a, b in zip(starts[:-1], starts[1:])]
-
-    def _track(
-        self, plan: TrackPlan, frames: Mapping[str, torch.Tensor], pyramids: Sequence[FeaturePyramid]
-    ) -> dict[str, torch.Tensor]:
-        """The tracked cameras' head outputs; their masks are kept in ``tracked_masks``."""
-        assert self.obs_tracker is not None
-        features, masks = self.obs_tracker.advance(plan, frames, dict(zip(frames, pyramids)), self.fuse_levels)
-        self.tracked_masks = masks
-        return {key: self._head(key, features[key], masks[key].to(features[key].dtype)) for key in frames}
-
-    def _memo_heads(
-        self,
-        call: _Call,
-        todo: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]],
-        pyramids: Sequence[FeaturePyramid],
-        fitted: Sequence[torch.Tensor | None],
-    ) -> dict[str, torch.Tensor]:
-        """Head outputs of the frame cameras: encoded rows, merged with the remembered ones."""
-        outputs: dict[str, torch.Tensor] = {}
-        encoded = iter(zip(pyramids, fitted))  # the masks, resized and cropped like the images
-        for (key, x, m, hit), (_, rows, _) in zip(call.pending, todo):
-            fresh = None
-            if len(rows):
-                pyramid, fm = next(encoded)
-                fresh = self._head(key, self.fuse_levels(pyramid), fm)
-            if hit is None:
-                outputs[key] = fresh
-            else:
-                assert call.memo is not None
-                outputs[key] = hit.merge(fresh)
-                call.memo.store(key, memo_rows(x, m), outputs[key], hit)
-        return outputs
 
     def _join(
         self, outputs: Mapping[str, torch.Tensor], obs_dict: Mapping[str, torch.Tensor], lead: tuple[int, ...], n: int
@@ -477,14 +401,95 @@ class MultiCameraEncoder(nn.Module):
         return f"cameras={self.rgb_keys}, low_dim={self.low_dim_keys}, levels={list(self.levels)}{extra}"
 
 
-class _Call:
-    """One forward call's cameras: head outputs of precomputed features, frames for the memo, tracked frames."""
+class _ForwardCall:
+    """One forward call: each camera sorted by how it is served, then ONE trunk pass, tracking and heads.
 
-    def __init__(self, memo: FrameMemo | None) -> None:
-        self.memo = memo  # the frame memo when this call may use it
-        self.outputs: dict[str, torch.Tensor] = {}  # precomputed features: head outputs (n, D_key)
-        self.pending: list[tuple[str, torch.Tensor, torch.Tensor | None, MemoLookup | None]] = []  # frames
+    A camera holds precomputed features (heads only), frames of a tracked camera (the object
+    tracker's plan picks the new ones), or frames for the frame memo (the rows it does not remember
+    are encoded). Every frame still to encode goes through the trunk in one pass.
+    """
+
+    def __init__(
+        self,
+        enc: MultiCameraEncoder,
+        obs_dict: Mapping[str, torch.Tensor],
+        lead: tuple[int, ...],
+        n: int,
+        masks: Mapping[str, torch.Tensor],
+        tracking: bool,
+    ) -> None:
+        self.enc, self.n = enc, n
+        memo = enc._memo if enc.reuse_frames and not enc.training and not torch.is_grad_enabled() else None
+        if memo is not None and not memo.tie(enc, obs_dict[enc.rgb_keys[0]].device.type):
+            memo = None  # (tie forgets outputs of other weights or another autocast state)
+        self.memo = memo
+        self.outputs: dict[str, torch.Tensor] = {}  # head outputs (n, D_key)
+        self.pending: list[tuple[str, torch.Tensor, torch.Tensor | None, MemoLookup | None]] = []  # memo cameras
         self.tracked: dict[str, torch.Tensor] = {}  # tracked cameras: (n, 3, h, w) in [0, 1], in the view
+        for key in enc.rgb_keys:
+            x = obs_dict[key]
+            x = x.reshape(n, *x.shape[len(lead) :])
+            m = masks.get(key)
+            features = tuple(x.shape[1:]) == enc.feature_shape
+            if tracking and key in enc.object_masks:
+                if features:
+                    raise ValueError(
+                        f"obs_dict[{key!r}] holds precomputed features {tuple(x.shape)}, but the object tracker needs "
+                        f"camera {key!r}'s frames (3, H, W); give the frames, or the masks under "
+                        f"{enc.object_masks[key]!r}"
+                    )
+                self.tracked[key] = enc._preprocess(key, x, None, finish=False)[0]
+            elif features:  # precomputed by `sam2-encoder cache` or a tracker
+                self.outputs[key] = enc._head(key, x, m)
+            else:  # a remembered row must match the frame and, with object tokens, its masks
+                self.pending.append((key, x, m, memo.lookup(key, memo_rows(x, m)) if memo is not None else None))
+
+    def run(self) -> dict[str, torch.Tensor]:
+        """``{camera: (n, D_camera)}``: preprocess, ONE trunk pass, track, heads."""
+        enc = self.enc
+        todo = [(key, *_rows((x, m), None if hit is None else hit.missing)) for key, x, m, hit in self.pending]
+        inputs = [enc._preprocess(key, x, m) for key, x, m in todo if len(x)]  # [(pixels, fitted masks)]
+        tracker = enc.obs_tracker
+        plan = tracker.plan(self.tracked, self.n) if self.tracked and tracker is not None else None
+        late = len(self.tracked) if plan is not None and len(plan.encode) else 0  # trunk inputs of tracked cameras
+        pixels = [p for p, _ in inputs]
+        if late:  # the tracked cameras' new frames join the same trunk pass
+            pixels += [enc.encoder.transforms.finish(self.tracked[key][plan.encode]) for key in self.tracked]
+        pyramids = enc._trunk_pass(pixels)
+        if plan is not None:
+            self.outputs.update(self._track(plan, pyramids[len(pyramids) - late :]))
+        self.outputs.update(self._memo_heads(todo, pyramids[: len(pyramids) - late], [m for _, m in inputs]))
+        return self.outputs
+
+    def _track(self, plan: TrackPlan, pyramids: Sequence[FeaturePyramid]) -> dict[str, torch.Tensor]:
+        """The tracked cameras' head outputs; their masks are kept in the encoder's ``tracked_masks``."""
+        enc, frames = self.enc, self.tracked
+        assert enc.obs_tracker is not None
+        features, masks = enc.obs_tracker.advance(plan, frames, dict(zip(frames, pyramids)), enc.fuse_levels)
+        enc.tracked_masks = masks
+        return {key: enc._head(key, features[key], masks[key].to(features[key].dtype)) for key in frames}
+
+    def _memo_heads(
+        self,
+        todo: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]],
+        pyramids: Sequence[FeaturePyramid],
+        fitted: Sequence[torch.Tensor | None],
+    ) -> dict[str, torch.Tensor]:
+        """Head outputs of the memo cameras: encoded rows, merged with the remembered ones."""
+        outputs: dict[str, torch.Tensor] = {}
+        encoded = iter(zip(pyramids, fitted))  # the masks, resized and cropped like the images
+        for (key, x, m, hit), (_, rows, _) in zip(self.pending, todo):
+            fresh = None
+            if len(rows):
+                pyramid, fm = next(encoded)
+                fresh = self.enc._head(key, self.enc.fuse_levels(pyramid), fm)
+            if hit is None:
+                outputs[key] = fresh
+            else:
+                assert self.memo is not None
+                outputs[key] = hit.merge(fresh)
+                self.memo.store(key, memo_rows(x, m), outputs[key], hit)
+        return outputs
 
 
 def _children(modules: list[nn.Module]) -> tuple[int, ...]:
