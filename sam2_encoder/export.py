@@ -8,7 +8,12 @@ What is exported is exactly what the eager module computes, as a graph of positi
 - :class:`ObsEncoderGraph`: a ``MultiCameraEncoder`` (DP's ``SAM2ObsEncoder``, the LeRobot policy's
   encoder): camera frames, then object masks, then low-dim inputs -> the ``(N, D)`` condition.
 
-Both have a dynamic batch dimension (named ``batch``); everything else is fixed at export. After
+Both have a dynamic batch dimension (named ``batch``); everything else is fixed at export. The
+exporter is ``torch.onnx.export(dynamo=True)`` (onnxscript); each antialiased bilinear resize of
+the exported graph (camera frame -> view -> ``image_size``) is then rewritten as two MatMuls with
+torch's exact weights (:func:`resize_matrix`), since runtimes disagree on ``Resize(antialias=1)``.
+The object tracker (``object_tracker=True``) is refused: its memory bank is state across calls.
+After
 writing, the file is run in the runtime on a seeded input and compared with eager
 (:func:`check_parity`): the largest absolute difference per output must stay within
 ``PARITY_RTOL * max(1, max |eager|)`` (measured: 2.5e-5 on values up to 14.5, i.e. 1.7e-6 of
@@ -52,6 +57,7 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "ImageEncoderGraph",
+    "ObsEncoderGraph",
     "ParityReport",
     "RuntimeModel",
     "check_parity",
@@ -168,9 +174,6 @@ class ImageEncoderGraph(nn.Module):
         self.transforms = SAM2Transforms(
             encoder.image_size, channel_order=t.channel_order, input_range=t.input_range, validate=False
         )
-        (h, w), (s_h, s_w) = self.input_size, encoder.image_size
-        self.register_buffer("resize_h", resize_matrix(h, s_h), persistent=False)
-        self.register_buffer("resize_w", resize_matrix(w, s_w).T.contiguous(), persistent=False)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -190,13 +193,12 @@ class ImageEncoderGraph(nn.Module):
         return (torch.randn(shape, generator=g),)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Camera frames -> ``(B, 3, S, S)`` SAM 2 pixels, as ``encoder.transforms`` (resize as two matmuls)."""
+        """Camera frames -> ``(B, 3, S, S)`` SAM 2 pixels, as ``encoder.transforms`` does."""
         if self.input == "pixels":
             return images
         x = images.permute(0, 3, 1, 2) if self.layout == "HWC" else images
         x = self.transforms.to_rgb_unit(x)
-        x = torch.matmul(self.resize_h, torch.matmul(x, self.resize_w))
-        return self.transforms.normalize(x).contiguous()
+        return self.transforms.finish(x)  # the resize is exported as MatMuls (see _matmul_resizes)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode a batch.
@@ -258,6 +260,116 @@ def _check_input_size(size: object) -> tuple[int, int]:
     if not ok or h < 1 or w < 1:
         raise ExportError(f"input_size must be a side or (height, width) of whole numbers >= 1, got {size!r}")
     return h, w
+
+
+class ObsEncoderGraph(nn.Module):
+    """A policy's observation encoder (``MultiCameraEncoder``) as positional tensors in, ``condition`` out.
+
+    Inputs, in this order (the names are the obs keys):
+
+    1. each camera, keys sorted (``rgb_keys``): ``(N, 3, H, W)`` float32 in the encoder's ``input_range``;
+    2. each camera's object masks, cameras sorted (with object tokens): ``(N, K, H, W)`` float32 in [0, 1];
+    3. each low-dim key, sorted (``low_dim_keys``): ``(N, *shape)`` float32.
+
+    Output ``condition``: ``(N, D)`` with ``D = output_shape()[0]``, what ``forward(obs_dict)``
+    returns for those rows (eval mode: centre crop). A host with observation steps (``(B, T, ...)``)
+    flattens them into ``N = B * T`` rows and the condition back (``reshape(B, -1)``), as the
+    policies do. The graph applies the encoder's steps without its input checks (data-dependent
+    control flow cannot be exported): the same view (resize, centre crop) per camera, one trunk
+    pass, the heads, the low-dim values appended; :func:`check_parity` compares it with
+    ``forward(obs_dict)``.
+
+    Args:
+        obs_encoder: A ``MultiCameraEncoder`` (DP's ``SAM2ObsEncoder``, the LeRobot policy's ``encoder``).
+        given_masks: For an encoder with ``object_tracker=True``: export the graph that takes the
+            object masks as inputs (the tracker then runs outside the graph). Without it such an
+            encoder is refused.
+
+    Raises:
+        ExportError: For the object tracker (see ``given_masks``) or an image encoder that cannot be exported.
+    """
+
+    output_names = ("condition",)
+
+    def __init__(self, obs_encoder: nn.Module, given_masks: bool = False) -> None:
+        super().__init__()
+        from .camera_encoder import MultiCameraEncoder
+
+        if not isinstance(obs_encoder, MultiCameraEncoder):
+            raise ExportError(f"expected a MultiCameraEncoder (or SAM2ObsEncoder), got {type(obs_encoder).__name__}")
+        if obs_encoder.object_tracker and not given_masks:
+            raise ExportError(
+                "object_tracker=True cannot be exported: SAM 2's memory attention and memory encoder carry each "
+                "stream's memory bank of past frames from call to call (state a stateless graph cannot hold, "
+                "pruned by Python logic); export the graph that takes the object masks as inputs instead "
+                "(given_masks=True, CLI --given-masks) and run the tracker outside it"
+            )
+        check_exportable(obs_encoder.encoder)
+        self.obs_encoder = obs_encoder
+        t = obs_encoder.encoder.transforms
+        self.transforms = SAM2Transforms(
+            t.image_size, channel_order=t.channel_order, input_range=t.input_range, validate=False
+        )
+        self.cameras = list(obs_encoder.rgb_keys)
+        self.mask_keys = {c: obs_encoder.object_masks[c] for c in self.cameras if c in obs_encoder.object_masks}
+        self.low_dim = list(obs_encoder.low_dim_keys)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The obs keys: cameras (sorted), their object-mask keys, low-dim keys (sorted)."""
+        return (*self.cameras, *self.mask_keys.values(), *self.low_dim)
+
+    def example_inputs(self, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Seeded inputs: frames in ``input_range``, binary masks of random boxes, normal low-dim values."""
+        g = torch.Generator().manual_seed(seed)
+        enc = self.obs_encoder
+        low, high = self.transforms.input_range
+        frames = [torch.rand(batch, *enc.rgb_shapes[c], generator=g) * (high - low) + low for c in self.cameras]
+        masks = []
+        for camera in self.mask_keys:
+            _, h, w = enc.rgb_shapes[camera]
+            corner = torch.rand(batch, enc.num_objects, 2, 1, 1, generator=g)
+            ys, xs = torch.arange(h).view(h, 1) / h, torch.arange(w).view(1, w) / w
+            inside = (ys >= corner[:, :, 0]) & (ys < corner[:, :, 0] + 0.4) & (xs >= corner[:, :, 1])
+            masks.append((inside & (xs < corner[:, :, 1] + 0.4)).float())
+        lows = [torch.randn(batch, *enc.low_dim_shapes[k], generator=g) for k in self.low_dim]
+        return (*frames, *masks, *lows)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``(N, D)`` from the inputs in ``input_names`` order."""
+        enc = self.obs_encoder
+        frames = dict(zip(self.cameras, inputs))
+        masks = dict(zip(self.mask_keys, inputs[len(self.cameras) :]))
+        lows = inputs[len(self.cameras) + len(self.mask_keys) :]
+        pixels, fitted = [], {}
+        for camera, x in frames.items():
+            x = self.transforms.to_rgb_unit(x)
+            m = masks.get(camera)
+            if m is not None:
+                x = torch.cat([x, m.to(x.dtype)], dim=1)
+            x = enc.view(camera).apply(x, False)
+            if m is not None:
+                x, fitted[camera] = x[:, :3].contiguous(), x[:, 3:]
+            pixels.append(self.transforms.finish(x))
+        pyramid = enc.encoder.encode(torch.cat(pixels, dim=0))
+        features = enc.fuse_levels(pyramid).unflatten(0, (len(self.cameras), -1))  # (cameras, N, ...)
+        parts = []
+        for camera, f in zip(self.cameras, features):
+            head = enc.head_for(camera)
+            parts.append(head(f) if camera not in fitted else head(f, fitted[camera].to(f.dtype)))
+        parts += [v.reshape(v.shape[0], -1).to(parts[0].dtype) for v in lows]
+        return torch.cat(parts, dim=-1)
+
+    def reference(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"condition": obs_encoder(obs_dict)}`` for the same inputs (eval mode, no autograd)."""
+        enc = self.obs_encoder
+        training = enc.training
+        try:
+            enc.eval()
+            with torch.no_grad():
+                return {"condition": enc(dict(zip(self.input_names, inputs)))}
+        finally:
+            enc.train(training)
 
 
 # --------------------------------------------------------------------------------------------
@@ -494,6 +606,15 @@ def _check_out(path: Path, fmt: str) -> Path:
     return path
 
 
+def _batch_dims(graph: nn.Module, count: int, batch: Any) -> tuple:
+    """``dynamic_shapes``: dim 0 of every input is ``batch`` (grouped as one argument for ``forward(*inputs)``)."""
+    import inspect
+
+    dims = tuple({0: batch} for _ in range(count))
+    kinds = [p.kind for p in inspect.signature(graph.forward).parameters.values()]
+    return (dims,) if kinds == [inspect.Parameter.VAR_POSITIONAL] else dims
+
+
 def _to_onnx(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> None:
     _require("onnxscript")
     _require("onnx")
@@ -510,7 +631,7 @@ def _to_onnx(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, ops
                 dynamo=True,
                 input_names=names,
                 output_names=list(graph.output_names),
-                dynamic_shapes=tuple({0: batch} for _ in inputs),
+                dynamic_shapes=_batch_dims(graph, len(inputs), batch),
                 opset_version=opset,
                 external_data=False,
                 verbose=False,
@@ -518,6 +639,69 @@ def _to_onnx(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, ops
     except Exception as e:  # noqa: BLE001 - torch.export / onnxscript raise many types; one message here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"torch.onnx.export of {type(graph).__name__} failed: {type(e).__name__}: {first}") from e
+    model = _require("onnx").load(str(path), load_external_data=False)
+    fixed = [i.name for i in model.graph.input if not i.type.tensor_type.shape.dim[0].dim_param]
+    if fixed:  # the exporter falls back to tracing one batch size when torch.export fails: refuse that file
+        raise ExportError(
+            f"torch.onnx.export of {type(graph).__name__} fixed the batch size of {fixed} (torch.export could not "
+            "keep it dynamic); nothing written"
+        )
+
+
+def _matmul_resizes(path: Path) -> int:
+    """Replace each antialiased bilinear ``Resize`` of an ONNX file by two MatMuls (:func:`resize_matrix`).
+
+    ONNX Runtime implements ``Resize(antialias=1)`` (within 1.3e-5 of torch), OpenVINO 2026.4 does
+    not (off by up to 1.8) and TensorRT has no antialias: the MatMuls compute torch's weights
+    exactly, everywhere. Only resizes whose input and output heights and widths are static are
+    replaced (every one in these graphs: the frame sizes are fixed at export).
+
+    Returns:
+        The number of resizes replaced.
+    """
+    onnx = _require("onnx")
+    from onnx import helper, numpy_helper, shape_inference
+
+    model = onnx.load(str(path))
+    graph = shape_inference.infer_shapes(model).graph
+    shapes = {}
+    for info in (*graph.value_info, *graph.input, *graph.output):
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    nodes, count = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        src, dst = shapes.get(node.input[0] if node.input else ""), shapes.get(node.output[0])
+        if (
+            node.op_type != "Resize"
+            or not attrs.get("antialias")
+            or attrs.get("mode") != b"linear"
+            or not src
+            or not dst
+            or len(src) != 4
+            or None in (*src[-2:], *dst[-2:])
+        ):
+            nodes.append(node)
+            continue
+        (in_h, in_w), (out_h, out_w) = src[-2:], dst[-2:]
+        name = f"antialias_resize_{count}"
+        rows_t = numpy_helper.from_array(resize_matrix(in_h, out_h).T.contiguous().numpy(), f"{name}_rows_t")
+        cols_t = numpy_helper.from_array(resize_matrix(in_w, out_w).T.contiguous().numpy(), f"{name}_cols_t")
+        model.graph.initializer.extend([rows_t, cols_t])
+        # x @ R_w.T, then the same along H through transposes: a constant second operand in both MatMuls
+        # (OpenVINO 2026.4's read_model fails to compile a constant first operand followed by the normalisation)
+        nodes += [
+            helper.make_node("MatMul", [node.input[0], cols_t.name], [f"{name}_w"], name=f"{name}_w"),
+            helper.make_node("Transpose", [f"{name}_w"], [f"{name}_wt"], name=f"{name}_wt", perm=[0, 1, 3, 2]),
+            helper.make_node("MatMul", [f"{name}_wt", rows_t.name], [f"{name}_h"], name=f"{name}_h"),
+            helper.make_node("Transpose", [f"{name}_h"], [node.output[0]], name=f"{name}_ht", perm=[0, 1, 3, 2]),
+        ]
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.save(model, str(path))
+    return count
 
 
 def _to_openvino(onnx_path: Path, xml_path: Path) -> None:
@@ -566,6 +750,7 @@ def export_graph(
         if format == "openvino":
             _require("openvino")
         _to_onnx(graph, inputs, tmp_onnx, opset)
+        _matmul_resizes(tmp_onnx)
         if format == "openvino":
             _to_openvino(tmp_onnx, tmp_xml)
         target = written[0]
