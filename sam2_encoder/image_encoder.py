@@ -12,18 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import Sam2VisionModel
 
-from ._hf import do_pool, hiera_blocks, hiera_pos_embed, window_partition, window_unpartition
-from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
+from .hiera import fpn_neck, fpn_settings, trunk_stages
+from .sam2_weights import SAM2Weights, build_seeded
 from .transforms import ImageInput, SAM2Transforms
 from .variants import Variant, check_image_size, get_variant
 
@@ -117,22 +113,7 @@ class FeaturePyramid:
         return {f.name: tuple(getattr(self, f.name).shape) for f in fields(self) if f.name in LEVELS}
 
 
-def build_seeded(factory, seed: int):
-    """Call ``factory()`` with the global RNG seeded, leaving the caller's RNG state untouched.
-
-    Raises:
-        ValueError: For a seed that is not a whole number torch accepts (``-2**63 .. 2**64 - 1``).
-    """
-    import numbers
-
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -(2**63) <= seed < 2**64:
-        raise ValueError(f"seed must be a whole number in [-2**63, 2**64), got {seed!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return factory()
-
-
-class SAM2ImageEncoder(nn.Module):
+class SAM2ImageEncoder(SAM2Weights):
     """Batched multi-scale SAM 2 image features for any released variant.
 
     Args:
@@ -223,43 +204,8 @@ class SAM2ImageEncoder(nn.Module):
         self._pending_checkpoint: str | None = None  # deferred: weights must come from load_state_dict
         _check_choice("missing_checkpoint", missing_checkpoint, ("error", "defer"))
 
-        if model is not None:
-            self.vision_encoder = model.vision_encoder
-            self.conv_s0 = model.mask_decoder.conv_s0
-            self.conv_s1 = model.mask_decoder.conv_s1
-            self.no_memory_embedding = model.no_memory_embedding
-        else:
-            config = self.variant.vision_config(self.image_size)
-
-            def build() -> None:
-                self.vision_encoder = Sam2VisionModel(config)
-                self.conv_s0 = nn.Conv2d(256, 32, kernel_size=1)
-                self.conv_s1 = nn.Conv2d(256, 64, kernel_size=1)
-                self.no_memory_embedding = nn.Parameter(torch.zeros(1, 1, 256))
-
-            build_seeded(build, seed)
-            if checkpoint is None:
-                warnings.warn(
-                    f"SAM2ImageEncoder({self.variant.name!r}) has no checkpoint: using seeded random weights "
-                    f"(seed={seed}); pass checkpoint=... for trained features",
-                    stacklevel=2,
-                )
-            else:
-                try:
-                    path = resolve_checkpoint(checkpoint, download_missing=download)
-                except FileNotFoundError as e:
-                    if missing_checkpoint == "error":
-                        raise
-                    self._pending_checkpoint = os.fspath(checkpoint)
-                    warnings.warn(
-                        f"{e}; {self.variant.name} gets placeholder weights that must be replaced by "
-                        "load_state_dict (a saved policy) before encoding",
-                        stacklevel=2,
-                    )
-                else:
-                    self.load_sam2_weights(load_checkpoint(path, variant=self.variant), source=str(path))
-                    self.checkpoint_path = str(path)
-        self._fpn_mode, self._fpn_fuse = _fpn_settings(self.vision_encoder.config)
+        self._build_weights(checkpoint, download, missing_checkpoint, model)
+        self._fpn_mode, self._fpn_fuse = fpn_settings(self.vision_encoder.config)
         if dtype is not None:
             self.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         if device is not None:
@@ -267,98 +213,6 @@ class SAM2ImageEncoder(nn.Module):
             self.check_precision(torch.device(device))
         if freeze:
             self.freeze()
-
-    # ----------------------------------------------------------------------------------------
-    # weights
-    # ----------------------------------------------------------------------------------------
-
-    _OWN_TO_HF = {"conv_s0.": "mask_decoder.conv_s0.", "conv_s1.": "mask_decoder.conv_s1."}
-
-    def load_sam2_weights(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-        """Load this encoder's weights from a full SAM 2 state dict in transformers' names.
-
-        Args:
-            state: A ``Sam2Model`` / ``Sam2VideoModel`` state dict (see ``load_checkpoint``).
-            source: Named in error messages.
-
-        Raises:
-            CheckpointError: If keys are missing, unexpected or of the wrong shape for this variant.
-        """
-        own = self._weights_state_dict()
-        hf_names = {self._hf_name(k): k for k in own}
-        wanted = ("vision_encoder.", "mask_decoder.conv_s0.", "mask_decoder.conv_s1.", "no_memory_embedding")
-        picked = {k: v for k, v in state.items() if k.startswith(wanted)}
-        check_state_dict(picked, {h: own[k] for h, k in hf_names.items()}, self.variant, source=source)
-        with torch.no_grad():
-            for hf_key, own_key in hf_names.items():
-                own[own_key].copy_(picked[hf_key])
-
-    def _hf_name(self, key: str) -> str:
-        for own, hf in self._OWN_TO_HF.items():
-            if key.startswith(own):
-                return hf + key[len(own) :]
-        return key
-
-    @property
-    def pending_checkpoint(self) -> str | None:
-        """The checkpoint not found at construction (``missing_checkpoint="defer"``), until loaded.
-
-        ``None`` once a state dict with every encoder weight has replaced the placeholder weights
-        (or when the checkpoint was found).
-        """
-        return self._pending_checkpoint
-
-    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if self._pending_checkpoint is not None and all(prefix + k in state_dict for k in self._weights_state_dict()):
-            self._pending_checkpoint = None
-            self._weights_id = f"state_dict:{self.variant.name}"  # the file's hash is unknown here
-
-    def _weights_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict(keep_vars=True).items() if not k.startswith("transforms.")}
-
-    def _check_not_pending(self) -> None:
-        if self._pending_checkpoint is not None:
-            raise FileNotFoundError(
-                f"{self.variant.name} was built without its checkpoint ({self._pending_checkpoint} was not found) "
-                "and no saved state_dict was loaded since: pass an existing checkpoint= or load the saved policy"
-            )
-
-    # ----------------------------------------------------------------------------------------
-    # freezing
-    # ----------------------------------------------------------------------------------------
-
-    def freeze(self) -> SAM2ImageEncoder:
-        """Freeze all weights and stay in eval mode (``.train()`` is then ignored)."""
-        self.requires_grad_(False)
-        self.frozen = True
-        return super().train(False)
-
-    def unfreeze(self) -> SAM2ImageEncoder:
-        """Make all weights trainable again."""
-        self.requires_grad_(True)
-        self.frozen = False
-        return self
-
-    def train(self, mode: bool = True) -> SAM2ImageEncoder:
-        """Set train mode, unless frozen (a frozen encoder stays in eval mode)."""
-        return super().train(False if self.frozen else mode)
-
-    @property
-    def weights_id(self) -> str:
-        """Identity of the loaded weights (:func:`~sam2_encoder.checkpoints.weights_identity`).
-
-        ``sha256:<hex>`` of the checkpoint file (``sha256-shards:<hex>`` of a sharded folder),
-        ``random:seed=N``, or ``state_dict:<variant>`` once a saved state dict replaced a deferred
-        checkpoint. Feature caches record it, so features are never mixed across weights. Hashed
-        on first use.
-        """
-        self._check_not_pending()
-        if getattr(self, "_weights_id", None) is None:
-            from .checkpoints import weights_identity
-
-            self._weights_id = weights_identity(self.checkpoint_path, seed=self.seed)
-        return self._weights_id
 
     @property
     def feature_info(self) -> list[dict[str, int | str]]:
@@ -505,24 +359,10 @@ class SAM2ImageEncoder(nn.Module):
         backbone = self.vision_encoder.backbone
         if not self.fast_attention:
             return list(backbone(pixel_values).intermediate_hidden_states)
-        blocks, stage_ends = hiera_blocks(backbone)
-        skip = self.skips_padding(pixel_values.shape[-2:], pixel_values.device)
-        x = backbone.patch_embed(pixel_values)
-        x = x + hiera_pos_embed(backbone, x.shape[1:3])
-        outputs = []
-        for i, block in enumerate(blocks):
-            x = _block_forward(block, x, skip)
-            if i in stage_ends:
-                outputs.append(x)
-        return outputs
+        return trunk_stages(backbone, pixel_values, self.skips_padding(pixel_values.shape[-2:], pixel_values.device))
 
     def neck(self, stages: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """FPN neck without position encodings, keeping the three finest levels (``scalp=1``).
-
-        Top-down fusion follows the config's ``fpn_interpolation_mode`` (``nearest``, as in every
-        released model, or ``bilinear``) and ``fuse_type`` (``sum``, as released, or ``avg``), with
-        Meta's ``FpnNeck`` semantics; transformers' configs carry neither, which means the released
-        ``nearest`` / ``sum``.
+        """FPN neck without position encodings, keeping the three finest levels (see :func:`hiera.fpn_neck`).
 
         Args:
             stages: Trunk outputs ``(B, h, w, C_i)``, finest first.
@@ -530,23 +370,7 @@ class SAM2ImageEncoder(nn.Module):
         Returns:
             ``(B, 256, h, w)`` maps at strides 4, 8 and 16.
         """
-        neck = self.vision_encoder.neck
-        mode, fuse = self._fpn_mode, self._fpn_fuse
-        n = len(neck.convs) - 1
-        maps: list[torch.Tensor] = [None] * (n + 1)  # type: ignore[list-item]
-        previous = None
-        for i in range(n, -1, -1):  # coarsest first, as the top-down path needs
-            conv = neck.convs[n - i]
-            lateral = conv(stages[i].permute(0, 3, 1, 2))
-            if previous is not None and i in neck.fpn_top_down_levels:
-                top_down = F.interpolate(
-                    previous.float(), scale_factor=2.0, mode=mode, align_corners=None if mode == "nearest" else False
-                )
-                lateral = lateral + top_down.to(lateral.dtype)
-                if fuse == "avg":
-                    lateral = lateral / 2
-            maps[i] = previous = lateral
-        return maps[0], maps[1], maps[2]
+        return fpn_neck(self.vision_encoder.neck, stages, self._fpn_mode, self._fpn_fuse)
 
     def position_encodings(self, maps: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The neck's sine position encoding for each map, ``(B, 256, h, w)`` each."""
@@ -618,98 +442,3 @@ def _check_micro_batch(value: object) -> int | str | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"micro_batch must be 'auto', None or an int >= 1, got {value!r}")
     return value
-
-
-FPN_INTERPOLATION_MODES = ("nearest", "bilinear")
-FPN_FUSE_TYPES = ("sum", "avg")
-
-
-def _fpn_settings(config) -> tuple[str, str]:
-    """``(fpn_interpolation_mode, fuse_type)`` of a vision config, refusing what the neck does not implement."""
-    mode = getattr(config, "fpn_interpolation_mode", "nearest")
-    fuse = getattr(config, "fuse_type", "sum")
-    if mode not in FPN_INTERPOLATION_MODES:
-        raise ValueError(
-            f"vision config fpn_interpolation_mode={mode!r} is not implemented; use one of {FPN_INTERPOLATION_MODES}"
-        )
-    if fuse not in FPN_FUSE_TYPES:
-        raise ValueError(f"vision config fuse_type={fuse!r} is not implemented; use one of {FPN_FUSE_TYPES}")
-    return mode, fuse
-
-
-def _attend(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
-    """Attention of ``Sam2MultiScaleAttention`` from its qkv projection, without the output projection.
-
-    One SDPA call; none of transformers' unused attention-weight tensor.
-
-    Args:
-        attn: The transformers attention module (heads, query stride, scale).
-        qkv: ``(B, h, w, 3 * C_out)``: ``attn.qkv`` of the tokens (windows flattened into the batch).
-
-    Returns:
-        ``(B, h', w', C_out)``, pooled when the module has a query stride.
-    """
-    batch, height, width, _ = qkv.shape
-    heads = attn.num_attention_heads
-    query, key, value = torch.unbind(qkv.reshape(batch, height * width, 3, heads, -1), 2)
-    if attn.query_stride:
-        query = do_pool(query.reshape(batch, height, width, -1), attn.query_stride)
-        height, width = query.shape[1:3]
-        query = query.reshape(batch, height * width, heads, -1)
-    out = F.scaled_dot_product_attention(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scale=attn.scale
-    )
-    return out.transpose(1, 2).reshape(batch, height, width, -1)
-
-
-def _block_forward(block: nn.Module, x: torch.Tensor, skip_padding: bool = False) -> torch.Tensor:
-    """One Hiera block (``Sam2MultiScaleBlock``) with :func:`_attend`.
-
-    Where the windows do not tile the map, transformers pads the normalised tokens with zeros and
-    projects every padded token. A zero token's qkv is exactly ``attn.qkv(0)`` (the bias), so with
-    ``skip_padding`` we project only the real tokens, pad the projections with that value, and apply
-    the output projection to the real tokens only, without the padding's matmuls (about a fifth of
-    the work at 256 px). The values are the same, but a matmul over fewer rows may take another
-    BLAS kernel whose rounding differs (seen on Intel Xeon at 64 px: 1e-4), so it is opt-in.
-
-    Args:
-        block: The transformers block (its weights and settings are used).
-        x: ``(B, h, w, C_in)``.
-        skip_padding: Project real tokens only (see above).
-
-    Returns:
-        ``(B, h', w', C_out)``.
-    """
-    attn = block.attn
-    residual = x
-    x = block.layer_norm1(x)
-    if block.dim != block.dim_out:
-        residual = do_pool(block.proj(x), block.query_stride)
-    window = block.window_size
-    batch, height, width, channels = x.shape
-    pad_h, pad_w = ((-height) % window, (-width) % window) if window > 0 else (0, 0)
-    skip = skip_padding and bool(pad_h or pad_w)
-    if skip:
-        qkv = attn.qkv(x)
-        fill = attn.qkv(x.new_zeros(1, 1, 1, channels))  # what a zero padding token projects to
-        if pad_w:
-            qkv = torch.cat([qkv, fill.expand(batch, height, pad_w, -1)], dim=2)
-        if pad_h:
-            qkv = torch.cat([qkv, fill.expand(batch, pad_h, width + pad_w, -1)], dim=1)
-        qkv, padded = window_partition(qkv, window)
-        x = _attend(attn, qkv)
-    elif window > 0:
-        x, padded = window_partition(x, window)
-        x = attn.proj(_attend(attn, attn.qkv(x)))
-    else:
-        x = attn.proj(_attend(attn, attn.qkv(x)))
-    if block.query_stride:
-        window = block.window_size // block.query_stride[0]
-        height, width = residual.shape[1:3]
-        padded = (height + (-height) % window, width + (-width) % window)
-    if window > 0:
-        x = window_unpartition(x, window, padded, (height, width))
-    if skip:
-        x = attn.proj(x)  # real tokens only
-    x = residual + x
-    return x + block.mlp(block.layer_norm2(x))
