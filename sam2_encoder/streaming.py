@@ -5,10 +5,11 @@
 ``model(inference_session=..., frame_idx=..., frame=...)`` call per frame); the tracking logic is
 transformers' own. What this module adds:
 
-* **Bounded state.** After every frame it drops what SAM 2 can no longer read (see
-  ``_prune``): past pixels, emitted low-res and full-size masks, memory features of
-  non-conditioning frames older than ``num_maskmem - 1`` frames, whole non-conditioning entries
-  older than ``max_object_pointers_in_encoder - 1`` frames and stale per-frame bookkeeping. It keeps
+* **Bounded state.** After every frame it drops what SAM 2 can no longer read
+  (:func:`~sam2_encoder.session_memory.prune_session`): past pixels, emitted low-res and full-size
+  masks, memory features of non-conditioning frames older than ``num_maskmem - 1`` frames, whole
+  non-conditioning entries older than ``max_object_pointers_in_encoder - 1`` frames and stale
+  per-frame bookkeeping. It keeps
   every conditioning (prompted) frame, or the memory features of only the closest
   ``max_cond_frame_num`` of them when that limit is set (their object pointers are always read).
   The session then stays at a constant size however long the stream runs, and every output is
@@ -26,9 +27,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,12 +37,12 @@ from transformers import Sam2VideoModel
 from ._hf import Sam2VideoInferenceSession, VideoSessionState
 from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
 from .image_encoder import FeaturePyramid, SAM2ImageEncoder, build_seeded
-from .prompts import check_box, check_points, empty_prompt_message, object_id
+from .prompts import object_id
+from .session_inputs import ArrayLike, prompt_inputs, record_inputs
+from .session_memory import prune_session, session_nbytes
 from .variants import Variant, check_image_size, get_variant
 
 __all__ = ["StreamingPredictor", "TrackResult", "session_nbytes"]
-
-ArrayLike = torch.Tensor | np.ndarray | Sequence
 
 
 @dataclass
@@ -293,7 +292,9 @@ class StreamingPredictor:
         else:
             frame_size = self._check_frame(frame)
         assert frame_size is not None
-        prompt = self._prompt_inputs(obj_id, frame_size, points, labels, box, mask, clear_old_points)
+        prompt = prompt_inputs(
+            obj_id, frame_size, points, labels, box, mask, clear_old_points, self.image_size, self.device
+        )
 
         if frame is None:
             frame_idx = self._frame_idx
@@ -301,7 +302,7 @@ class StreamingPredictor:
         else:
             frame_idx = 0 if self._frame_idx is None else self._frame_idx + 1
             encoded = self._encode(frame, features, return_features)
-        self._set_inputs(obj_id, frame_idx, prompt)
+        record_inputs(self.session, self._state, obj_id, frame_idx, prompt)
         return self._step(frame_idx, frame_size, encoded, return_features)
 
     def track(
@@ -423,85 +424,6 @@ class StreamingPredictor:
 
         return features.map(own)
 
-    def _prompt_inputs(
-        self,
-        obj_id: int,
-        frame_size: tuple[int, int],
-        points: ArrayLike | None,
-        labels: ArrayLike | None,
-        box: ArrayLike | None,
-        mask: ArrayLike | None,
-        clear_old_points: bool,
-    ) -> dict[str, Any]:
-        """Validate a prompt (:mod:`sam2_encoder.prompts`) and convert it to the session's inputs (encoder pixels)."""
-        where = f"object {obj_id}"
-        checked = check_points(points, labels, where, frame_size)
-        if checked is None and box is None and mask is None:
-            raise ValueError(f"{where}: {empty_prompt_message()} (or a mask=(H, W) bool)")
-        if mask is not None and (checked is not None or box is not None):
-            raise ValueError("a mask prompt cannot be combined with points or a box on the same frame")
-        if mask is not None:
-            return {"mask": self._mask_input(obj_id, mask, frame_size)}
-
-        coords = []
-        point_labels = []
-        if box is not None:
-            if not clear_old_points:
-                raise ValueError("a box must come first: pass clear_old_points=True with a box prompt")
-            coords.append(check_box(box, where, frame_size).reshape(2, 2))
-            point_labels += [2, 3]  # SAM's top-left / bottom-right box corner labels
-        if checked is not None:
-            coords.append(checked[0])
-            point_labels += checked[1]
-        height, width = frame_size
-        xy = torch.tensor(np.concatenate(coords), dtype=torch.float32)
-        xy[:, 0] = xy[:, 0] * (self.image_size / width)
-        xy[:, 1] = xy[:, 1] * (self.image_size / height)
-        return {
-            "point_coords": xy.view(1, 1, -1, 2),
-            "point_labels": torch.tensor(point_labels, dtype=torch.int64).view(1, 1, -1),
-            "clear_old": clear_old_points,
-        }
-
-    def _mask_input(self, obj_id: int, mask: ArrayLike, frame_size: tuple[int, int]) -> torch.Tensor:
-        """A frame-size mask as the session's ``(1, 1, S, S)`` float 0/1 mask input."""
-        m = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.asarray(mask))
-        if m.dim() != 2 or tuple(m.shape) != frame_size:
-            raise ValueError(f"mask must be (H, W) = {frame_size} like the frame, got shape {tuple(m.shape)}")
-        if m.dtype != torch.bool:
-            if m.is_floating_point() or m.is_complex():
-                raise ValueError(f"mask must be bool (or 0/1 integers), got {m.dtype}")
-            m = m != 0
-        if not bool(m.any()):
-            raise ValueError(
-                f"empty prompt: the mask for object {obj_id} has no foreground pixels "
-                f"(to stop tracking it, call remove_object({obj_id}))"
-            )
-        m = m.to(self.device, torch.float32)[None, None]
-        if tuple(m.shape[-2:]) != (self.image_size, self.image_size):
-            m = F.interpolate(
-                m, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
-            )
-            m = (m >= 0.5).float()
-        return m
-
-    def _set_inputs(self, obj_id: int, frame_idx: int, prompt: dict[str, Any]) -> None:
-        """Record a prompt in the session (what transformers' video processor does)."""
-        session = self.session
-        obj_idx = session.obj_id_to_idx(obj_id)
-        if "mask" in prompt:
-            session.add_mask_inputs(obj_idx, frame_idx, prompt["mask"])
-            session.remove_point_inputs(obj_idx, frame_idx)
-        else:
-            coords, labels = prompt["point_coords"], prompt["point_labels"]
-            old = self._state.point_inputs(obj_idx, frame_idx)
-            if not prompt["clear_old"] and old is not None:
-                coords = torch.cat([old["point_coords"].to(coords.device), coords], dim=2)
-                labels = torch.cat([old["point_labels"].to(labels.device), labels], dim=2)
-            session.add_point_inputs(obj_idx, frame_idx, {"point_coords": coords, "point_labels": labels})
-            session.remove_mask_inputs(obj_idx, frame_idx)
-        self._state.set_new_inputs([obj_id])
-
     def _step(
         self,
         frame_idx: int,
@@ -524,7 +446,7 @@ class StreamingPredictor:
         # `frame` keeps the session in streaming mode; frame_idx is explicit because pruning
         # empties the session's frame store.
         out = self.model(inference_session=session, frame_idx=frame_idx, frame=self._no_pixels)
-        self._prune(frame_idx)
+        prune_session(self._state, frame_idx, self.num_maskmem, self.max_object_pointers, self.max_cond_frames)
         logits = out.pred_masks  # (N, 1, S/4, S/4)
         with torch.inference_mode():
             masks = F.interpolate(logits.float(), size=frame_size, mode="bilinear", align_corners=False) > 0
@@ -548,72 +470,3 @@ class StreamingPredictor:
         with torch.inference_mode():
             maps[2] = neck + self.model.no_memory_embedding.view(1, -1, 1, 1).to(neck.dtype)
         return FeaturePyramid(*maps, s16_neck=neck)
-
-    def _prune(self, frame_idx: int) -> None:
-        """Drop every piece of session state SAM 2 can no longer read once ``frame_idx`` is done.
-
-        Frame ``t`` reads (``t`` = the next frame, or ``frame_idx`` itself for a correction
-        click): memory features of the selected conditioning frames and of non-conditioning
-        frames ``t-1 .. t-(num_maskmem-1)``; object pointers of every conditioning frame up to
-        ``t`` and of non-conditioning frames ``t-1 .. t-(max_object_pointers-1)``; masks, inputs and
-        "tracked" flags of frame ``t`` only (when it is re-run). Everything older goes.
-        """
-        oldest_pointer = frame_idx - (self.max_object_pointers - 1)
-        oldest_memory = frame_idx - (self.num_maskmem - 1)
-        self._state.forget_processed_frames()
-        for obj_idx, outputs in self._state.outputs().items():
-            non_cond = outputs["non_cond_frame_outputs"]
-            for t in [t for t in non_cond if t < oldest_pointer]:
-                del non_cond[t]
-            cond = outputs["cond_frame_outputs"]
-            if self.max_cond_frames > 0:
-                selected = set(sorted((t for t in cond if t <= frame_idx), reverse=True)[: self.max_cond_frames])
-            else:
-                selected = set(cond)
-            for table in (non_cond, cond):
-                for t, entry in table.items():
-                    entry.pop("high_res_masks", None)  # only read within the frame's own step
-                    if t != frame_idx:
-                        entry.pop("pred_masks", None)  # re-read only when the same frame is re-run
-                    # memories outside the recent window are read only from selected conditioning frames
-                    if t < oldest_memory and (table is non_cond or t not in selected):
-                        entry.pop("maskmem_features", None)
-                        entry.pop("maskmem_pos_enc", None)
-            for table in self._state.per_frame_tables(obj_idx):
-                for t in [t for t in table if t != frame_idx]:
-                    del table[t]
-
-
-def _tensors(value: Any, seen: set[int]) -> Iterator[torch.Tensor]:
-    if id(value) in seen:
-        return
-    seen.add(id(value))
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item, seen)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _tensors(item, seen)
-    elif hasattr(value, "__dict__") and not isinstance(value, type):
-        for item in vars(value).values():
-            yield from _tensors(item, seen)
-
-
-def session_nbytes(session: Sam2VideoInferenceSession) -> int:
-    """Bytes of tensor storage a transformers video inference session holds.
-
-    Walks every attribute of the session (frames, vision-feature cache, prompts, per-object
-    outputs) and counts each underlying storage once, so views into one batched tensor count as
-    the memory they keep alive.
-    """
-    total = 0
-    storages: set[tuple[str, int]] = set()
-    for tensor in _tensors(session, set()):
-        storage = tensor.untyped_storage()
-        key = (str(tensor.device), storage.data_ptr())
-        if key not in storages and storage.nbytes():
-            storages.add(key)
-            total += storage.nbytes()
-    return total
