@@ -190,6 +190,19 @@ def test_restart_rules_reset_and_prompts(present_checkpoint: Path) -> None:
     assert enc.obs_tracker.streams == []
 
 
+def test_one_frame_per_stream_is_tracked_on(present_checkpoint: Path) -> None:
+    """With n_obs_steps=1 each call brings one new frame per stream: it is tracked, not prompted again
+    (object_restart='auto' needs n_obs_steps >= 2 to see an episode start in a repeated frame)."""
+    enc = build(present_checkpoint, n_obs_steps=1)
+    frames = video(3, seed=8)
+    pred = standalone(enc)
+    expected = [prompted(pred, frames[0], PROMPTS["image"]), tracked(pred, frames[1]), tracked(pred, frames[2])]
+    for frame, masks in zip(frames, expected):
+        with torch.no_grad():
+            enc(dp_obs([[frame]]))
+        assert torch.equal(enc.tracked_masks["image"][0], masks)
+
+
 def test_crop_prompts_in_camera_pixels(present_checkpoint: Path) -> None:
     """With DP's crop_shape the trunk sees the centre crop at inference: prompts (camera pixels) are moved into
     it, masks are the crop's; given back padded to the camera frame they give the same output."""
