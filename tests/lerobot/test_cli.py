@@ -237,7 +237,7 @@ def test_lerobot_train_with_dataset_masks_keeps_them_out_of_normalisation(traine
     stats = load_file(str(model / (norm["state_file"])))
     assert not any(key.startswith(MASKS) for key in stats) and any(k.startswith("observation.state") for k in stats)
     weights = load_file(str(model / "model.safetensors"))
-    assert any(key.startswith("tracker.parts.memory_attention.") for key in weights), "tracker weights saved"
+    assert any(key.startswith("encoder.tracker.parts.memory_attention.") for key in weights), "tracker weights saved"
 
 
 def test_lerobot_eval_tracks_the_objects_itself_and_the_policy_reloads_strictly(
@@ -267,7 +267,7 @@ def test_lerobot_eval_tracks_the_objects_itself_and_the_policy_reloads_strictly(
     state = policy.state_dict()
     assert set(saved) == set(state) and all(torch.equal(state[k], v) for k, v in saved.items())
     # training saved no prompts: the episode above ran on --policy.object_prompts (without them the
-    # policy stops with "no object prompts for batch row 0")
+    # policy stops with "no object prompts for stream 0")
     assert policy.object_tracker is not None and policy.config.object_prompts == {}
-    with pytest.raises(ValueError, match="no object prompts for batch row 0"):
+    with pytest.raises(ValueError, match="no object prompts for stream 0"):
         policy.select_action({"observation.image": torch.rand(1, 3, 96, 96), "observation.state": torch.zeros(1, 2)})

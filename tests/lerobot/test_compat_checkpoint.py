@@ -5,8 +5,9 @@ redesign (commit 1f671f0, ``tests/fixtures/compat/lerobot``: ``config.json`` + `
 bit: an action chunk from a batch with object masks, and three tracked steps of ``select_action``.
 LeRobot 0.6 venv only.
 
-Never regenerate the fixture to make these pass. A key that has to move is migrated on load and listed in
-``MOVED``; ``config.json`` must keep parsing as it is.
+Never regenerate the fixture to make these pass. A key that has to move is migrated on load by
+``migrate_state_dict`` (its prefixes in ``MOVED_PREFIXES``: the tracker's ``tracker.*`` weights are
+``encoder.tracker.*`` since the policy uses the encoder's tracker); ``config.json`` must keep parsing as it is.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from sam2_encoder.lerobot import SAM2DiffusionPolicy  # noqa: E402
+from sam2_encoder.lerobot.modeling_sam2_diffusion import MOVED_PREFIXES, migrate_state_dict  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SAVED = FIXTURES / "compat" / "lerobot"
 sys.path.insert(0, str(FIXTURES))
 from make_compat_fixtures import key_lines, run_lerobot, unxz  # noqa: E402
-
-MOVED: dict[str, str] = {}  # old state-dict key -> new key, for keys the redesign moves (migrated on load)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,9 @@ def test_the_fixture_is_what_its_key_list_says(saved_dir: Path) -> None:
 
 def test_the_old_policy_loads_strictly_with_every_saved_value(saved_dir: Path, policy: SAM2DiffusionPolicy) -> None:
     """``from_pretrained`` reads the old config.json and model.safetensors strictly: every saved key exists
-    today (or is listed in MOVED) and holds the saved value; today's policy has no key the file lacks."""
-    old = {MOVED.get(k, k): v for k, v in load_file(str(saved_dir / "model.safetensors")).items()}
+    today (or under its migrated name) and holds the saved value; today's policy has no key the file lacks."""
+    assert MOVED_PREFIXES == {"tracker.": "encoder.tracker."}, "a new key move needs this fixture's review"
+    old = migrate_state_dict(dict(load_file(str(saved_dir / "model.safetensors"))))
     state = policy.state_dict()
     assert sorted(state) == sorted(old)
     for key, value in old.items():
