@@ -21,7 +21,9 @@ def test_frames_and_masks_get_one_centre_crop_at_inference_and_one_random_crop_e
     crops = view.apply(stacked, training=True)
     assert crops.shape == (3, 4, 20, 24)
     assert all(torch.equal(crops[i, 0], crops[i, 3]) for i in range(3)), "masks get the images' crops"
-    assert not CameraView((48, 64), crop_hw=(20, 24), random_crop=False).apply(x, training=True).equal(crops[:, :4])
+    assert not torch.equal(crops, view.apply(stacked)), "random crops (seeded), not the centre one"
+    centre = CameraView((48, 64), resize_hw=(24, 32), crop_hw=(20, 24), random_crop=False)
+    assert torch.equal(centre.apply(x, training=True), view.apply(x)), "random_crop=False: the centre crop"
 
 
 def test_prompt_points_move_into_the_view_and_points_outside_it_are_refused() -> None:
