@@ -97,7 +97,7 @@ class MultiCameraEncoder(nn.Module):
         self.resize_shape = view.resize_shape
         self.crop_shape = view.crop_shape
         self.random_crop = view.random_crop
-        self.trunk_lr_scale = config.finetune.trunk_lr_scale
+        self.trunk_lr_scale = config.finetuning.trunk_lr_scale
         self.use_compile = backbone.compile
         self._check_crop()
         # the object tracker's options (checked by config.tracking)
@@ -122,7 +122,7 @@ class MultiCameraEncoder(nn.Module):
             precision=backbone.precision,
             missing_checkpoint="defer",  # a host's reload brings the weights in its own state dict
         )
-        tune = config.finetune
+        tune = config.finetuning
         if not tune.freeze:
             configure_finetuning(
                 self.encoder, tune.finetune or "all", tune.finetune_blocks, tune.lora_rank, tune.lora_alpha

@@ -267,7 +267,7 @@ _PARTS = {
     "readout": ReadoutConfig,
     "objects": ObjectConfig,
     "tracking": TrackingConfig,
-    "finetune": FinetuneConfig,
+    "finetuning": FinetuneConfig,
 }
 
 
@@ -289,7 +289,7 @@ class EncoderConfig:
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
     objects: ObjectConfig = field(default_factory=ObjectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    finetuning: FinetuneConfig = field(default_factory=FinetuneConfig)
     reuse_frames: bool = _option(True, "At inference, reuse the features of frames seen in the previous call.")
     """With ``reuse_frames`` (eval mode, autograd off), a control loop with ``n_obs_steps`` To encodes
     each camera frame once instead of To times; a frame repeated within one call is encoded once too.
@@ -311,7 +311,7 @@ class EncoderConfig:
                     "object_tracker=True needs object tokens: set object_masks_key (or a `type: mask` entry in "
                     "shape_meta) and num_objects; without object tokens there is nothing to track"
                 )
-            if not self.finetune.freeze:
+            if not self.finetuning.freeze:
                 raise ValueError(
                     "object_tracker=True needs freeze=True: the tracker's mask decoder and memory were trained on "
                     "SAM 2's own features, and a fine-tuned trunk feeds it others; fine-tune with masks from the "
