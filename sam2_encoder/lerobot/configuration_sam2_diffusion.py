@@ -101,7 +101,8 @@ class SAM2DiffusionConfig(PreTrainedConfig):
             ``num_objects`` ids per camera of ``object_masks``. Each episode (``reset()``) starts
             new streams prompted on their first frame; ``policy.set_object_prompts(...)`` sets them
             at run time (a person's clicks, a detector). Needs ``freeze=True`` (SAM 2's tracker
-            reads SAM 2's own features) and no ``resize_shape`` / crop.
+            reads SAM 2's own features); with ``resize_shape`` / a crop, prompts are moved into the view the
+            trunk sees (the centre crop at inference) and the masks are that view's, as in DP's obs encoder.
         object_tracker: Build the policy's own tracker when object tokens are on and the trunk is
             frozen (its SAM 2 prompt encoder, mask decoder and memory weights are saved in
             ``model.safetensors``: 47 MB for the tiny model; ``sam2_checkpoint`` must then be a full
@@ -423,12 +424,6 @@ class SAM2DiffusionConfig(PreTrainedConfig):
                 "sam2_diffusion: the policy's own object tracker (object_prompts / set_object_prompts) needs "
                 "freeze=true: SAM 2's tracker was trained on SAM 2's own features; with a fine-tuned trunk give "
                 f"the masks in the batch ({sorted(self.object_masks.values())}) from an external tracker"
-            )
-        if self.resize_shape is not None or self.crop_shape is not None:
-            raise ValueError(
-                "sam2_diffusion: the policy's own object tracker (object_prompts / set_object_prompts) needs whole "
-                f"camera frames: got resize_shape={self.resize_shape}, crop_shape={self.crop_shape}; leave both "
-                "unset (SAM 2 resizes frames itself)"
             )
 
     def get_optimizer_preset(self) -> AdamConfig:

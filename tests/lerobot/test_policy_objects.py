@@ -277,7 +277,6 @@ def test_strict_reload_tracks_like_the_saved_policy(present_checkpoint: Path, tm
         ({"num_objects": 0}, "num_objects must be a whole number >= 1, got 0"),
         ({"object_masks": {}}, "object_prompts are set but object_masks is empty"),
         ({"freeze": False}, "own object tracker .* needs freeze=true"),
-        ({"resize_shape": (40, 56)}, "own object tracker .* needs whole camera frames"),
         ({"object_tracker": False}, r"own object tracker .* is off \(object_tracker=false\)"),
         ({"object_prompts": {TOP: {1: {"points": [[20, 20]]}}}}, r"prompts 1 objects \[1\]; expected num_objects=2"),
         ({"object_prompts": {TOP: {1: {"points": [[65, 20]]}, 2: {"box": [0, 0, 4, 4]}}}}, r"outside the 64x48"),
@@ -327,3 +326,44 @@ def test_bad_object_inputs_give_one_clear_error() -> None:
     plain = make_policy(object_masks={}, object_prompts={})
     with pytest.raises(ValueError, match="has no object tokens"):
         plain.set_object_prompts(PROMPTS)
+
+
+def test_tracking_with_a_crop_moves_prompts_and_masks_through_the_camera_view(present_checkpoint: Path) -> None:
+    """With resize_shape + crop_ratio the policy tracks on the view its trunk sees (the centre crop at inference),
+    as DP's obs encoder does: prompts given in camera pixels are moved into the crop, masks are the crop's and
+    equal a standalone predictor's on the cropped frames; given back padded to the camera frame, they give the
+    same actions."""
+    policy = make_policy(present_checkpoint, resize_shape=(H, W), crop_ratio=0.875, n_action_steps=1).eval()
+    crop = policy.config.crop_shape
+    assert crop == (42, 56)
+    top, left = (H - crop[0]) // 2, (W - crop[1]) // 2
+    given = make_policy(present_checkpoint, resize_shape=(H, W), crop_ratio=0.875, n_action_steps=1).eval()
+    given.load_state_dict(policy.state_dict())
+    reference = Sam2VideoModel(policy.tracker.model.config)
+    reference.load_state_dict(policy.tracker.model.state_dict())
+    standalone = StreamingPredictor("sam2.1_hiera_tiny", image_size=64, model=reference)
+    moved = {
+        1: {"points": [[20 - left, 20 - top]], "labels": [1]},
+        2: {"box": [30 - left, 10 - top, 60 - left, 40 - top]},
+    }
+    for t, frame in enumerate(video(4)):
+        cropped = frame[top : top + crop[0], left : left + crop[1]].contiguous().numpy()
+        noise = torch.randn(1, 8, 2, generator=torch.Generator().manual_seed(t))
+        torch.manual_seed(t)
+        action = policy.select_action(observation(frame, t), noise=noise)
+        masks = newest_masks(policy)
+        if t == 0:
+            standalone.add_prompt(cropped, obj_id=1, **moved[1])
+            res = standalone.add_prompt(None, obj_id=2, **moved[2])
+        else:
+            res = standalone.track(cropped)
+        assert masks.shape == (1, 2, *crop)
+        assert torch.equal(masks[0], torch.stack([res.mask(1), res.mask(2)])), t
+        full = torch.zeros(1, 2, H, W, dtype=torch.bool)
+        full[:, :, top : top + crop[0], left : left + crop[1]] = masks
+        torch.manual_seed(t)
+        expected = given.select_action(observation(frame, t, **{MASKS: full}), noise=noise)
+        assert torch.allclose(action, expected, rtol=0, atol=1e-5), t
+    outside = {TOP: {1: {"points": [[2, 20]]}, 2: {"box": [30, 10, 60, 40]}}}
+    with pytest.raises(ValueError, match=r"outside the part of the frame the encoder sees.*x must be in \[4, 60\]"):
+        policy.set_object_prompts(outside)
