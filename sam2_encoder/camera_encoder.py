@@ -492,11 +492,6 @@ class _ForwardCall:
         return outputs
 
 
-def _children(modules: list[nn.Module]) -> tuple[int, ...]:
-    """Identities of every child of each module: changes when a submodule is replaced."""
-    return tuple(id(c) for m in modules for c in m._modules.values())
-
-
 def _rows(
     tensors: tuple[torch.Tensor, torch.Tensor | None], rows: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
