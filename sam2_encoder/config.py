@@ -301,7 +301,7 @@ class EncoderConfig:
         objects, levels, fuse = self.objects, self.readout.levels, self.readout.fuse
         if objects.object_masks_key is not None and fuse == "pool" and objects.object_level != levels[-1]:
             raise ValueError(
-                f"object_level={objects.object_level!r} with fuse='pool' needs it to be the coarsest of levels "
+                f"object_level={objects.object_level!r} with fuse='pool' must be the coarsest of levels "
                 f"{list(levels)} (finer levels are pooled away); use object_level={levels[-1]!r} "
                 "or fuse='coarse_to_fine', which keeps every level"
             )

@@ -25,10 +25,39 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..camera_encoder import MultiCameraEncoder, whole_dims
+from ..camera_encoder import MultiCameraEncoder
 from ..checkpoints import find_local_path
+from ..config import whole_dims
 
-__all__ = ["SAM2ObsEncoder", "parse_mask_meta", "parse_shape_meta"]
+__all__ = [
+    "DP_BLOCK_OPTIONS",
+    "DP_DEFAULTS",
+    "DP_ONLY_OPTIONS",
+    "SAM2ObsEncoder",
+    "parse_mask_meta",
+    "parse_shape_meta",
+]
+
+#: Encoder options whose Diffusion Policy default differs from :class:`~sam2_encoder.config.EncoderConfig`'s
+#: (the presets' ``base.yaml`` carries the same): DP's normaliser gives images in [-1, 1]; ``num_objects``
+#: comes from shape_meta's mask entries; ``n_obs_steps`` from the workspace's own.
+DP_DEFAULTS: dict[str, Any] = {
+    "input_range": (-1.0, 1.0),
+    "num_objects": None,
+    "n_obs_steps": "${oc.select:n_obs_steps,null}",
+}
+#: Encoder options that DP's own ``policy.obs_encoder`` block sets (``base.yaml`` leaves them to it).
+DP_BLOCK_OPTIONS = ("resize_shape", "crop_shape", "random_crop")
+#: Arguments of :class:`SAM2ObsEncoder` that are not encoder options.
+DP_ONLY_OPTIONS = (
+    "_target_",
+    "shape_meta",
+    "feature_cache",
+    "rgb_model",
+    "use_group_norm",
+    "share_rgb_model",
+    "imagenet_norm",
+)
 
 
 def _split(
@@ -172,9 +201,9 @@ class SAM2ObsEncoder(MultiCameraEncoder):
         use_group_norm: Ignored (no BatchNorm in SAM 2).
         share_rgb_model: Ignored (the SAM 2 trunk is always shared).
         imagenet_norm: Ignored (SAM 2's own normalisation is always applied, on the correct range).
-        **kwargs: Every other option of :class:`~sam2_encoder.camera_encoder.MultiCameraEncoder`
-            (``variant``, ``checkpoint``, ``image_size``, ``levels``, ``pool``, ``num_keypoints``,
-            ``feature_dim``, ``freeze``, ``finetune``, ``crop_shape``, ...). With mask entries in
+        **kwargs: Every other option, flat: the fields of :class:`~sam2_encoder.config.EncoderConfig`
+            (``variant``, ``checkpoint``, ``image_size``, ``levels``, ``pool``, ``crop_shape``, ...;
+            an unknown one is named with the closest valid one). With mask entries in
             ``shape_meta`` (``type: mask``, see :func:`parse_mask_meta`), ``object_masks_key`` and
             ``num_objects`` come from them (given as well, they must agree; ``None`` = from
             ``shape_meta``). ``object_tracker``, ``object_prompts``, ``n_obs_steps`` and
@@ -188,7 +217,7 @@ class SAM2ObsEncoder(MultiCameraEncoder):
         self,
         shape_meta: Mapping[str, Any],
         *,
-        input_range: Sequence[float] = (-1.0, 1.0),
+        input_range: Sequence[float] = DP_DEFAULTS["input_range"],
         feature_cache: str | os.PathLike[str] | None = None,
         rgb_model: Any = None,
         use_group_norm: Any = None,

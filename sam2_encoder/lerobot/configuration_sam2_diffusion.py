@@ -12,6 +12,7 @@ normalisation inside the encoder, so VISUAL features must not be normalised by L
 """
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,30 +20,96 @@ from lerobot.configs import FeatureType, NormalizationMode, PreTrainedConfig
 from lerobot.optim import AdamConfig, DiffuserSchedulerConfig
 from lerobot.utils.constants import OBS_STATE
 
-from ..finetune import FINETUNE_MODES
-from ..image_encoder import LEVELS
+from ..config import EncoderConfig, option_docs, option_types
 from ..object_tracking import parse_object_prompts
-from ..pooling import check_pool_options
-from ..variants import check_image_size, get_variant
 
-__all__ = ["SAM2DiffusionConfig"]
+__all__ = ["ENCODER_OPTIONS", "LEROBOT_DEFAULTS", "LEROBOT_NAMES", "SAM2DiffusionConfig"]
 
 logger = logging.getLogger(__name__)
 
 PREDICTION_TYPES = ("epsilon", "sample")
 NOISE_SCHEDULERS = ("DDPM", "DDIM")
-FUSE_MODES = ("pool", "coarse_to_fine")
-OBJECT_TOKEN_MODES = ("append", "replace")
-OBJECT_ABSENT_MODES = ("learned", "zero")
+
+#: The one table of LeRobot's names for encoder options it spells differently: ``{encoder option:
+#: LeRobot option}`` (LeRobot's names of today stay, so saved ``config.json`` files keep loading).
+LEROBOT_NAMES = {
+    "variant": "sam2_variant",
+    "checkpoint": "sam2_checkpoint",
+    "image_size": "sam2_image_size",
+    "random_crop": "crop_is_random",
+    "compile": "sam2_compile",
+    "fast_attention": "sam2_fast_attention",
+    "seed": "sam2_seed",
+    "download": "sam2_download",
+    "object_masks_key": "object_masks",
+}
+#: Encoder options the LeRobot host sets itself instead of exposing them.
+_FIXED = {"input_range": (0.0, 1.0)}  # LeRobot's float images; VISUAL normalisation is IDENTITY
+#: Encoder options fed by a LeRobot option of the same name that LeRobot declares (and documents) itself.
+_HOST_OWNED = ("n_obs_steps",)
+#: ``{LeRobot option: encoder option}`` for every encoder option LeRobot exposes (all but the two above).
+ENCODER_OPTIONS = {
+    LEROBOT_NAMES.get(name, name): name for name in option_docs() if name not in _FIXED and name not in _HOST_OWNED
+}
+#: LeRobot's declared overrides of the encoder's defaults: ``{LeRobot option: default}``. The
+#: policy tracks its objects itself unless told not to; ``{}`` is "none" for the mappings.
+LEROBOT_DEFAULTS: dict[str, Any] = {"object_tracker": True, "object_masks": {}, "object_prompts": {}}
+#: LeRobot's annotations where the encoder's do not suit draccus / JSON (lists, plain strings).
+_LEROBOT_TYPES: dict[str, Any] = {
+    "sam2_checkpoint": str | None,
+    "levels": list[str],
+    "fuse_channels": list[int],
+    "object_masks": dict[str, str],
+    "object_prompts": dict[str, Any],
+}
+
+
+def _with_encoder_options(cls: type) -> type:
+    """Add every encoder option of :data:`ENCODER_OPTIONS` to ``cls`` as a dataclass field (before ``@dataclass``).
+
+    The fields, their annotations, defaults and the docstring's lines come from
+    :class:`~sam2_encoder.config.EncoderConfig`; draccus and ``config.json`` see ordinary fields.
+    """
+    docs, types = option_docs(), option_types()
+    lines = []
+    for name, option in ENCODER_OPTIONS.items():
+        default, doc = docs[option]
+        default = LEROBOT_DEFAULTS.get(name, default)
+        if isinstance(default, tuple) and name in _LEROBOT_TYPES:
+            default = list(default)
+        cls.__annotations__[name] = _LEROBOT_TYPES.get(name, types[option])
+        if isinstance(default, list | dict):
+            setattr(cls, name, field(default_factory=lambda d=default: type(d)(d)))
+        else:
+            setattr(cls, name, default)
+        alias = f" (the encoder's ``{option}``)" if option != name else ""
+        lines.append(f"        {name}: {doc}{alias}")
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + "\n".join(lines) + "\n    "
+    return cls
 
 
 @PreTrainedConfig.register_subclass("sam2_diffusion")
 @dataclass
+@_with_encoder_options
 class SAM2DiffusionConfig(PreTrainedConfig):
     """Configuration of ``SAM2DiffusionPolicy`` (LeRobot policy type ``sam2_diffusion``).
 
     Inputs: one or more cameras (``observation.image*``, all of shape (3, H, W), any H, W),
     optionally ``observation.state`` and ``observation.environment_state``. Output: ``action``.
+
+    The SAM 2 encoder's options (listed last below) come from
+    :class:`~sam2_encoder.config.EncoderConfig`, under the names of :data:`LEROBOT_NAMES`, with
+    LeRobot's defaults of :data:`LEROBOT_DEFAULTS`; :meth:`encoder_config` builds the encoder's
+    config from them. ``sam2_checkpoint`` is never read when a trained policy is reloaded (its
+    ``model.safetensors`` holds the SAM 2 weights). Object tokens: ``object_masks`` is ``{camera key:
+    mask feature key}``, e.g. ``{"observation.image": "observation.masks"}`` (a mask key must not
+    contain ``image``: LeRobot's dataset statistics would take it for a camera); the mask feature
+    holds ``(K, H, W)`` masks per frame at the camera's ``H, W``, never normalised, never part of the
+    state. Training reads them from the dataset; at inference a batch without them is tracked by
+    the policy (``object_prompts``, or ``policy.set_object_prompts(...)`` at run time), which needs
+    ``freeze=True`` (with ``resize_shape`` / a crop, prompts are moved into the view the trunk sees and
+    the masks are that view's); ``object_tracker=false``: no tracker weights,
+    every batch must carry the masks.
 
     Args:
         n_obs_steps: Observation steps the policy sees (the current one and the ones before).
@@ -52,66 +119,7 @@ class SAM2DiffusionConfig(PreTrainedConfig):
             ``IDENTITY`` (SAM 2 normalises its input itself).
         drop_n_last_frames: Frames at the end of each episode never sampled as the current frame
             (LeRobot's ``EpisodeAwareSampler``).
-        resize_shape: Optional ``(H, W)`` resize of every camera before cropping.
-        crop_ratio: With ``resize_shape``: crop ``int(side * crop_ratio)`` (1.0: no crop).
-        crop_shape: Optional ``(H, W)`` crop (derived from ``crop_ratio`` when ``resize_shape`` is set).
-        crop_is_random: Random crops in training (centre crops at inference).
-        sam2_variant: Released SAM 2 model (``sam2.1_hiera_tiny`` ... ``sam2_hiera_large``).
-        sam2_checkpoint: SAM 2 weights used when the policy is built from scratch: a Meta ``.pt``,
-            a ``.safetensors`` file or Hugging Face folder, or (with ``sam2_download``) a URL,
-            variant name or hub id. ``None``: seeded random SAM 2 weights (tests only). Never read
-            when a trained policy is reloaded: its ``model.safetensors`` holds the SAM 2 weights.
-        sam2_download: Allow downloading ``sam2_checkpoint``.
-        sam2_image_size: SAM 2 input side (a multiple of 32); every camera is resized to it.
-        levels: Pyramid levels feeding the pooling heads (subset of ``s4``, ``s8``, ``s16``).
-        pool: Pooling head: ``spatial_softmax``, ``attention``, ``avg`` or ``conv``.
-        num_keypoints: Keypoints of the ``spatial_softmax`` head.
-        pool_kwargs: Extra head options (``num_heads``, ``hidden_channels``, ``temperature``...).
-        feature_dim: Feature size per camera (``None``: the head's natural size).
-        share_heads: One pooling head for all cameras instead of one per camera.
-        fuse: How the pyramid reaches the head: ``pool`` (``levels`` average-pooled to the coarsest
-            selected grid) or ``coarse_to_fine`` (s16 upsampled x2 and fused with s8, then with s4,
-            SAM2Act-style; ``levels`` must then be left at ``["s16"]`` or name all three).
-        fuse_stride: Stride of the map the head reads with ``coarse_to_fine``: 8 or 4.
-        fuse_channels: ``[C_8, C_4]`` widths of the coarse-to-fine maps (SAM 2's decoder: 64, 32).
-        freeze: Keep the SAM 2 weights frozen (default; eval mode kept through ``.train()``).
-        finetune: With ``freeze=False``: ``all`` (default), ``last_blocks`` or ``lora``.
-        finetune_blocks: Trainable Hiera blocks for ``last_blocks``.
-        lora_rank: LoRA rank for ``lora``.
-        lora_alpha: LoRA alpha for ``lora``.
-        trunk_lr_scale: Learning-rate multiplier of the trainable SAM 2 weights.
-        object_masks: Object tokens: ``{camera key: mask feature key}``, e.g.
-            ``{"observation.image": "observation.masks"}`` (a mask key must not contain ``image``:
-            LeRobot's dataset statistics would take it for a camera). The mask feature holds ``(K, H, W)``
-            masks per frame at the camera's ``H, W`` (bool, or float in [0, 1]; mask channel ``k``
-            is the object with the ``k``-th smallest id); it is never normalised and never part of
-            the state. Each such camera gets ``num_objects`` tokens, the mask-weighted average of
-            ``object_level`` (see ``sam2_encoder.object_tokens``). Training reads the masks from the
-            dataset; at inference a batch without them is tracked by the policy (``object_prompts``).
-            Empty: no object tokens.
-        num_objects: ``K``, the objects per camera.
-        object_level: Pyramid level the tokens pool (``s4``, ``s8``, ``s16``); with ``fuse="pool"``
-            the coarsest of ``levels``.
-        object_tokens: ``append`` (after the camera's readout) or ``replace`` (tokens only).
-        object_token_dim: Project each token to this size (``None``: the level's channels).
-        object_absent: Token of an empty mask (object absent or lost): ``learned`` or ``zero``.
-        object_prompts: First-frame prompts of the policy's own tracker, used when a batch comes
-            without masks (LeRobot's eval environments, a robot): ``{camera: {obj_id: {"points":
-            [[x, y], ...], "labels": [1, ...]} | {"box": [x0, y0, x1, y1]}}}`` in camera pixels,
-            ``num_objects`` ids per camera of ``object_masks``. Each episode (``reset()``) starts
-            new streams prompted on their first frame; ``policy.set_object_prompts(...)`` sets them
-            at run time (a person's clicks, a detector). Needs ``freeze=True`` (SAM 2's tracker
-            reads SAM 2's own features); with ``resize_shape`` / a crop, prompts are moved into the view the
-            trunk sees (the centre crop at inference) and the masks are that view's, as in DP's obs encoder.
-        object_tracker: Build the policy's own tracker when object tokens are on and the trunk is
-            frozen (its SAM 2 prompt encoder, mask decoder and memory weights are saved in
-            ``model.safetensors``: 47 MB for the tiny model; ``sam2_checkpoint`` must then be a full
-            SAM 2 checkpoint). ``false``: no tracker, every batch must carry the masks.
-        reuse_frames: At inference, frames already encoded in the previous prediction are not
-            encoded again (one new frame per camera per control step; same actions).
-        sam2_compile: ``torch.compile`` the SAM 2 pass.
-        sam2_fast_attention: Our fused SAM 2 attention (bit-identical to transformers').
-        sam2_seed: Seed of the pooling heads (and of random SAM 2 weights).
+        crop_ratio: With ``resize_shape``: crop ``int(side * crop_ratio)`` (1.0: no crop); sets ``crop_shape``.
         down_dims: Channels of the UNet's temporal stages.
         kernel_size: UNet convolution kernel size.
         n_groups: GroupNorm groups in the UNet.
@@ -151,46 +159,10 @@ class SAM2DiffusionConfig(PreTrainedConfig):
     )
     drop_n_last_frames: int = 7  # horizon - n_action_steps - n_obs_steps + 1
 
-    # image preprocessing before SAM 2's own resize
-    resize_shape: tuple[int, int] | None = None
+    # image preprocessing before SAM 2's own resize (resize_shape / crop_shape: encoder options)
     crop_ratio: float = 1.0
-    crop_shape: tuple[int, int] | None = None
-    crop_is_random: bool = True
 
-    # SAM 2 encoder
-    sam2_variant: str = "sam2.1_hiera_tiny"
-    sam2_checkpoint: str | None = None
-    sam2_download: bool = False
-    sam2_image_size: int = 224
-    levels: list[str] = field(default_factory=lambda: ["s16"])
-    pool: str = "spatial_softmax"
-    num_keypoints: int = 32
-    pool_kwargs: dict[str, Any] = field(default_factory=dict)
-    feature_dim: int | None = None
-    share_heads: bool = False
-    fuse: str = "pool"
-    fuse_stride: int = 8
-    fuse_channels: list[int] = field(default_factory=lambda: [64, 32])
-    freeze: bool = True
-    finetune: str | None = None
-    finetune_blocks: int = 2
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    trunk_lr_scale: float = 0.1
-    reuse_frames: bool = True
-    sam2_compile: bool = False
-    sam2_fast_attention: bool = True
-    sam2_seed: int = 0
-
-    # object tokens: masks from the dataset in training, from the policy's own tracker at inference
-    object_masks: dict[str, str] = field(default_factory=dict)
-    num_objects: int = 1
-    object_level: str = "s16"
-    object_tokens: str = "append"
-    object_token_dim: int | None = None
-    object_absent: str = "learned"
-    object_prompts: dict[str, Any] = field(default_factory=dict)
-    object_tracker: bool = True
+    # the SAM 2 encoder's options: added from EncoderConfig by _with_encoder_options
 
     # UNet
     down_dims: tuple[int, ...] = (512, 1024, 2048)
@@ -275,88 +247,53 @@ class SAM2DiffusionConfig(PreTrainedConfig):
                 f"sam2_diffusion: num_inference_steps must be in [1, num_train_timesteps={self.num_train_timesteps}], "
                 f"got {self.num_inference_steps}"
             )
-        self._check_crop()
-        self._check_sam2()
         self._check_objects()
-
-    def _check_crop(self) -> None:
-        if self.resize_shape is not None:
-            if len(self.resize_shape) != 2 or any(int(d) <= 0 for d in self.resize_shape):
-                raise ValueError(
-                    f"sam2_diffusion: resize_shape must be two positive ints (H, W), got {self.resize_shape}"
-                )
-            self.resize_shape = (int(self.resize_shape[0]), int(self.resize_shape[1]))
         if not 0 < self.crop_ratio <= 1.0:
             raise ValueError(f"sam2_diffusion: crop_ratio must be in (0, 1], got {self.crop_ratio}")
-        if self.resize_shape is not None:  # LeRobot's rule: the ratio decides the crop after a resize
-            h, w = self.resize_shape
+        config = self.encoder_config()  # every encoder option, validated once by the encoder's config
+        if config.view.resize_shape is not None:  # LeRobot's rule: the ratio decides the crop after a resize
+            h, w = config.view.resize_shape
             ratio = self.crop_ratio
             self.crop_shape = (int(h * ratio), int(w * ratio)) if ratio < 1.0 else None
-        if self.crop_shape is not None:
-            if len(self.crop_shape) != 2 or any(int(d) <= 0 for d in self.crop_shape):
-                raise ValueError(f"sam2_diffusion: crop_shape must be two positive ints (H, W), got {self.crop_shape}")
-            self.crop_shape = (int(self.crop_shape[0]), int(self.crop_shape[1]))
+            config = self.encoder_config()
+        self.resize_shape, self.crop_shape = config.view.resize_shape, config.view.crop_shape
+        self.sam2_variant = config.backbone.variant  # the canonical name
+        if isinstance(self.levels, str):
+            self.levels = [self.levels]
+        if self.object_prompts:
+            self.check_tracking()
 
-    def _check_sam2(self) -> None:
+    def encoder_config(self, load_checkpoint: bool = True) -> EncoderConfig:
+        """The encoder's options of this policy as an :class:`~sam2_encoder.config.EncoderConfig`.
+
+        Args:
+            load_checkpoint: Read (and, with ``sam2_download``, download) ``sam2_checkpoint``;
+                ``False``: seeded random SAM 2 weights that a saved state dict replaces.
+
+        Raises:
+            ValueError: ``"sam2_diffusion: <the encoder's message>"``, naming LeRobot's option.
+        """
+        options = {encoder: getattr(self, name) for name, encoder in ENCODER_OPTIONS.items()}
+        tracks = bool(self.object_masks) and self.object_tracker and self.freeze  # the encoder's tracker
+        options.update(_FIXED, n_obs_steps=self.n_obs_steps, object_tracker=tracks)
+        options["object_masks_key"] = dict(sorted(self.object_masks.items())) or None
+        options["object_prompts"] = self.object_prompts if tracks else None
+        if not load_checkpoint:
+            options.update(checkpoint=None, download=False)
         try:
-            self.sam2_variant = get_variant(self.sam2_variant).name
-            check_image_size(self.sam2_image_size)
-            check_pool_options(
-                self.pool, {"num_keypoints": self.num_keypoints} if self.pool == "spatial_softmax" else {}
-            )
-            check_pool_options(self.pool, self.pool_kwargs)
+            return EncoderConfig.from_flat(**options)
         except ValueError as e:
-            raise ValueError(f"sam2_diffusion: {e}") from e
-        if "num_keypoints" in self.pool_kwargs:
-            raise ValueError("sam2_diffusion: set num_keypoints, not pool_kwargs['num_keypoints']")
-        if "output_dim" in self.pool_kwargs:
-            raise ValueError("sam2_diffusion: set feature_dim, not pool_kwargs['output_dim']")
-        levels = [self.levels] if isinstance(self.levels, str) else list(self.levels)
-        unknown = [lv for lv in levels if lv not in LEVELS]
-        if unknown or not levels:
-            raise ValueError(f"sam2_diffusion: levels must be a non-empty subset of {list(LEVELS)}, got {levels}")
-        self.levels = levels
-        self._check_fuse()
-        if self.num_keypoints < 1:
-            raise ValueError(f"sam2_diffusion: num_keypoints must be >= 1, got {self.num_keypoints}")
-        if self.feature_dim is not None and self.feature_dim < 1:
-            raise ValueError(f"sam2_diffusion: feature_dim must be >= 1 or None, got {self.feature_dim}")
-        if self.finetune is not None and self.finetune not in FINETUNE_MODES:
-            raise ValueError(f"sam2_diffusion: finetune must be None or one of {FINETUNE_MODES}, got {self.finetune!r}")
-        if self.freeze and self.finetune is not None:
-            raise ValueError(
-                f"sam2_diffusion: finetune={self.finetune!r} needs freeze=false (the SAM 2 weights are frozen)"
-            )
-        if self.finetune_blocks < 1 or self.lora_rank < 1:
-            raise ValueError(
-                "sam2_diffusion: finetune_blocks and lora_rank must be >= 1, "
-                f"got {self.finetune_blocks}, {self.lora_rank}"
-            )
-        if self.trunk_lr_scale < 0:
-            raise ValueError(f"sam2_diffusion: trunk_lr_scale must be >= 0, got {self.trunk_lr_scale}")
-
-    def _check_fuse(self) -> None:
-        if self.fuse not in FUSE_MODES:
-            raise ValueError(f"sam2_diffusion: fuse must be one of {FUSE_MODES}, got {self.fuse!r}")
-        if type(self.fuse_stride) is not int or self.fuse_stride not in (8, 4):
-            raise ValueError(f"sam2_diffusion: fuse_stride must be 8 or 4, got {self.fuse_stride!r}")
-        channels = [self.fuse_channels] if isinstance(self.fuse_channels, int | str) else list(self.fuse_channels)
-        if len(channels) != 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
-            raise ValueError(
-                f"sam2_diffusion: fuse_channels must be two whole numbers >= 1 [C_8, C_4], got {self.fuse_channels!r}"
-            )
-        self.fuse_channels = channels
-        if self.fuse == "coarse_to_fine" and sorted(self.levels) not in (["s16"], sorted(LEVELS)):
-            raise ValueError(
-                f"sam2_diffusion: fuse='coarse_to_fine' reads s4, s8 and s16 itself; got levels={self.levels} "
-                "(leave levels at ['s16'] or name all three)"
-            )
+            raise ValueError(f"sam2_diffusion: {_lerobot_names(str(e))}") from e
 
     def _check_objects(self) -> None:
         masks = self.object_masks
         if not isinstance(masks, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in masks.items()):
             raise ValueError(
                 f"sam2_diffusion: object_masks must be {{camera key: mask feature key}} (strings), got {masks!r}"
+            )
+        if not isinstance(self.object_prompts, dict):
+            raise ValueError(
+                f"sam2_diffusion: object_prompts must be {{camera: {{obj_id: prompt}}}}, got {self.object_prompts!r}"
             )
         if not masks:
             if self.object_prompts:
@@ -378,41 +315,13 @@ class SAM2DiffusionConfig(PreTrainedConfig):
                 "statistics treat every such key as a camera; name them e.g. 'observation.masks' or "
                 "'observation.masks.top'"
             )
-        if isinstance(self.num_objects, bool) or not isinstance(self.num_objects, int) or self.num_objects < 1:
-            raise ValueError(f"sam2_diffusion: num_objects must be a whole number >= 1, got {self.num_objects!r}")
-        if self.object_level not in LEVELS:
-            raise ValueError(f"sam2_diffusion: object_level must be one of {list(LEVELS)}, got {self.object_level!r}")
-        coarsest = max(self.levels, key=LEVELS.index)
-        if self.fuse == "pool" and self.object_level != coarsest:
-            raise ValueError(
-                f"sam2_diffusion: object_level={self.object_level!r} with fuse='pool' must be the coarsest of "
-                f"levels {self.levels} ({coarsest!r}; finer levels are pooled away)"
-            )
-        if self.object_tokens not in OBJECT_TOKEN_MODES:
-            raise ValueError(
-                f"sam2_diffusion: object_tokens must be one of {OBJECT_TOKEN_MODES}, got {self.object_tokens!r}"
-            )
-        dim = self.object_token_dim
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-            raise ValueError(f"sam2_diffusion: object_token_dim must be None or a whole number >= 1, got {dim!r}")
-        if self.object_absent not in OBJECT_ABSENT_MODES:
-            raise ValueError(
-                f"sam2_diffusion: object_absent must be one of {OBJECT_ABSENT_MODES}, got {self.object_absent!r}"
-            )
-        if not isinstance(self.object_prompts, dict):
-            raise ValueError(
-                f"sam2_diffusion: object_prompts must be {{camera: {{obj_id: prompt}}}}, got {self.object_prompts!r}"
-            )
-        if self.object_prompts:
-            self.check_tracking()
 
     def check_tracking(self) -> None:
         """Raise unless the policy can track objects itself (the options its tracker needs).
 
         Raises:
             ValueError: With ``freeze=False`` (SAM 2's mask decoder and memory were trained on SAM 2's
-                own features: give fine-tuned policies masks in the batch), or with ``resize_shape`` /
-                a crop (the tracker sees whole camera frames).
+                own features: give fine-tuned policies masks in the batch).
         """
         if not self.object_tracker:
             raise ValueError(
@@ -525,3 +434,10 @@ class SAM2DiffusionConfig(PreTrainedConfig):
     def reward_delta_indices(self) -> None:
         """Rewards are not used."""
         return None
+
+
+def _lerobot_names(message: str) -> str:
+    """An encoder config's error ``message`` with the encoder's option names in LeRobot's spelling."""
+    names = {encoder: name for name, encoder in ENCODER_OPTIONS.items() if name != encoder}
+    pattern = r"\b(" + "|".join(map(re.escape, names)) + r")(?=\s+must\b|\s+is\b|=)"  # the option, not the word
+    return re.sub(pattern, lambda m: names[m.group(1)], message)

@@ -94,50 +94,15 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         self.low_dim_keys = config.low_dim_keys  # observation.state and ENV features; masks are never state
         self.obs_keys = self.camera_keys + self.low_dim_keys
         self.input_keys = self.obs_keys + list(self.mask_keys.values())  # what the denoiser's condition reads
-        # the encoder's object tracker (object tokens, frozen trunk): its weights are in model.safetensors
-        tracks = bool(self.mask_keys) and config.freeze and config.object_tracker
+        # the encoder's object tracker (object tokens, frozen trunk, see encoder_config): its weights are in
+        # model.safetensors
         with warnings.catch_warnings():
             if not load_sam2_checkpoint:  # random weights on purpose: model.safetensors replaces them
                 warnings.filterwarnings("ignore", message=r".*has no checkpoint.*")
             self.encoder = MultiCameraEncoder(
                 cameras={key: tuple(config.image_features[key].shape) for key in self.camera_keys},
                 low_dim={key: tuple(config.input_features[key].shape) for key in self.low_dim_keys},
-                variant=config.sam2_variant,
-                checkpoint=config.sam2_checkpoint if load_sam2_checkpoint else None,
-                image_size=config.sam2_image_size,
-                levels=tuple(config.levels),
-                pool=config.pool,
-                num_keypoints=config.num_keypoints,
-                pool_kwargs=dict(config.pool_kwargs),
-                feature_dim=config.feature_dim,
-                share_heads=config.share_heads,
-                fuse=config.fuse,
-                fuse_stride=config.fuse_stride,
-                fuse_channels=tuple(config.fuse_channels),
-                freeze=config.freeze,
-                finetune=config.finetune,
-                finetune_blocks=config.finetune_blocks,
-                lora_rank=config.lora_rank,
-                lora_alpha=config.lora_alpha,
-                trunk_lr_scale=config.trunk_lr_scale,
-                input_range=(0.0, 1.0),  # LeRobot's float images; VISUAL normalisation is IDENTITY
-                resize_shape=config.resize_shape,
-                crop_shape=config.crop_shape,
-                random_crop=config.crop_is_random,
-                compile=config.sam2_compile,
-                fast_attention=config.sam2_fast_attention,
-                seed=config.sam2_seed,
-                download=config.sam2_download and load_sam2_checkpoint,
-                reuse_frames=config.reuse_frames,
-                object_masks_key=dict(self.mask_keys) or None,
-                num_objects=config.num_objects,
-                object_level=config.object_level,
-                object_tokens=config.object_tokens,
-                object_token_dim=config.object_token_dim,
-                object_absent=config.object_absent,
-                object_tracker=tracks,
-                object_prompts=config.object_prompts if tracks else None,
-                n_obs_steps=config.n_obs_steps,
+                config=config.encoder_config(load_checkpoint=load_sam2_checkpoint),
             )
         self.register_load_state_dict_pre_hook(_migrate_on_load)  # old model.safetensors: tracker.* keys
         self.obs_feature_dim = self.encoder.output_shape()[0]
