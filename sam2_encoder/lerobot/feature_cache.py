@@ -275,7 +275,8 @@ def _arrays(store: Store) -> dict[str, ChecksummedArray]:
 
     out = {}
     for camera in spec["cameras"]:
-        for data, sums in ((f"features/{camera}", f"checksums/{camera}"), (f"thumbs/{camera}", f"thumb_checksums/{camera}")):
+        pairs = ((f"features/{camera}", f"checksums/{camera}"), (f"thumbs/{camera}", f"thumb_checksums/{camera}"))
+        for data, sums in pairs:
             out[data] = ChecksummedArray(store, data, sums, chunk, describe(data))
     return out
 
@@ -706,6 +707,6 @@ class CachedCameras:
             raise LeRobotCacheError(
                 f"sam2_diffusion: the frames of cached camera {camera!r} in this batch are not the frames the feature "
                 f"cache {self.cache.path} was built from (dataset frame {int(rows[b, t])}: thumbnails differ by "
-                f"{float(gap.max()):.4f}): image augmentation (--dataset.image_transforms.enable=true) is not supported "
-                "on cached cameras; or the dataset changed since the cache was built (rebuild it)"
+                f"{float(gap.max()):.4f}): image augmentation (--dataset.image_transforms.enable=true) is not "
+                "supported on cached cameras; or the dataset changed since the cache was built (rebuild it)"
             )
