@@ -16,12 +16,12 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import cache, demo_data, doctor, download, encode, export, masks, track
+from . import cache, demo_data, doctor, download, encode, export, lerobot_cache, masks, track
 from .common import CLIError
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (encode, download, cache, masks, track, export, doctor, demo_data)
+_COMMANDS = (encode, download, cache, lerobot_cache, masks, track, export, doctor, demo_data)
 
 
 class _Parser(argparse.ArgumentParser):
