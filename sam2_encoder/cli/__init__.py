@@ -12,20 +12,50 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 from . import cache, demo_data, doctor, download, encode, export, lerobot_cache, masks, track
 from .common import CLIError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["Terminated", "build_parser", "main"]
 
 _COMMANDS = (encode, download, cache, lerobot_cache, masks, track, export, doctor, demo_data)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default (unless it is empty or the help already names it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "(default" in text
+            or default is None
+            or default is False  # a flag: off unless given
+            or default == []
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+            or action.dest == "help"
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose mistakes are one ``error: ...`` line (no usage block), exit status 2."""
+    """An argument parser whose mistakes are one ``error: ...`` line (no usage block), exit status 2.
+
+    Subcommand parsers are of this class too (argparse builds them with ``type(parser)``), so every
+    one shares the error format and the help formatter that shows defaults.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
@@ -67,28 +97,60 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler, ``torchrun`` stopping its workers), raised like Ctrl-C.
+
+    A ``KeyboardInterrupt`` so that every ``finally`` and ``except KeyboardInterrupt`` that cleans
+    up after Ctrl-C cleans up after SIGTERM too.
+    """
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sam2-encoder`` console script.
 
+    Ctrl-C and SIGTERM stop a command the same way: its temporary outputs are removed (resumable
+    caches and downloads keep what is finished), ``error: interrupted`` / ``error: terminated``
+    is printed and the exit status is 130 / 143 (128 + the signal number, as a shell reports it).
+
     Returns:
-        The exit status: 0 on success, 2 for a user error (``error: ...`` on stderr).
+        The exit status: 0 on success, 2 for a user error (``error: ...`` on stderr), 130 after
+        Ctrl-C, 143 after SIGTERM.
     """
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or an argument error (2), already printed
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs just below
         if args.debug or not isinstance(e, _user_errors()):
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if args.debug:
             raise
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        terminated = isinstance(e, Terminated)
+        print(f"error: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,14 @@ second.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -17,15 +23,123 @@ __all__ = [
     "build_model",
     "image_side",
     "needs_zarr",
+    "no_new_empty_folders",
     "non_negative_int",
+    "pid_alive",
+    "plural",
     "positive_int",
+    "remove_stale_partials",
     "report_problems",
+    "say",
     "verify_cache_folder",
 ]
 
 
 class CLIError(Exception):
     """A mistake in what the user asked for: printed as one ``error: ...`` line, exit status 2."""
+
+
+def say(text: str) -> None:
+    """Tell the user at a terminal what the command is doing now, before a slow step.
+
+    Printed to stderr and flushed, so it shows before the import of torch and transformers (seconds
+    on a loaded machine); only when stderr is a terminal, so logs and pipes get results and errors
+    only.
+    """
+    stream = sys.stderr
+    if stream is not None and stream.isatty():
+        print(text, file=stream, flush=True)
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``"1 frame"``, ``"3 frames"`` (``words``: the plural when it is not ``word + "s"``)."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, it is not ours
+        return True
+    return True
+
+
+def remove_stale_partials(folder: Path, name: str, suffix: str) -> list[Path]:
+    """Remove ``folder/.<name>.<pid><suffix>`` left by processes that are no longer alive.
+
+    A command writes its output under such a hidden name and renames it into place when done;
+    Ctrl-C and SIGTERM remove it, but a killed process (SIGKILL, out of memory, power loss)
+    cannot. The next run of the command removes those of dead processes; those of running ones
+    are theirs.
+
+    Args:
+        folder: Where the output goes.
+        name: The output's file or folder name.
+        suffix: What follows the pid (``".partial"``, ``".tmp"``).
+
+    Returns:
+        What was removed.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+){re.escape(suffix)}")
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+@contextmanager
+def no_new_empty_folders(*roots: Path) -> Iterator[None]:
+    """Folders created under ``roots`` (and the roots) by a failed step are removed if left empty.
+
+    For downloads and model loading: the target folder (``--dir``, the checkpoint cache, its
+    ``hub/<id>`` folder) is created before the first byte arrives, so a failure would leave empty
+    folders behind. What holds a file (a resumable ``.part``) stays.
+    """
+    missing = [p for root in roots for p in _missing_folders(Path(root))]
+    existing = {Path(root): _folders(Path(root)) for root in roots}
+    try:
+        yield
+    except BaseException:
+        new = [p for root, before in existing.items() for p in _folders(root) - before]
+        for folder in sorted(new, key=lambda p: len(p.parts), reverse=True) + missing:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                pass
+        raise
+
+
+def _folders(root: Path) -> set[Path]:
+    """Every folder under ``root`` (not following links); empty if there is none."""
+    if not root.is_dir():
+        return set()
+    return {Path(top) / d for top, dirs, _ in os.walk(root) for d in dirs}
 
 
 def positive_int(text: str) -> int:
@@ -74,10 +188,17 @@ def add_model_args(p: argparse.ArgumentParser, image_size: int, model_dtype: boo
         default=None,
         help="Meta .pt / safetensors / HF folder / URL / variant name / hub id; omitted: seeded random weights",
     )
-    p.add_argument("--image-size", type=image_side, default=image_size, help="encoder input side, multiple of 32")
+    p.add_argument(
+        "--image-size", type=image_side, default=image_size, help="encoder input side in pixels, a multiple of 32"
+    )
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     if model_dtype:
-        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        p.add_argument(
+            "--dtype",
+            default="float32",
+            choices=["float32", "bfloat16", "float16"],
+            help="dtype of the model's weights and computation (--precision bf16 is the faster bf16 on CPU)",
+        )
 
 
 def build_model(cls: type, args: argparse.Namespace, what: str, announce: bool = True, **kwargs: Any) -> Any:
@@ -173,9 +294,9 @@ def needs_zarr(command: str, error: ImportError) -> CLIError:
     return CLIError(f"the {command} command needs zarr: pip install 'sam2-encoder[dp]' ({error})")
 
 
-_VERIFIED = {  # command: (what the cache is called in the advice, what a whole one prints)
-    "cache": ("cache", "every chunk matches its checksum"),
-    "masks": ("mask cache", "every frame's masks match their checksum"),
+_VERIFIED = {  # command: (what the cache is called in the advice, what a whole one prints, a rerun repairs)
+    "cache": ("cache", "every chunk matches its checksum", False),
+    "masks": ("mask cache", "every frame's masks match their checksum", True),
 }
 
 
@@ -192,31 +313,57 @@ def verify_cache_folder(command: str, path: str) -> int:
     Raises:
         CLIError: Without zarr.
     """
+    say(f"checking {path} (loading zarr and torch)")
     try:  # both kinds, so that either names the other when given the wrong folder
         from ..diffusion_policy.feature_cache import verify_cache
         from ..diffusion_policy.mask_cache import verify_mask_cache
     except ImportError as e:
         raise needs_zarr(command, e) from e
     verify = verify_cache if command == "cache" else verify_mask_cache
-    return report_problems(path, verify(path), *_VERIFIED[command])
+    what, whole, rerun_repairs = _VERIFIED[command]
+    return report_problems(path, verify(path), what, whole, command if rerun_repairs else None)
 
 
-def report_problems(path: str, problems: list[str], what: str, whole: str) -> int:
-    """Print a ``--verify`` result: one ``error:`` line per problem and a summary; the exit status.
+def _unfinished(problem: str) -> bool:
+    """A ``--verify`` problem that says the cache is unfinished (its advice: rerun the same command)."""
+    return " is incomplete (" in problem and "rerun the same" in problem
+
+
+def report_problems(path: str, problems: list[str], what: str, whole: str, rerun_repairs: str | None = None) -> int:
+    """Print a ``--verify`` result: one ``error:`` line per problem, a summary with ONE piece of advice.
+
+    The advice follows the state: an unfinished cache (an interrupted run) with nothing else
+    wrong is finished by rerunning the same command, which its problem line already says, so the
+    summary adds nothing; damage is repaired by deleting the cache and rebuilding it, except in an
+    unfinished cache whose command re-checks and redoes damaged units on a rerun
+    (``rerun_repairs``).
 
     Args:
         path: The checked cache.
         problems: What the check found (empty: the cache is whole).
         what: The kind of cache, for the advice (``"cache"``, ``"mask cache"``).
         whole: What is printed for a whole cache.
+        rerun_repairs: The command (``"masks"``) whose rerun of an unfinished cache also redoes
+            the damaged units it finds, or ``None``.
 
     Returns:
         0 for a whole cache, 2 otherwise.
     """
+    if not problems:
+        print(f"{path}: {whole}")
+        return 0
+    unfinished = any(_unfinished(p) for p in problems)
+    damaged = [p for p in problems if not _unfinished(p)]
+    rebuild = bool(damaged) and (not unfinished or rerun_repairs is None)
     for problem in problems:
+        if rebuild and _unfinished(problem):  # its "rerun" advice would contradict the summary's
+            problem = problem.split(": rerun the same")[0]
         print(f"error: {problem}", file=sys.stderr)
-    if problems:
-        print(f"{path}: {len(problems)} problem(s); delete the {what} and rebuild it", file=sys.stderr)
-        return 2
-    print(f"{path}: {whole}")
-    return 0
+    if not damaged:
+        advice = "the run that built it did not finish"
+    elif not rebuild:
+        advice = f"rerun the same `{rerun_repairs}` command: it finishes the {what} and redoes what is damaged"
+    else:
+        advice = f"delete the {what} and rebuild it"
+    print(f"{path}: {len(problems)} problem(s); {advice}", file=sys.stderr)
+    return 2
