@@ -1,7 +1,8 @@
-"""A prompt as a streaming SAM 2 session's inputs: points, box corners or a mask in encoder pixels.
+"""What a streaming SAM 2 session is given: checked frames, and prompts as points, box corners or a mask.
 
-The rules a prompt must follow are :mod:`sam2_encoder.prompts`' (checked here first); what this
-module adds is the conversion transformers' video processor would do, and recording it in the session.
+A frame must be ``(H, W, 3)`` uint8 of the stream's size (:func:`check_frame`). The rules a prompt
+must follow are :mod:`sam2_encoder.prompts`' (checked here first); what this module adds is the
+conversion transformers' video processor would do, and recording it in the session.
 """
 
 from __future__ import annotations
@@ -16,10 +17,44 @@ import torch.nn.functional as F
 from ._hf import Sam2VideoInferenceSession, VideoSessionState
 from .prompts import check_box, check_points, empty_prompt_message
 
-__all__ = ["ArrayLike", "mask_input", "prompt_inputs", "record_inputs"]
+__all__ = ["ArrayLike", "check_frame", "mask_input", "prompt_inputs", "record_inputs"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence
 """What frames, points, labels, boxes and masks may be given as."""
+
+
+def check_frame(frame: ArrayLike, stream_size: tuple[int, int] | None) -> tuple[int, int]:
+    """Validate a stream's frame and return its ``(H, W)``.
+
+    Args:
+        frame: ``(H, W, 3)`` uint8 frame (numpy or torch).
+        stream_size: ``(H, W)`` of the stream's frames, fixed by its first frame; ``None`` before it.
+
+    Raises:
+        TypeError: For a frame that is not a ``(H, W, 3)`` uint8 array or tensor.
+        ValueError: For an empty frame, or one of another size than the stream's.
+    """
+    if not isinstance(frame, torch.Tensor | np.ndarray):
+        raise TypeError(f"frame must be a numpy array or torch tensor, got {type(frame).__name__}")
+    shape = tuple(frame.shape)
+    if len(shape) != 3 or shape[-1] != 3:
+        hint = "; channels-first frames must be permuted to (H, W, 3)" if len(shape) == 3 and shape[0] == 3 else ""
+        raise TypeError(f"frame must be (H, W, 3) with 3 colour channels last, got shape {shape}{hint}")
+    dtype = frame.dtype
+    if not (dtype == torch.uint8 if isinstance(frame, torch.Tensor) else dtype == np.uint8):
+        raise TypeError(
+            f"frame must be uint8 (0..255), got {dtype}; convert float frames in [0, 1] with "
+            "(frame * 255).round() cast to uint8"
+        )
+    size = (int(shape[0]), int(shape[1]))
+    if size[0] == 0 or size[1] == 0:
+        raise ValueError(f"frame is empty: shape {shape} has no pixels (height and width must be at least 1)")
+    if stream_size is not None and size != stream_size:
+        raise ValueError(
+            f"frame size changed mid-stream: got {size[0]}x{size[1]} (H x W), the stream started at "
+            f"{stream_size[0]}x{stream_size[1]}; call reset() to start a new stream"
+        )
+    return size
 
 
 def prompt_inputs(

@@ -16,7 +16,8 @@ transformers' own. What this module adds:
   bit-identical to transformers' unpruned session.
 * **One encoder pass per frame.** Frames are preprocessed by :class:`SAM2Transforms` and encoded
   by :class:`SAM2ImageEncoder` sharing the video model's vision weights; the features are handed
-  to the session through its per-frame vision-feature cache, so the session never runs the vision
+  to the session through its per-frame vision-feature cache
+  (:class:`~sam2_encoder.session_features.SessionFeatures`), so the session never runs the vision
   encoder itself. A caller that already encoded the frame (a policy) passes its
   :class:`FeaturePyramid` and no encoder runs at all; ``return_features=True`` hands the tracker's
   pyramid to the policy instead.
@@ -29,7 +30,6 @@ import os
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import Sam2VideoModel
@@ -38,7 +38,8 @@ from ._hf import Sam2VideoInferenceSession, VideoSessionState
 from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
 from .image_encoder import FeaturePyramid, SAM2ImageEncoder, build_seeded
 from .prompts import object_id
-from .session_inputs import ArrayLike, prompt_inputs, record_inputs
+from .session_features import SessionFeatures, SessionLevels
+from .session_inputs import ArrayLike, check_frame, prompt_inputs, record_inputs
 from .session_memory import prune_session, session_nbytes
 from .variants import Variant, check_image_size, get_variant
 
@@ -66,6 +67,31 @@ class TrackResult:
     mask_logits: torch.Tensor
     scores: torch.Tensor
     features: FeaturePyramid | None = None
+
+    @classmethod
+    def from_logits(
+        cls,
+        frame_idx: int,
+        obj_ids: list[int],
+        logits: torch.Tensor,
+        scores: torch.Tensor,
+        frame_size: tuple[int, int],
+        features: FeaturePyramid | None = None,
+    ) -> TrackResult:
+        """A frame's result from the session's ``(N, 1, S/4, S/4)`` mask logits and ``N`` score logits.
+
+        The masks are the logits upsampled (bilinear) to ``frame_size`` and thresholded at 0.
+        """
+        with torch.inference_mode():
+            masks = F.interpolate(logits.float(), size=frame_size, mode="bilinear", align_corners=False) > 0
+        return cls(
+            frame_idx=frame_idx,
+            obj_ids=obj_ids,
+            masks=masks[:, 0],
+            mask_logits=logits[:, 0],
+            scores=scores.reshape(-1),
+            features=features,
+        )
 
     def mask(self, obj_id: int) -> torch.Tensor:
         """The ``(H, W)`` bool mask of one object.
@@ -125,7 +151,7 @@ class StreamingPredictor:
             raise ValueError(f"the video model needs a square image_size, got {image_size!r}")
         self.image_size = height
         if model is None:
-            model = self._build_model(checkpoint, seed, download)
+            model = load_video_model(self.variant, self.image_size, checkpoint, seed, download)
         elif model.config.image_size != self.image_size:
             raise ValueError(
                 f"model was built for image_size {model.config.image_size}, but image_size={self.image_size} was asked"
@@ -146,32 +172,11 @@ class StreamingPredictor:
             channel_order=channel_order,
             precision=precision,
         )
-        # The session reads the position encoding of the coarsest level only (memory attention); it
-        # depends on the shape alone, so it is computed once instead of per frame.
-        side = self.image_size // 16
-        with torch.inference_mode():
-            pos = model.vision_encoder.neck.position_encoding(torch.Size((1, 256, side, side)), self.device, self.dtype)
-            self._s16_pos = pos.to(self.dtype).flatten(2).permute(2, 0, 1)
+        self._frame_features = SessionFeatures(model, self.encoder, self.image_size)
         # Stands in for the frame's pixels in the session: features go through the session's vision
         # cache, so the pixels are never read (an empty tensor makes any read fail loudly).
         self._no_pixels = torch.empty(0, device=self.device, dtype=self.dtype)
         self.reset()
-
-    def _build_model(self, checkpoint: str | os.PathLike[str] | None, seed: int, download: bool) -> Sam2VideoModel:
-        config = self.variant.video_model_config(self.image_size)
-        model = build_seeded(lambda: Sam2VideoModel(config), seed)
-        if checkpoint is None:
-            warnings.warn(
-                f"StreamingPredictor({self.variant.name!r}) has no checkpoint: using seeded random weights "
-                f"(seed={seed}); pass checkpoint=... for meaningful masks",
-                stacklevel=3,
-            )
-            return model
-        path = resolve_checkpoint(checkpoint, download_missing=download)
-        state = load_checkpoint(path, variant=self.variant)
-        check_state_dict(state, model.state_dict(), self.variant, source=str(path))
-        model.load_state_dict(state, strict=True)
-        return model
 
     # ----------------------------------------------------------------------------------------
     # properties
@@ -281,27 +286,14 @@ class StreamingPredictor:
         except ValueError as e:
             raise TypeError(str(e)) from None
         if frame is None:
-            if self._frame_idx is None:
-                raise ValueError(
-                    "add_prompt(frame=None) refines the current frame, but no frame was processed yet; "
-                    "pass the first frame: add_prompt(frame, obj_id=..., points=...)"
-                )
-            if features is not None:
-                raise ValueError("features belong to a new frame; the current frame is already encoded")
-            frame_size = self._frame_size
+            frame_idx, frame_size = self._current_frame(features)
         else:
-            frame_size = self._check_frame(frame)
-        assert frame_size is not None
+            frame_size = check_frame(frame, self._frame_size)
+            frame_idx = 0 if self._frame_idx is None else self._frame_idx + 1
         prompt = prompt_inputs(
             obj_id, frame_size, points, labels, box, mask, clear_old_points, self.image_size, self.device
         )
-
-        if frame is None:
-            frame_idx = self._frame_idx
-            encoded = None
-        else:
-            frame_idx = 0 if self._frame_idx is None else self._frame_idx + 1
-            encoded = self._encode(frame, features, return_features)
+        encoded = None if frame is None else self._frame_features.encode(frame, features, return_features)
         record_inputs(self.session, self._state, obj_id, frame_idx, prompt)
         return self._step(frame_idx, frame_size, encoded, return_features)
 
@@ -335,10 +327,10 @@ class StreamingPredictor:
                 "track() needs at least one object: call add_prompt(frame, obj_id=..., points=... | box=... | "
                 "mask=...) first" + (" (every object was removed)" if self._frame_idx is not None else "")
             )
-        frame_size = self._check_frame(frame)
+        frame_size = check_frame(frame, self._frame_size)
         assert self._frame_idx is not None
         frame_idx = self._frame_idx + 1
-        encoded = self._encode(frame, features, return_features)
+        encoded = self._frame_features.encode(frame, features, return_features)
         return self._step(frame_idx, frame_size, encoded, return_features)
 
     def remove_object(self, obj_id: int) -> None:
@@ -359,76 +351,22 @@ class StreamingPredictor:
     # internals
     # ----------------------------------------------------------------------------------------
 
-    def _check_frame(self, frame: ArrayLike) -> tuple[int, int]:
-        """Validate a frame and return its ``(H, W)``."""
-        if not isinstance(frame, torch.Tensor | np.ndarray):
-            raise TypeError(f"frame must be a numpy array or torch tensor, got {type(frame).__name__}")
-        shape = tuple(frame.shape)
-        if len(shape) != 3 or shape[-1] != 3:
-            hint = "; channels-first frames must be permuted to (H, W, 3)" if len(shape) == 3 and shape[0] == 3 else ""
-            raise TypeError(f"frame must be (H, W, 3) with 3 colour channels last, got shape {shape}{hint}")
-        dtype = frame.dtype
-        if not (dtype == torch.uint8 if isinstance(frame, torch.Tensor) else dtype == np.uint8):
-            raise TypeError(
-                f"frame must be uint8 (0..255), got {dtype}; convert float frames in [0, 1] with "
-                "(frame * 255).round() cast to uint8"
-            )
-        size = (int(shape[0]), int(shape[1]))
-        if size[0] == 0 or size[1] == 0:
-            raise ValueError(f"frame is empty: shape {shape} has no pixels (height and width must be at least 1)")
-        if self._frame_size is not None and size != self._frame_size:
+    def _current_frame(self, features: FeaturePyramid | None) -> tuple[int, tuple[int, int]]:
+        """The current frame's index and ``(H, W)``, for a prompt that refines it (``frame=None``)."""
+        if self._frame_idx is None or self._frame_size is None:
             raise ValueError(
-                f"frame size changed mid-stream: got {size[0]}x{size[1]} (H x W), the stream started at "
-                f"{self._frame_size[0]}x{self._frame_size[1]}; call reset() to start a new stream"
+                "add_prompt(frame=None) refines the current frame, but no frame was processed yet; "
+                "pass the first frame: add_prompt(frame, obj_id=..., points=...)"
             )
-        return size
-
-    def _encode(
-        self, frame: ArrayLike, features: FeaturePyramid | None, return_features: bool
-    ) -> tuple[list[torch.Tensor], FeaturePyramid | None]:
-        """The session's vision features of a new frame, and its pyramid if asked for.
-
-        Returns:
-            ``([s4 (HW, 1, 32), s8 (HW, 1, 64), s16 (HW, 1, 256)], pyramid)``: the levels as the
-            session stores them (``s16`` without the no-memory embedding), flattened to
-            ``(h*w, 1, C)``.
-        """
-        with torch.inference_mode():
-            if features is None:
-                pyramid = self.encoder.encode(self.encoder.transforms(frame).to(self.dtype))
-            else:
-                pyramid = self._check_features(features)
-            s16 = pyramid.s16_neck
-            if s16 is None:  # a pyramid from elsewhere: undo the no-memory embedding (exact up to an ulp)
-                s16 = pyramid.s16 - self.model.no_memory_embedding.view(1, -1, 1, 1).to(pyramid.s16.dtype)
-        levels = [level.flatten(2).permute(2, 0, 1) for level in (pyramid.s4, pyramid.s8, s16)]
-        return levels, (pyramid if return_features else None)
-
-    def _check_features(self, features: FeaturePyramid) -> FeaturePyramid:
-        if not isinstance(features, FeaturePyramid):
-            raise TypeError(f"features must be a FeaturePyramid from SAM2ImageEncoder, got {type(features).__name__}")
-        expected = {name: (1, *shape) for name, shape in self.encoder.feature_shapes().items()}
-        got = features.shapes
-        if got != expected:
-            raise ValueError(
-                f"features do not fit this predictor (image_size={self.image_size}, one frame): got shapes {got}, "
-                f"expected {expected}; encode the frame with SAM2ImageEncoder(image_size={self.image_size}) and pass "
-                "pyramid.select(slice(i, i + 1)) for frame i of a batch"
-            )
-
-        def own(level: torch.Tensor) -> torch.Tensor:
-            level = level.to(self.device, self.dtype)
-            if level.untyped_storage().nbytes() > level.nbytes:
-                level = level.clone()  # a slice of a batch: do not keep the whole batch alive in the session
-            return level
-
-        return features.map(own)
+        if features is not None:
+            raise ValueError("features belong to a new frame; the current frame is already encoded")
+        return self._frame_idx, self._frame_size
 
     def _step(
         self,
         frame_idx: int,
         frame_size: tuple[int, int],
-        encoded: tuple[list[torch.Tensor], FeaturePyramid | None] | None,
+        encoded: tuple[SessionLevels, FeaturePyramid | None] | None,
         return_features: bool,
     ) -> TrackResult:
         """Run the session on a frame (new when ``encoded`` is given, else the current one)."""
@@ -436,37 +374,48 @@ class StreamingPredictor:
         pyramid = None
         if encoded is not None:
             levels, pyramid = encoded
-            self._state.cache_features(
-                frame_idx, {"vision_feats": levels, "vision_pos_embeds": [None, None, self._s16_pos]}
-            )
+            self._frame_features.store(self._state, frame_idx, levels)
             self._frame_size = frame_size
             self._frame_idx = frame_idx
         elif return_features:
-            pyramid = self._current_pyramid(frame_idx)
+            pyramid = self._frame_features.pyramid(self._state, frame_idx)
         # `frame` keeps the session in streaming mode; frame_idx is explicit because pruning
         # empties the session's frame store.
         out = self.model(inference_session=session, frame_idx=frame_idx, frame=self._no_pixels)
         prune_session(self._state, frame_idx, self.num_maskmem, self.max_object_pointers, self.max_cond_frames)
-        logits = out.pred_masks  # (N, 1, S/4, S/4)
-        with torch.inference_mode():
-            masks = F.interpolate(logits.float(), size=frame_size, mode="bilinear", align_corners=False) > 0
-        return TrackResult(
-            frame_idx=frame_idx,
-            obj_ids=list(out.object_ids),
-            masks=masks[:, 0],
-            mask_logits=logits[:, 0],
-            scores=out.object_score_logits.reshape(-1),
-            features=pyramid,
+        return TrackResult.from_logits(
+            frame_idx, list(out.object_ids), out.pred_masks, out.object_score_logits, frame_size, pyramid
         )
 
-    def _current_pyramid(self, frame_idx: int) -> FeaturePyramid:
-        """The cached features of the current frame as a pyramid."""
-        cached = self._state.cached_features(frame_idx)
-        side = self.image_size
-        maps = []
-        for level, stride in zip(cached["vision_feats"], (4, 8, 16)):
-            maps.append(level.permute(1, 2, 0).reshape(1, -1, side // stride, side // stride))
-        neck = maps[2]
-        with torch.inference_mode():
-            maps[2] = neck + self.model.no_memory_embedding.view(1, -1, 1, 1).to(neck.dtype)
-        return FeaturePyramid(*maps, s16_neck=neck)
+
+def load_video_model(
+    variant: Variant, image_size: int, checkpoint: str | os.PathLike[str] | None, seed: int, download: bool
+) -> Sam2VideoModel:
+    """A ``Sam2VideoModel`` for ``variant`` at ``image_size``, with a checkpoint's weights loaded strictly.
+
+    Args:
+        variant: The released model.
+        image_size: The encoder input side ``S`` (square).
+        checkpoint: What :func:`~sam2_encoder.checkpoints.resolve_checkpoint` takes, or ``None`` for
+            seeded random weights (a warning names the seed).
+        seed: Seed of the random initialisation.
+        download: Allow downloading a remote checkpoint that is not cached yet.
+
+    Raises:
+        FileNotFoundError: If the checkpoint is not found (or not downloaded, with ``download=False``).
+        CheckpointError: If it is not a valid SAM 2 checkpoint, or its weights do not fit the variant.
+    """
+    config = variant.video_model_config(image_size)
+    model = build_seeded(lambda: Sam2VideoModel(config), seed)
+    if checkpoint is None:
+        warnings.warn(
+            f"StreamingPredictor({variant.name!r}) has no checkpoint: using seeded random weights "
+            f"(seed={seed}); pass checkpoint=... for meaningful masks",
+            stacklevel=3,
+        )
+        return model
+    path = resolve_checkpoint(checkpoint, download_missing=download)
+    state = load_checkpoint(path, variant=variant)
+    check_state_dict(state, model.state_dict(), variant, source=str(path))
+    model.load_state_dict(state, strict=True)
+    return model
