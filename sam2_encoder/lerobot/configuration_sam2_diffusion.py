@@ -120,6 +120,10 @@ class SAM2DiffusionConfig(PreTrainedConfig):
         drop_n_last_frames: Frames at the end of each episode never sampled as the current frame
             (LeRobot's ``EpisodeAwareSampler``).
         crop_ratio: With ``resize_shape``: crop ``int(side * crop_ratio)`` (1.0: no crop); sets ``crop_shape``.
+        feature_cache: A cache of ``sam2-encoder lerobot-cache`` (same options, same dataset): training
+            reads its cameras' frozen-trunk features instead of encoding their frames (the heads and the
+            UNet still learn); refused when built for other options or another dataset. Needs ``freeze=true``
+            and no random crops; ignored at inference (the saved policy runs on raw frames).
         down_dims: Channels of the UNet's temporal stages.
         kernel_size: UNet convolution kernel size.
         n_groups: GroupNorm groups in the UNet.
@@ -161,6 +165,7 @@ class SAM2DiffusionConfig(PreTrainedConfig):
 
     # image preprocessing before SAM 2's own resize (resize_shape / crop_shape: encoder options)
     crop_ratio: float = 1.0
+    feature_cache: str | None = None  # sam2-encoder lerobot-cache: train from cached trunk features
 
     # the SAM 2 encoder's options: added from EncoderConfig by _with_encoder_options
 
@@ -260,6 +265,12 @@ class SAM2DiffusionConfig(PreTrainedConfig):
         self.sam2_variant = config.backbone.variant  # the canonical name
         if isinstance(self.levels, str):
             self.levels = [self.levels]
+        if self.feature_cache is not None and (not self.freeze or (self.crop_shape and self.crop_is_random)):
+            why = "freeze=false fine-tunes the trunk" if not self.freeze else "crop_is_random=true crops at random"
+            raise ValueError(
+                f"sam2_diffusion: feature_cache holds each frame's frozen-trunk features once, but {why}: set "
+                "freeze=true and crop_is_random=false, or train from frames (no feature_cache)"
+            )
         if self.object_prompts:
             self.check_tracking()
 

@@ -71,8 +71,8 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         load_sam2_checkpoint: Read ``config.sam2_checkpoint`` (building from scratch). ``False``
             builds SAM 2 with seeded random weights that the caller then overwrites from a
             saved state dict (:meth:`from_pretrained` does this).
-        **kwargs: Accepted and ignored (LeRobot's factory passes ``dataset_stats`` and
-            ``dataset_meta``; normalisation lives in the processors).
+        **kwargs: LeRobot's factory passes ``dataset_stats`` (ignored: normalisation lives in the
+            processors) and ``dataset_meta`` (with ``feature_cache``: the cache must be this dataset's).
 
     Shapes (``B`` batch, ``To`` = ``n_obs_steps``, ``A`` action size):
         ``forward(batch)``: cameras ``(B, To, 3, H, W)`` float in [0, 1], ``observation.state``
@@ -105,6 +105,9 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
                 config=config.encoder_config(load_checkpoint=load_sam2_checkpoint),
             )
         self.register_load_state_dict_pre_hook(_migrate_on_load)  # old model.safetensors: tracker.* keys
+        self.cached_cameras = None  # feature_cache: opened for training (make_policy passes dataset_meta)
+        if config.feature_cache is not None and kwargs.get("dataset_meta") is not None:
+            self.cached_cameras = self._open_cache(kwargs["dataset_meta"])
         self.obs_feature_dim = self.encoder.output_shape()[0]
         self.global_cond_dim = self.obs_feature_dim * config.n_obs_steps
         self.unet = DiffusionConditionalUnet1d(config, global_cond_dim=self.global_cond_dim)
@@ -204,6 +207,8 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         for key in (ACTION, "action_is_pad"):
             if key not in batch:
                 raise KeyError(f"sam2_diffusion.forward: batch is missing {key!r}; got keys {sorted(batch)}")
+        if self.training and self.config.feature_cache is not None:  # cached cameras: features, not frames
+            batch = (self.cached_cameras or self._open_cache(None)).substitute(batch)
         obs = self._stack_steps(batch, training=True)
         actions = batch[ACTION]
         if actions.dim() != 3 or actions.shape[1] != self.config.horizon:
@@ -345,6 +350,15 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
                 )
             obs[key] = x
         return obs
+
+    def _open_cache(self, meta: Any) -> Any:
+        """The ``feature_cache`` checked against this policy's encoder (and the dataset, given its ``meta``)."""
+        from .feature_cache import CachedCameras  # zarr only when a cache is used
+
+        self.cached_cameras = CachedCameras(
+            self.config.feature_cache, self.encoder, self.config.observation_delta_indices, meta
+        )
+        return self.cached_cameras
 
     def _require_tracker(self, what: str) -> ObsTracker:
         """The encoder's object tracker, or one clear error saying why there is none."""
