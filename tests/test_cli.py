@@ -88,7 +88,7 @@ def test_download_refuses_what_is_not_the_checkpoint(tmp_path: Path, http_server
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: sam2.1_hiera_tiny: ") and "HTML page" in err and len(err.splitlines()) == 1
-    assert sorted(p.name for p in target.iterdir()) == []  # nothing placed, nothing pinned, no .part
+    assert not target.exists()  # nothing placed, nothing pinned, no .part, and no empty folder it created
 
 
 def test_download_errors(tmp_path: Path, http_server, capsys) -> None:
@@ -428,14 +428,14 @@ USER_ERRORS = [
     (
         "cache prompts with two keys",
         lambda t: [*_cache_prompts(t), "--keys", "wrist"],
-        "--prompts tracks one camera: with several --keys (img, wrist) name it with --mask-key",
+        "--prompts tracks one camera: with several --key cameras (img, wrist) name it with --mask-key",
     ),
     (
         "cache mask key not a key",
         lambda t: [*_cache_prompts(t), "--mask-key", "wrist"],
-        "--mask-key wrist is not one of --keys img",
+        "--mask-key wrist is not one of the --key cameras img",
     ),
-    ("cache keys twice", lambda t: [*_cache_prompts(t), "--keys", "img"], "--keys img given more than once"),
+    ("cache keys twice", lambda t: [*_cache_prompts(t), "--keys", "img"], "--key img given more than once"),
     (
         "cache prompts missing",
         lambda t: ["cache", str(_replay(t / "r.zarr")), "--keys", "img", "--prompts", str(t / "p.json")],
@@ -546,13 +546,13 @@ def test_track_writes_only_when_done_and_replaces_its_own_output(tmp_path: Path,
     assert main(args) == 0
     assert _tree(out) == [
         "masks",
-        *[f"masks/00000{i}.png" for i in range(3)],
+        *[f"masks/{i}.png" for i in range(3)],
         "overlay",
-        *[f"overlay/00000{i}.png" for i in range(3)],
+        *[f"overlay/{i}.png" for i in range(3)],
         "track.json",
     ]
     assert main([*args, "--no-overlay", "--max-frames", "2"]) == 0  # an earlier output is replaced whole
-    assert _tree(out) == ["masks", "masks/000000.png", "masks/000001.png", "track.json"]
+    assert _tree(out) == ["masks", "masks/0.png", "masks/1.png", "track.json"]
     assert json.loads((out / "track.json").read_text())["frames"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "o"]
 

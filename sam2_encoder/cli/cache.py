@@ -1,14 +1,16 @@
-"""``sam2-encoder cache REPLAY.zarr --keys ...``: encode a Diffusion Policy replay buffer into a zarr feature cache.
+"""``sam2-encoder cache REPLAY.zarr --key KEY ...``: encode a Diffusion Policy replay buffer into a zarr feature cache.
 
 Resumable, and sharded across ranks when launched by ``torchrun``. ``sam2-encoder cache --verify
 CACHE.zarr`` checks a whole cache (every chunk against its checksum) and lists each problem.
 Needs zarr (``sam2-encoder[dp]``).
 
 With ``--prompts P.json`` (the prompts file of ``sam2-encoder masks``) SAM 2's tracker follows the
-prompted objects through every episode of one camera (``--mask-key``, default: the only ``--keys``)
+prompted objects through every episode of one camera (``--mask-key``, default: the only ``--key``)
 and its encoder pass of each frame is also the frame's cached features: one pass per frame gives
 the feature cache and a mask cache beside it (``--masks-out``, default as ``sam2-encoder masks``:
-``REPLAY.<key>_masks.zarr``). Other ``--keys`` are cached as without ``--prompts``.
+``REPLAY.<key>_masks.zarr``). Other ``--key`` cameras are cached as without ``--prompts``.
+
+``--key`` is spelled as in ``sam2-encoder masks``; the older ``--keys`` is the same option.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from .common import (
     build_model,
     needs_zarr,
     non_negative_int,
+    plural,
     positive_int,
     report_problems,
+    say,
     verify_cache_folder,
 )
 
@@ -41,14 +45,21 @@ def register(sub: Any) -> argparse.ArgumentParser:
         "or --verify one",
     )
     p.add_argument("replay", nargs="?", help="replay buffer .zarr (data/<key> (N,H,W,3) uint8, meta/episode_ends)")
-    p.add_argument("--keys", action="append", help="image key under data/ (repeat for cameras)")
+    p.add_argument(
+        "--key",
+        "--keys",
+        dest="keys",
+        action="append",
+        metavar="KEY",
+        help="camera key under data/ (repeat for several cameras; --keys is the same option)",
+    )
     p.add_argument("--verify", metavar="CACHE", help="check every chunk of an existing cache; exit 2 if any is bad")
     add_model_args(p, image_size=224, model_dtype=False)
-    p.add_argument("--levels", nargs="+", default=["s16"], choices=["s4", "s8", "s16"])
+    p.add_argument("--levels", nargs="+", default=["s16"], choices=["s4", "s8", "s16"], help="pyramid levels to store")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype of features")
     p.add_argument("--out", help="cache folder (default: beside the replay buffer)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="frames per chunk and per encoder batch")
-    p.add_argument("--channel-order", default="RGB", choices=["RGB", "BGR"])
+    p.add_argument("--channel-order", default="RGB", choices=["RGB", "BGR"], help="channel order of the frames")
     p.add_argument("--download", action="store_true", help="allow downloading the checkpoint")
     p.add_argument(
         "--prompts",
@@ -56,12 +67,12 @@ def register(sub: Any) -> argparse.ArgumentParser:
         help="also track objects from first-frame prompts (the JSON of `sam2-encoder masks`) through every episode "
         "of one camera into a mask cache; the tracker's encoder pass of each frame is also its cached features",
     )
-    p.add_argument("--mask-key", help="the --keys camera the prompts are for (default: the only --keys)")
+    p.add_argument("--mask-key", help="the --key camera the prompts are for (default: the only --key)")
     p.add_argument(
         "--masks-out", help="mask cache folder with --prompts (default: REPLAY.<mask-key>_masks.zarr beside the replay)"
     )
-    p.add_argument("--threads", type=non_negative_int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
@@ -75,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     tracking = {"--prompts": args.prompts, "--mask-key": args.mask_key, "--masks-out": args.masks_out}
     if args.verify is not None:
         if args.replay is not None or args.keys:
-            raise CLIError("--verify CACHE checks an existing cache: give no replay buffer or --keys with it")
+            raise CLIError("--verify CACHE checks an existing cache: give no replay buffer or --key with it")
         given = [name for name, value in tracking.items() if value is not None]
         if given:
             raise CLIError(
@@ -84,20 +95,21 @@ def run(args: argparse.Namespace) -> int:
             )
         return verify_cache_folder("cache", args.verify)
     if args.replay is None:
-        raise CLIError("give the replay buffer to encode (REPLAY.zarr) and --keys, or --verify CACHE")
+        raise CLIError("give the replay buffer to encode (REPLAY.zarr) and --key, or --verify CACHE")
     if not args.keys:
-        raise CLIError(f"name the image keys of {args.replay} to encode with --keys KEY (repeatable)")
+        raise CLIError(f"name the image keys of {args.replay} to encode with --key KEY (repeatable)")
     if not os.path.exists(args.replay):
         raise CLIError(f"replay buffer not found: {args.replay}")
     if len(set(args.keys)) != len(args.keys):
         twice = sorted({k for k in args.keys if args.keys.count(k) > 1})
-        raise CLIError(f"--keys {' '.join(twice)} given more than once")
+        raise CLIError(f"--key {' '.join(twice)} given more than once")
     if args.prompts is None:
         for name in ("--mask-key", "--masks-out"):
             if tracking[name] is not None:
                 raise CLIError(f"{name} {tracking[name]} goes with --prompts P.json (the objects to track)")
     else:
         return _run_with_masks(args)
+    say(f"cache: loading torch, zarr and {args.variant} at {args.image_size}x{args.image_size}")
     import torch
 
     try:
@@ -150,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         except KeyError as e:  # a key not in the replay buffer: its message is the first argument
             raise CLIError(str(e.args[0]) if e.args else str(e)) from e
         if rank == 0:
-            print(f"feature cache ready: {path} ({time.perf_counter() - start:.1f} s, {world} process(es))")
+            seconds = time.perf_counter() - start
+            print(f"feature cache ready: {path} ({seconds:.1f} s, {plural(world, 'process', 'processes')})")
     finally:
         if world > 1:
             import torch.distributed as dist
@@ -163,13 +176,14 @@ def _run_with_masks(args: argparse.Namespace) -> int:
     """``cache --prompts``: the feature cache and a mask cache from one encoder pass per frame."""
     if args.mask_key is None and len(args.keys) > 1:
         raise CLIError(
-            f"--prompts tracks one camera: with several --keys ({', '.join(args.keys)}) name it with --mask-key "
+            f"--prompts tracks one camera: with several --key cameras ({', '.join(args.keys)}) name it with --mask-key "
             "(the other keys are cached as usual)"
         )
     mask_key = args.mask_key or args.keys[0]
     if mask_key not in args.keys:
         raise CLIError(
-            f"--mask-key {mask_key} is not one of --keys {', '.join(args.keys)}: the tracked camera is cached too"
+            f"--mask-key {mask_key} is not one of the --key cameras {', '.join(args.keys)}: "
+            "the tracked camera is cached too"
         )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise CLIError(
@@ -177,6 +191,7 @@ def _run_with_masks(args: argparse.Namespace) -> int:
         )
     if not os.path.isfile(args.prompts):
         raise CLIError(f"--prompts {args.prompts}: no such file")
+    say(f"cache: loading torch, zarr and {args.variant} at {args.image_size}x{args.image_size} (with the tracker)")
     try:
         from ..diffusion_policy.mask_cache import check_mask_inputs, default_mask_path
         from ..diffusion_policy.tracked_cache import build_cache_with_masks
@@ -231,6 +246,6 @@ def _run_with_masks(args: argparse.Namespace) -> int:
         except KeyError as e:
             raise CLIError(str(e.args[0]) if e.args else str(e)) from e
     seconds = time.perf_counter() - began
-    print(f"feature cache ready: {path} ({seconds:.1f} s, 1 process(es), {mask_key} encoded once by the tracker)")
+    print(f"feature cache ready: {path} ({seconds:.1f} s, 1 process, {mask_key} encoded once by the tracker)")
     print(f"mask cache ready: {masks_path}")
     return 0

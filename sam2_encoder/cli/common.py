@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "CLIError",
+    "NewFolders",
     "add_model_args",
     "build_model",
     "image_side",
@@ -113,25 +114,37 @@ def _missing_folders(path: Path) -> list[Path]:
     return missing
 
 
-@contextmanager
-def no_new_empty_folders(*roots: Path) -> Iterator[None]:
-    """Folders created under ``roots`` (and the roots) by a failed step are removed if left empty.
+class NewFolders:
+    """The folders a step may create under ``roots`` (and the roots), to remove those it leaves empty.
 
     For downloads and model loading: the target folder (``--dir``, the checkpoint cache, its
     ``hub/<id>`` folder) is created before the first byte arrives, so a failure would leave empty
-    folders behind. What holds a file (a resumable ``.part``) stays.
+    folders behind. What holds a file (a resumable ``.part``) stays, and so does every folder
+    that existed before.
     """
-    missing = [p for root in roots for p in _missing_folders(Path(root))]
-    existing = {Path(root): _folders(Path(root)) for root in roots}
-    try:
-        yield
-    except BaseException:
-        new = [p for root, before in existing.items() for p in _folders(root) - before]
-        for folder in sorted(new, key=lambda p: len(p.parts), reverse=True) + missing:
+
+    def __init__(self, *roots: Path) -> None:
+        self.missing = [p for root in roots for p in _missing_folders(Path(root))]
+        self.before = {Path(root): _folders(Path(root)) for root in roots}
+
+    def remove_empty(self) -> None:
+        """Remove the folders created since, deepest first, that hold nothing."""
+        new = [p for root, before in self.before.items() for p in _folders(root) - before]
+        for folder in sorted(new, key=lambda p: len(p.parts), reverse=True) + self.missing:
             try:
                 folder.rmdir()  # only when empty
             except OSError:
                 pass
+
+
+@contextmanager
+def no_new_empty_folders(*roots: Path) -> Iterator[None]:
+    """A step that fails (or is interrupted) leaves no empty folder under ``roots`` (see :class:`NewFolders`)."""
+    folders = NewFolders(*roots)
+    try:
+        yield
+    except BaseException:
+        folders.remove_empty()
         raise
 
 
@@ -205,10 +218,13 @@ def build_model(cls: type, args: argparse.Namespace, what: str, announce: bool =
     """``cls(args.variant, checkpoint=..., image_size=..., **kwargs)`` for a command.
 
     Without ``--checkpoint`` the model has seeded random weights: say so once on stderr (when
-    ``announce``) instead of the library's warning.
+    ``announce``) instead of the library's warning. A checkpoint fetch that fails leaves no empty
+    folder in the checkpoint cache.
     """
+    from ..downloads import cache_dir
+
     check_model_args(args)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), no_new_empty_folders(cache_dir()):  # a failed hub / URL fetch: no empty folder
         if args.checkpoint is None:
             warnings.simplefilter("ignore")
             if announce:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "run"]
+__all__ = ["CPU_INDEX", "cuda_libraries", "print_versions", "register", "run", "torch_build_note"]
 
 PLUGIN_PATH = "pkg://sam2_encoder.diffusion_policy.config"
 
@@ -18,6 +18,11 @@ def register(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+_PACKAGES = ("sam2-encoder", "torch", "transformers", "hydra-core", "omegaconf", "zarr", "numpy", "safetensors")
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+"""PyTorch's index of CPU-only wheels (no CUDA libraries)."""
+
+
 def _version(name: str) -> str:
     import importlib.metadata as md
 
@@ -27,21 +32,93 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``sam2-encoder doctor``; exit status 1 when the Hydra plugin is installed but not visible."""
+def print_versions() -> None:
+    """The Python and package versions, read from the installed metadata: no torch import, printed at once."""
     import platform
 
+    print(f"python        {platform.python_version()} ({platform.machine()})", flush=True)
+    for name in _PACKAGES:
+        print(f"{name:<13} {_version(name)}", flush=True)
+
+
+def cuda_libraries() -> tuple[list[str], int]:
+    """The installed CUDA runtime distributions that come with a CUDA build of torch, and their size.
+
+    Returns:
+        ``(names, bytes)``: the ``nvidia-*`` and ``triton`` distributions installed and the bytes
+        of their files on disk.
+    """
+    import importlib.metadata as md
+
+    names, size = [], 0
+    for dist in md.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if not (name.startswith("nvidia-") or name == "triton"):
+            continue
+        names.append(name)
+        for file in dist.files or []:
+            try:
+                size += file.locate().stat().st_size
+            except OSError:
+                pass
+    return sorted(set(names)), size
+
+
+def torch_build_note(version: str, cuda: str | None, gpu_visible: bool, cuda_bytes: int = 0) -> str:
+    """What ``doctor`` says of the torch build: CPU or CUDA, and the CPU wheel where no GPU can use CUDA.
+
+    Args:
+        version: ``torch.__version__`` (``"2.15.0+cu132"``).
+        cuda: ``torch.version.cuda`` (``None`` for a CPU build).
+        gpu_visible: ``torch.cuda.is_available()``.
+        cuda_bytes: Bytes of the CUDA libraries installed with it (see :func:`cuda_libraries`).
+
+    Returns:
+        One line, with the command that installs the CPU build when a CUDA build runs without a GPU.
+    """
+    if cuda is None:
+        return "CPU build"
+    if gpu_visible:
+        return f"CUDA {cuda} build"
+    size = f" and {cuda_bytes / 2**30:.1f} GiB of CUDA libraries" if cuda_bytes >= 2**27 else ""
+    base = version.split("+")[0]
+    return (
+        f"CUDA {cuda} build{size}, but no CUDA device is visible: on a CPU-only machine the CPU build does "
+        f"the same work; pip install --force-reinstall 'torch=={base}' --index-url {CPU_INDEX} "
+        "(then pip uninstall the nvidia-* and triton packages)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sam2-encoder doctor``; exit status 1 when the Hydra plugin is installed but not visible."""
+    print_versions()
     import torch
 
     from .._hf import TESTED_TRANSFORMERS
-    from ..checkpoints import cache_dir
+
+    print(f"transformers  tested range {TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[1]}")
+    gpu = torch.cuda.is_available()
+    cuda_bytes = cuda_libraries()[1] if torch.version.cuda and not gpu else 0
+    print(f"torch build   {torch_build_note(torch.__version__, torch.version.cuda, gpu, cuda_bytes)}")
+    print(f"torch threads {torch.get_num_threads()}")
+    _devices(torch)
+    _checkpoints()
+    try:
+        visible = hydra_plugin_visible()
+    except Exception as e:  # noqa: BLE001 - a broken plugin anywhere in the environment: report it
+        print(f"hydra plugin  NOT visible: plugin discovery failed ({type(e).__name__}: {e})")
+        return 1
+    if visible is None:
+        print("hydra plugin  Hydra not installed (pip install 'sam2-encoder[dp]' for Diffusion Policy)")
+        return 0
+    print(f"hydra plugin  {'visible: ' + PLUGIN_PATH + ' on the search path' if visible else 'NOT visible'}")
+    return 0 if visible else 1
+
+
+def _devices(torch: Any) -> None:
+    """bf16 support, the device and the attention backend."""
     from ..image_encoder import bf16_support
 
-    print(f"python        {platform.python_version()} ({platform.machine()})")
-    for name in ("sam2-encoder", "torch", "transformers", "hydra-core", "omegaconf", "zarr", "numpy", "safetensors"):
-        print(f"{name:<13} {_version(name)}")
-    print(f"transformers  tested range {TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[1]}")
-    print(f"torch threads {torch.get_num_threads()}")
     cpu_bf16, why = bf16_support("cpu")
     verdict = "available" if cpu_bf16 else "refused"
     print(f"cpu bf16      {'yes' if cpu_bf16 else 'no'} ({why}): --precision bf16 {verdict} on cpu")
@@ -64,6 +141,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("device        cpu (no CUDA device visible)")
         print("attention     torch SDPA (CPU kernels)")
+
+
+def _checkpoints() -> None:
+    """The ``.pt`` checkpoints in the cache and in ``./checkpoints``."""
+    from ..downloads import cache_dir
+
     folders = [cache_dir(), Path("checkpoints")]
     found = [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.pt"))]
     print(
@@ -73,16 +156,6 @@ def run(args: argparse.Namespace) -> int:
             or f"none in {', '.join(map(str, folders))} (sam2-encoder download VARIANT)"
         )
     )
-    try:
-        visible = hydra_plugin_visible()
-    except Exception as e:  # noqa: BLE001 - a broken plugin anywhere in the environment: report it
-        print(f"hydra plugin  NOT visible: plugin discovery failed ({type(e).__name__}: {e})")
-        return 1
-    if visible is None:
-        print("hydra plugin  Hydra not installed (pip install 'sam2-encoder[dp]' for Diffusion Policy)")
-        return 0
-    print(f"hydra plugin  {'visible: ' + PLUGIN_PATH + ' on the search path' if visible else 'NOT visible'}")
-    return 0 if visible else 1
 
 
 def hydra_plugin_visible() -> bool | None:

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``sam2-encoder download`` with parsed arguments.
 
     Each variant is handled in turn; a failure prints one ``error: ...`` line and the others are
-    still tried.
+    still tried. Folders the command created and left empty (``--dir``, the cache) are removed
+    when a download fails; an interrupted transfer's ``.part`` stays for the rerun to resume.
 
     Returns:
         0 when every variant is present and verified, 2 when any failed.
@@ -40,11 +41,15 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         CLIError: For no variant named, an unknown variant name, or a ``--dir`` that is a file.
     """
+    from .common import CLIError, NewFolders, say
+
+    names = list(args.variants)
+    if names or args.all:
+        say(f"download: loading torch to verify {'all variants' if args.all else ', '.join(names)}")
     from ..checkpoints import CheckpointError, cache_dir, download_variant
     from ..variants import VARIANTS, get_variant
-    from .common import CLIError
 
-    names = list(VARIANTS) if args.all else list(args.variants)
+    names = list(VARIANTS) if args.all else names
     if not names:
         raise CLIError("name at least one variant, or --all; known: " + ", ".join(VARIANTS))
     for name in names:  # every name checked before anything is fetched
@@ -55,17 +60,24 @@ def run(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else cache_dir()
     if directory.exists() and not directory.is_dir():
         raise CLIError(f"--dir {directory} is a file, not a folder")
+    created = NewFolders(directory)  # a failed download leaves no empty --dir (or cache) folder
     failed = 0
-    for name in names:
-        try:
-            result = download_variant(
-                name, directory, base_url=args.base_url, force=args.force, progress=not args.quiet
-            )
-        except (CheckpointError, OSError, ValueError) as e:
-            print(f"error: {name}: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"{result.variant}: {result.status} {result.path} sha256={result.sha256} ({result.check})")
-        for note in result.notes:
-            print(f"  note: {note}")
+    try:
+        for name in names:
+            try:
+                result = download_variant(
+                    name, directory, base_url=args.base_url, force=args.force, progress=not args.quiet
+                )
+            except (CheckpointError, OSError, ValueError) as e:
+                print(f"error: {name}: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f"{result.variant}: {result.status} {result.path} sha256={result.sha256} ({result.check})")
+            for note in result.notes:
+                print(f"  note: {note}")
+    except BaseException:
+        created.remove_empty()
+        raise
+    if failed:
+        created.remove_empty()
     return 2 if failed else 0

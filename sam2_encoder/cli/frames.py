@@ -34,7 +34,7 @@ from .common import CLIError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["ALPHA_MODES", "IMAGE_SUFFIXES", "RGB_MODES", "iter_frames", "read_image", "rgb_from_pil"]
+__all__ = ["ALPHA_MODES", "IMAGE_SUFFIXES", "RGB_MODES", "frame_names", "iter_frames", "read_image", "rgb_from_pil"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 RGB_MODES = ("1", "L", "P", "RGB", "RGBX", "YCbCr", "LAB", "HSV", "CMYK")
@@ -257,6 +257,33 @@ def _video_frames(path: Path) -> tuple[Iterator[np.ndarray], int | None]:
     return imiter(), None
 
 
+def _folder_frames(path: Path) -> list[Path]:
+    """The frame files of a folder in natural sort order (``2.png`` before ``10.png``)."""
+    files = sorted((p for p in path.iterdir() if p.suffix.lower() in (*IMAGE_SUFFIXES, ".npy")), key=_natural_key)
+    if not files:
+        raise CLIError(f"{path} holds no frames ({', '.join(IMAGE_SUFFIXES)} or .npy)")
+    return files
+
+
+def frame_names(source: str | Path) -> list[str] | None:
+    """Output names of the frames :func:`iter_frames` yields, in order: the input's own names.
+
+    Args:
+        source: As for :func:`iter_frames`.
+
+    Returns:
+        For a folder, each frame file's stem (``0.png`` -> ``"0"``), or its whole name where two
+        files share a stem (``a.png`` and ``a.npy`` -> ``"a.png"``, ``"a.npy"``); ``None`` for a
+        stack, an image or a video file, whose frames have no names (number them).
+    """
+    path = Path(source)
+    if not path.is_dir():
+        return None
+    files = _folder_frames(path)
+    stems = [p.stem for p in files]
+    return stems if len(set(stems)) == len(stems) else [p.name for p in files]
+
+
 def iter_frames(source: str | Path) -> tuple[Iterator[np.ndarray], int | None]:
     """The frames of a folder, ``.npy`` stack, image or video file, as ``(H, W, 3)`` uint8 RGB.
 
@@ -275,12 +302,7 @@ def iter_frames(source: str | Path) -> tuple[Iterator[np.ndarray], int | None]:
     if not path.exists():
         raise CLIError(f"input not found: {path}")
     if path.is_dir():
-        files = sorted(
-            (p for p in path.iterdir() if p.suffix.lower() in (*IMAGE_SUFFIXES, ".npy")),
-            key=_natural_key,
-        )
-        if not files:
-            raise CLIError(f"{path} holds no frames ({', '.join(IMAGE_SUFFIXES)} or .npy)")
+        files = _folder_frames(path)
         return (read_image(p) for p in files), len(files)
     suffix = path.suffix.lower()
     if suffix == ".npy":

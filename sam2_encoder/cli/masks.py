@@ -7,6 +7,8 @@ predictor and stores ``(N, K, H, W)`` bool masks beside the replay buffer, for o
 not yet finished are tracked, after the finished ones are read back against their checksums (damaged
 ones are tracked again). ``sam2-encoder masks --verify CACHE.zarr`` checks a whole mask cache (every
 frame against its CRC-32) and lists each problem. Needs zarr (``sam2-encoder[dp]``).
+
+``--key`` is spelled as in ``sam2-encoder cache``; ``--keys`` is the same option (one camera here).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .common import (
     build_model,
     needs_zarr,
     non_negative_int,
+    say,
     verify_cache_folder,
 )
 
@@ -42,7 +45,13 @@ def register(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("replay", nargs="?", help="replay buffer .zarr (data/<key> (N,H,W,3) uint8, meta/episode_ends)")
     p.add_argument("--verify", metavar="CACHE", help="check every frame of a mask cache; exit 2 if any is bad")
-    p.add_argument("--key", help="camera key under data/ (required to build)")
+    p.add_argument(
+        "--key",
+        "--keys",
+        dest="key",
+        metavar="KEY",
+        help="camera key under data/ (required to build; one camera; --keys is the same option)",
+    )
     p.add_argument(
         "--prompts",
         help='JSON: {"objects": [ids], "episodes": {"0": {"<id>": {"points": [[x, y]], "labels": [1]} | '
@@ -57,7 +66,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="mask cache folder (default: REPLAY.<key>_masks.zarr beside the replay buffer)")
     p.add_argument("--download", action="store_true", help="allow downloading the checkpoint")
-    p.add_argument("--threads", type=non_negative_int, default=0)
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -87,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"replay buffer not found: {args.replay}")
     if not os.path.isfile(args.prompts):
         raise CLIError(f"--prompts {args.prompts}: no such file")
+    say(f"masks: loading torch, zarr and {args.variant} at {args.image_size}x{args.image_size}")
     try:
         from ..diffusion_policy.mask_cache import build_mask_cache, check_mask_inputs, default_mask_path
     except ImportError as e:

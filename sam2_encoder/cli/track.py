@@ -3,7 +3,8 @@
 Reads a folder of frames (``.png``/``.jpg``/... via Pillow, ``.npy`` arrays), a ``(T, H, W, 3)``
 ``.npy`` file, or a video file (PyAV, or imageio as a fallback; both optional), runs
 :class:`~sam2_encoder.streaming.StreamingPredictor` frame by frame and writes one mask PNG and one
-overlay frame per input frame.
+overlay frame per input frame, named as the input frame (``masks/<name>.png``; the frames of a
+stack, an animated image or a video are numbered ``000000.png`` ...).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import CLIError, add_model_args, build_model, non_negative_int
+from .common import CLIError, add_model_args, build_model, non_negative_int, plural, remove_stale_partials, say
 
 if TYPE_CHECKING:
     import numpy as np
@@ -200,9 +201,17 @@ def _first_frame(args: argparse.Namespace) -> tuple[np.ndarray, Iterator[np.ndar
 
 
 def _track(
-    args: argparse.Namespace, predictor: Any, frames: Iterator[np.ndarray], count: int, work: Path
+    args: argparse.Namespace,
+    predictor: Any,
+    frames: Iterator[np.ndarray],
+    count: int,
+    work: Path,
+    names: list[str] | None,
 ) -> list[float]:
-    """Track object 1 through ``frames`` into ``work/masks`` (and ``work/overlay``); the mask area of each frame."""
+    """Track object 1 through ``frames`` into ``work/masks`` (and ``work/overlay``); the mask area of each frame.
+
+    Each output is named after its input frame (``names``), or numbered when the frames have none.
+    """
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -217,9 +226,10 @@ def _track(
             raise CLIError(f"{args.input}: frame {index}: {e}") from e
         mask = result.mask(1).cpu().numpy()
         areas.append(float(mask.mean()))
-        _save_png(mask.astype(np.uint8) * 255, work / "masks" / f"{index:06d}.png")
+        name = f"{names[index] if names else f'{index:06d}'}.png"
+        _save_png(mask.astype(np.uint8) * 255, work / "masks" / name)
         if not args.no_overlay:
-            _save_png(overlay(frame, mask), work / "overlay" / f"{index:06d}.png")
+            _save_png(overlay(frame, mask), work / "overlay" / name)
     bar.close()
     return areas
 
@@ -243,9 +253,10 @@ def _report(args: argparse.Namespace, out: Path, predictor: Any, areas: list[flo
 def run(args: argparse.Namespace) -> int:
     """Run ``sam2-encoder track`` with parsed arguments.
 
-    Everything is written into a temporary folder beside ``--out`` that replaces it only when
-    every frame was tracked; a failed run leaves nothing behind. ``track.json`` records the
-    prompt, the model and the timing.
+    Everything is written into a hidden folder beside ``--out`` (``.<out>.<pid>.partial``) that
+    replaces it only when every frame was tracked; a failed, interrupted or terminated run
+    removes it, and one left by a killed run (SIGKILL) is removed by the next run. ``track.json``
+    records the prompt, the model and the timing.
 
     Returns:
         The exit status (0 on success).
@@ -254,20 +265,24 @@ def run(args: argparse.Namespace) -> int:
         CLIError: For a missing prompt, an unreadable or empty input, a prompt that does not fit
             the frame, or an output folder that is not ours to replace.
     """
-    import torch
-
-    from ..streaming import StreamingPredictor
-
     if not args.point and not args.box:
         raise CLIError("give at least one --point X,Y (or a --box X0,Y0,X1,Y1) on the first frame")
     try:
         import PIL  # noqa: F401
     except ImportError:  # pragma: no cover - depends on the environment
         raise CLIError("writing mask PNGs needs Pillow: pip install pillow") from None
+    from .frames import frame_names
+
     source = Path(args.input)
     out = Path(args.out) if args.out else source.parent / f"{source.stem}_track"
     _check_out(out)
-    first, frames, count = _first_frame(args)
+    first, frames, count = _first_frame(args)  # refused before the slow imports
+    names = frame_names(source)
+    say(f"track: loading torch and {args.variant} at {args.image_size}x{args.image_size}")
+    import torch
+
+    from ..streaming import StreamingPredictor
+
     predictor = build_model(
         StreamingPredictor,
         args,
@@ -276,14 +291,15 @@ def run(args: argparse.Namespace) -> int:
         dtype=getattr(torch, args.dtype),
         precision=args.precision,
     )
+    remove_stale_partials(out.parent, out.name, ".partial")
     work = out.with_name(f".{out.name}.{os.getpid()}.partial")
     shutil.rmtree(work, ignore_errors=True)
-    (work / "masks").mkdir(parents=True)
-    if not args.no_overlay:
-        (work / "overlay").mkdir()
     try:
+        (work / "masks").mkdir(parents=True)
+        if not args.no_overlay:
+            (work / "overlay").mkdir()
         start = time.perf_counter()
-        areas = _track(args, predictor, _chain(first, frames), count, work)
+        areas = _track(args, predictor, _chain(first, frames), count, work, names)
         seconds = time.perf_counter() - start
         report = _report(args, out, predictor, areas, seconds)
         (work / "track.json").write_text(json.dumps(report, indent=1))
@@ -293,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(
-        f"tracked {len(areas)} frames in {seconds:.1f} s ({report['ms_per_frame']} ms/frame); "
+        f"tracked {plural(len(areas), 'frame')} in {seconds:.1f} s ({report['ms_per_frame']} ms/frame); "
         f"masks in {out / 'masks'}" + ("" if args.no_overlay else f", overlays in {out / 'overlay'}")
     )
     return 0
