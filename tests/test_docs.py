@@ -88,7 +88,7 @@ def skip_reason(block: Block) -> str | None:
     if block.marker is None:
         return None
     m = MARKER.match(block.marker)
-    assert m and m["reason"], f"{block.id}: marker {block.marker!r} is not `<!-- skip: REASON -->` / `<!-- needs M: R -->`"
+    assert m and m["reason"], f"{block.id}: {block.marker!r} is not `<!-- skip: REASON -->` / `<!-- needs M: R -->`"
     if m["module"] is None:
         return m["reason"]
     return None if importlib.util.find_spec(m["module"]) else f"{m['reason']} (no {m['module']} here)"
