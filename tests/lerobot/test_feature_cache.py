@@ -281,3 +281,23 @@ def test_the_command_builds_the_cache_the_library_builds(tmp_path, data, cache, 
     assert cli_main(["lerobot-cache", "--verify", str(out)]) == 0
     assert cli_main(["lerobot-cache", "--repo-id", REPO_ID, "--out", str(out), "--policy", "nope=1"]) == 2
     assert "sam2_diffusion has no option 'nope'" in capsys.readouterr().err
+
+
+def test_stock_lerobot_train_trains_from_the_cache(tmp_path, data, cache):
+    """``lerobot-train --policy.feature_cache=CACHE`` (unmodified) trains and saves a policy that acts on frames."""
+    options = [f"--policy.{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "") for k, v in OPTIONS.items()]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_LEROBOT_HOME=str(tmp_path / "lerobot"), OMP_NUM_THREADS="1")
+    command = [str(Path(sys.executable).parent / "lerobot-train"), "--policy.type=sam2_diffusion", *options]
+    command += [f"--dataset.repo_id={REPO_ID}", f"--dataset.root={data}", f"--policy.feature_cache={cache}"]
+    command += ["--steps=2", "--batch_size=4", "--num_workers=0", "--save_freq=2", "--wandb.enable=false"]
+    proc = subprocess.run(
+        [*command, f"--output_dir={tmp_path / 'train'}"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reloaded = SAM2DiffusionPolicy.from_pretrained(tmp_path / "train" / "checkpoints" / "last" / "pretrained_model")
+    assert reloaded.config.feature_cache == str(cache)
+    obs = {key: torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(2)) for key in CAMERAS}
+    obs["observation.state"] = torch.zeros(1, 2)
+    reloaded.eval()
+    assert reloaded.select_action(obs).shape == (1, 2)
