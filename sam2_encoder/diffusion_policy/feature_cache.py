@@ -338,6 +338,27 @@ class FeatureWriter:
             pyramid = self.encoder(frames)
         self._write(key, i, {level: self._values(pyramid[level]) for level in self.levels})
 
+    def encode_chunks(
+        self, chunks: Sequence[tuple[str, int]], progress: bool = False, stop_after: int | None = None
+    ) -> bool:
+        """Encode and write ``(key, chunk)`` pairs in order (:meth:`encode_chunk`).
+
+        Args:
+            chunks: The ``(key, chunk index)`` pairs.
+            progress: Show a progress bar.
+            stop_after: Stop once this object has written this many chunks.
+
+        Returns:
+            ``False`` if it stopped early (``stop_after``), else ``True``.
+        """
+        from tqdm.auto import tqdm
+
+        for key, i in tqdm(chunks, desc=f"cache {self.out.name}", disable=not progress, unit="chunk"):
+            if stop_after is not None and self.written >= stop_after:
+                return False
+            self.encode_chunk(key, i)
+        return True
+
     def put(self, key: str, frame: int, pyramid: Any) -> None:
         """Take one frame's pyramid (batch 1); its chunk is written once all its frames are in.
 
@@ -454,13 +475,9 @@ def build_cache(
     if writer.complete:
         return writer.out
     todo = [(key, i) for key in keys for i in writer.todo(key) if i % world_size == rank]
-    from tqdm.auto import tqdm
-
     try:
-        for key, i in tqdm(todo, desc=f"cache {writer.out.name}", disable=not progress or rank != 0, unit="chunk"):
-            if stop_after_chunks is not None and writer.written >= stop_after_chunks:
-                return writer.out
-            writer.encode_chunk(key, i)
+        if not writer.encode_chunks(todo, progress and rank == 0, stop_after_chunks):
+            return writer.out
     except Exception:
         if world_size == 1:  # nothing of this run worth keeping
             writer.discard_if_unused()

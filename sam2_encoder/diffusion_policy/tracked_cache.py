@@ -31,7 +31,48 @@ from typing import Any
 from .feature_cache import CacheError, FeatureWriter, default_cache_path
 from .mask_cache import build_mask_cache, check_mask_inputs, default_mask_path
 
-__all__ = ["build_cache_with_masks"]
+__all__ = ["build_cache_with_masks", "cache_folders", "tracked_camera"]
+
+
+def tracked_camera(keys: Sequence[str], mask_key: str | None) -> str:
+    """The camera the prompts track: ``mask_key``, one of ``keys`` (default: the only key).
+
+    Raises:
+        ValueError: For a ``mask_key`` not in ``keys``, or none with several keys.
+    """
+    if mask_key is None:
+        if len(keys) != 1:
+            raise ValueError(f"the prompts track one camera: with several keys {keys}, name it with mask_key=")
+        mask_key = keys[0]
+    if mask_key not in keys:
+        raise ValueError(f"mask_key {mask_key!r} is not one of the keys to cache {keys}")
+    return mask_key
+
+
+def cache_folders(
+    replay: str | os.PathLike[str],
+    encoder: Any,
+    mask_key: str,
+    out: str | os.PathLike[str] | None,
+    masks_out: str | os.PathLike[str] | None,
+) -> tuple[Path, Path]:
+    """The feature cache and mask cache folders, two different ones.
+
+    Args:
+        replay: The replay buffer (the default folders lie beside it).
+        encoder: The tracker's ``SAM2ImageEncoder`` (its variant and image size name the feature cache).
+        mask_key: The tracked camera (it names the mask cache).
+        out: Feature cache folder, or ``None`` for :func:`~.feature_cache.default_cache_path`.
+        masks_out: Mask cache folder, or ``None`` for :func:`~.mask_cache.default_mask_path`.
+
+    Raises:
+        ValueError: If both are the same folder.
+    """
+    out = Path(out) if out is not None else default_cache_path(replay, encoder.variant.name, encoder.image_size[0])
+    masks_out = Path(masks_out) if masks_out is not None else default_mask_path(replay, mask_key)
+    if out.resolve() == masks_out.resolve():
+        raise ValueError(f"the feature cache and the mask cache would both be {out}: give them two folders")
+    return out, masks_out
 
 
 def build_cache_with_masks(
@@ -90,24 +131,15 @@ def build_cache_with_masks(
             check (rerun to redo them).
     """
     keys = [keys] if isinstance(keys, str) else list(keys)
-    if mask_key is None:
-        if len(keys) != 1:
-            raise ValueError(f"the prompts track one camera: with several keys {keys}, name it with mask_key=")
-        mask_key = keys[0]
-    if mask_key not in keys:
-        raise ValueError(f"mask_key {mask_key!r} is not one of the keys to cache {keys}")
-    encoder = predictor.encoder
-    out = Path(out) if out is not None else default_cache_path(replay, encoder.variant.name, encoder.image_size[0])
-    masks_out = Path(masks_out) if masks_out is not None else default_mask_path(replay, mask_key)
-    if out.resolve() == masks_out.resolve():
-        raise ValueError(f"the feature cache and the mask cache would both be {out}: give them two folders")
+    mask_key = tracked_camera(keys, mask_key)
+    out, masks_out = cache_folders(replay, predictor.encoder, mask_key, out, masks_out)
     check_mask_inputs(replay, mask_key, prompts, masks_out)  # before the feature cache is created
-    writer = FeatureWriter(replay, keys, encoder, out, levels, dtype, chunk_frames, weights=feature_weights or weights)
+    writer = FeatureWriter(
+        replay, keys, predictor.encoder, out, levels, dtype, chunk_frames, weights=feature_weights or weights
+    )
     try:
-        for key in keys:
-            if key != mask_key:  # other cameras: batched, as `sam2-encoder cache` encodes them
-                for i in writer.todo(key):
-                    writer.encode_chunk(key, i)
+        # other cameras: batched, as `sam2-encoder cache` encodes them
+        writer.encode_chunks([(key, i) for key in keys if key != mask_key for i in writer.todo(key)])
         build_mask_cache(
             replay,
             mask_key,
