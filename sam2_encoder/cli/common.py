@@ -257,7 +257,7 @@ def check_model_args(args: argparse.Namespace) -> None:
         if not torch.cuda.is_available():
             raise CLIError(f"--device {device}: no CUDA device is visible to torch {torch.__version__}")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CLIError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise CLIError(f"--device {device}: only {plural(torch.cuda.device_count(), 'CUDA device')} visible")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise CLIError(f"--device {device}: MPS is not available here")
     elif dev.type not in ("cpu", "cuda", "mps"):
@@ -285,7 +285,7 @@ class EpisodeProgress:
         from tqdm.auto import tqdm
 
         if done:
-            print(f"resuming {self.out}: {done} of {total} episodes already tracked", file=sys.stderr)
+            print(f"resuming {self.out}: {done} of {plural(total, 'episode')} already tracked", file=sys.stderr)
         self.bar = tqdm(total=total, initial=done, desc=self.desc, unit="episode", disable=self.quiet)
 
     def damaged(self, problems: list[str]) -> None:
