@@ -139,6 +139,8 @@ def run_block(block: Block, cwd: Path) -> subprocess.CompletedProcess:
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",
         HF_HOME=str(cwd / ".hf"),
+        HF_DATASETS_OFFLINE="1",
+        HF_LEROBOT_HOME=str(cwd / ".hf" / "lerobot"),
         SAM2_ENCODER_CACHE=str(cwd / ".sam2_encoder_cache"),
         MPLBACKEND="Agg",
         WANDB_MODE="disabled",
