@@ -301,3 +301,20 @@ def test_stock_lerobot_train_trains_from_the_cache(tmp_path, data, cache):
     obs["observation.state"] = torch.zeros(1, 2)
     reloaded.eval()
     assert reloaded.select_action(obs).shape == (1, 2)
+
+
+def test_two_torchrun_ranks_build_the_same_cache_as_one_process(tmp_path, data, cache):
+    """``torchrun --nproc_per_node=2 ... lerobot-cache`` shares chunks round-robin: the bytes of one process."""
+    out = tmp_path / "features"
+    policy_options = [f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "") for k, v in OPTIONS.items()]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "sam2_encoder.cli", "lerobot-cache", "--repo-id", REPO_ID, "--root", str(data)]
+    command += ["--out", str(out), "--dtype", "float32", "--batch-size", str(CHUNK), "--quiet"]
+    command += [a for o in policy_options for a in ("--policy", o)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("LeRobot feature cache ready") == 1  # rank 0 reports
+    files = sorted(p.relative_to(cache) for p in cache.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert [(cache / f).read_bytes() for f in files] == [(out / f).read_bytes() for f in files]
