@@ -31,6 +31,6 @@ python -c "import lerobot, torch, transformers, sam2_encoder; print('lerobot', l
 # integration/lerobot/README.md: test (tests/test_docs.py: the guides' examples, the LeRobot ones included)
 OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider tests/lerobot \
     tests/test_image_encoder.py tests/test_meta_parity.py tests/test_transforms.py \
-    tests/test_checkpoints.py tests/test_streaming.py tests/test_variants.py tests/test_object_tracking.py tests/test_docs.py
+    tests/test_checkpoints.py tests/test_streaming.py tests/test_variants.py tests/test_object_tracking.py tests/test_docs.py tests/test_demo_data.py
 echo "lerobot.sh $phase done in $(( $(date +%s) - start )) s"
 fi
