@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,24 @@ def test_input_range_is_converted_exactly(encoder: SAM2ObsEncoder) -> None:
     unit.load_state_dict(encoder.state_dict())
     obs01 = {k: (v + 1) / 2 if k.startswith("camera") else v for k, v in obs.items()}
     torch.testing.assert_close(unit(obs01), encoder(obs), atol=1e-5, rtol=1e-5)
+
+
+def test_un_normalised_images_warn_once_and_normalised_ones_never() -> None:
+    """Every camera's whole batch in [0, 1] while DP's [-1, 1] is expected: one warning, naming the cameras.
+
+    A normalised batch (values below 0) ends the check for good; input_range [0, 1] never checks.
+    """
+    obs = dp_batch(n=2)
+    unit = {k: (v + 1) / 2 if k.startswith("camera") else v for k, v in obs.items()}
+    mistaken, wired, unit_range = make().eval(), make().eval(), make(input_range=(0, 1)).eval()
+    with pytest.warns(UserWarning, match=r"images \['camera_0', 'camera_1'\] lie in \[0, 1\], but input_range is"):
+        mistaken(unit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mistaken(unit)  # once only
+        wired(obs)
+        wired(unit)  # a normalised batch was seen: no false alarm later (e.g. a bright scene)
+        unit_range(unit)
 
 
 def test_extra_leading_dims(encoder: SAM2ObsEncoder) -> None:

@@ -25,6 +25,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from ..camera_encoder import MultiCameraEncoder
 from ..checkpoints import find_local_path
 from ..config import whole_dims
@@ -233,8 +235,51 @@ class SAM2ObsEncoder(MultiCameraEncoder):
         elif kwargs.get("num_objects", 1) is None:  # null in a config: "from shape_meta", which has none
             kwargs.pop("num_objects")
         super().__init__(rgb, low_dim, input_range=input_range, **kwargs)
+        self._range_unchecked = float(self.config.view.input_range[0]) < 0  # see check_normalised
         if feature_cache is not None:
             self._check_cache(feature_cache)
+
+    def forward(self, obs_dict: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Encode a batch (see :meth:`MultiCameraEncoder.forward`), after :meth:`check_normalised`.
+
+        Shapes:
+            ``{key: (N, *shape)} -> (N, D)``.
+        """
+        if self._range_unchecked and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            self.check_normalised(obs_dict)
+        return super().forward(obs_dict)
+
+    def check_normalised(self, obs_dict: Mapping[str, torch.Tensor]) -> None:
+        """Warn once if the images look un-normalised: every camera's whole batch in [0, 1].
+
+        DP's normaliser maps a [0, 1] image to [-1, 1]: a real normalised batch has values below 0
+        unless every pixel of every camera is at least half bright. The check runs on each call
+        until one batch has a value below 0 (then it stops for good), so it costs one min/max per
+        camera on the first call of a correctly wired policy. Precomputed feature inputs are skipped.
+
+        Args:
+            obs_dict: ``{key: (N, *shape)}`` as given to :meth:`forward`.
+        """
+        frames = [
+            obs_dict[key]
+            for key, shape in self.rgb_shapes.items()
+            if key in obs_dict and tuple(obs_dict[key].shape[-3:]) == tuple(shape) and obs_dict[key].is_floating_point()
+        ]
+        if not frames:
+            return
+        low = min(float(x.min()) for x in frames)
+        if low < 0:
+            self._range_unchecked = False
+            return
+        if max(float(x.max()) for x in frames) <= 1:
+            self._range_unchecked = False
+            lo, hi = self.config.view.input_range
+            warnings.warn(
+                f"SAM2ObsEncoder: every camera's images {sorted(self.rgb_shapes)} lie in [0, 1], but input_range is "
+                f"[{lo}, {hi}] (Diffusion Policy's normaliser output): SAM 2 then sees washed-out frames. Normalise "
+                "the images with the policy's normaliser, or set input_range: [0.0, 1.0] if they are [0, 1] on purpose",
+                stacklevel=3,
+            )
 
     def _check_cache(self, path: str | os.PathLike[str]) -> None:
         if self.crop_shape is not None or self.resize_shape is not None:
