@@ -68,6 +68,7 @@ __all__ = [
     "MaskCache",
     "MaskCacheError",
     "MaskDataset",
+    "MaskWriter",
     "build_mask_cache",
     "check_mask_inputs",
     "default_mask_path",
@@ -236,72 +237,132 @@ def build_mask_cache(
     """
     if (needs_features is None) != (on_features is None):
         raise ValueError("needs_features and on_features go together: give both or neither")
-    frames, ends, table = _inputs(replay, key, prompts)
-    shape = tuple(frames.shape)
-    objects = table["objects"]
-    spec = {
+    writer = MaskWriter(replay, key, prompts, out, predictor, weights, on_damaged)
+    if on_start is not None:
+        on_start(int(writer.finished.sum()), len(writer.ends))
+    try:
+        writer.track_all(on_episode, needs_features, on_features)
+    except BaseException:
+        writer.discard_if_unused()
+        raise
+    return writer.finish()
+
+
+class MaskWriter:
+    """A mask cache being written: created whole, or checked against its arguments and resumed.
+
+    On construction everything is checked (the replay buffer, every prompt against the frame size,
+    an existing ``out``) and a new cache is created whole; an existing one is refused if built
+    from other arguments, and its finished episodes are read back against their checksums (the
+    damaged ones are unflagged, to be tracked again). :meth:`track_all` then tracks each episode
+    not flagged done, writes its masks, then their checksums, and only then flags it;
+    :meth:`finish` reads back what this object wrote and sets ``complete``.
+    :func:`build_mask_cache` is this class driven over every episode.
+
+    Args:
+        replay: The replay buffer (see :func:`build_mask_cache`).
+        key: The camera key.
+        prompts: The prompts file or mapping (see the module docstring).
+        out: The cache folder to create or resume.
+        predictor: A :class:`~sam2_encoder.streaming.StreamingPredictor` (reset for each episode).
+        weights: Identity of the predictor's weights, recorded and compared on resume.
+        on_damaged: Called once with the problems found in the finished episodes of an existing
+            cache (those episodes are tracked again); not called when there are none.
+
+    Raises:
+        MaskCacheError: If ``out`` exists and was built from other arguments, is not a mask cache
+            of this format, or its arrays are damaged beyond a re-track.
+        ValueError / KeyError: For bad prompts or a replay buffer without the key.
+    """
+
+    def __init__(
+        self,
+        replay: str | os.PathLike[str],
+        key: str,
+        prompts: str | os.PathLike[str] | Mapping[str, Any],
+        out: str | os.PathLike[str],
+        predictor: Any,
+        weights: str,
+        on_damaged: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.frames, self.ends, self.table = _inputs(replay, key, prompts)
+        self.predictor = predictor
+        spec = _spec(replay, key, self.table, tuple(self.frames.shape), len(self.ends), predictor, weights)
+        self.out = Path(out)
+        self.created = not self.out.exists()
+        self.store = _create(self.out, spec, self.ends) if self.created else _resume(self.out, spec, self.ends)
+        self.masks, self.progress = _layout(self.store, self.ends)
+        self.finished = _resumable(self.progress, on_damaged)
+        """``(E,)`` bool: the episodes flagged done (updated as episodes are tracked)."""
+        self.tracked: list[int] = []
+        """Episodes whose masks this object wrote."""
+
+    def track_all(
+        self,
+        on_episode: Callable[[int, int], None] | None = None,
+        needs_features: Callable[[int, int], bool] | None = None,
+        on_features: Callable[[int, Any], None] | None = None,
+    ) -> None:
+        """Track each episode not flagged done into the masks, flag it, and add it to :attr:`tracked`.
+
+        An episode already done is tracked again (not rewritten) only while ``needs_features`` wants
+        its frames' features (the arguments are :func:`build_mask_cache`'s).
+        """
+        predictor, frames, ends, table = self.predictor, self.frames, self.ends, self.table
+        finished, objects = self.progress.values, table["objects"]
+        starts = np.concatenate([[0], ends[:-1]])
+        for e, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+            features = on_features if on_features is not None and needs_features(start, end) else None
+            if finished[e]:
+                if features is not None:  # masks done, features not: the same tracking gives them
+                    _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
+                continue
+            block = _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
+            self.masks.write(start, block)  # the chunk files it touches, each replaced whole, then their checksums
+            self.progress.mark(e)  # only after the masks and their checksums are written
+            self.tracked.append(e)
+            if on_episode is not None:
+                on_episode(int(finished.sum()), len(ends))
+
+    def discard_if_unused(self) -> None:
+        """Remove the cache if this object created it and finished no episode (nothing worth keeping)."""
+        if self.created and not self.tracked:
+            shutil.rmtree(self.out, ignore_errors=True)
+
+    def finish(self) -> Path:
+        """Read back the episodes this object wrote, then set ``complete``; returns the cache folder.
+
+        Raises:
+            MaskCacheError: If an episode fails the read-back check (it is unflagged: rerun to track it again).
+        """
+        read_back([(self.progress, self.tracked)])  # what this run wrote, before calling the cache complete
+        # written last: readers only trust complete caches, and check the small arrays against these CRC-32s
+        self.store.set_attrs(sealed_crc32=self.store.seal(_SEALED), complete=True)
+        return self.out
+
+
+def _spec(
+    replay: str | os.PathLike[str],
+    key: str,
+    table: Mapping[str, Any],
+    shape: tuple[int, ...],
+    n_episodes: int,
+    predictor: Any,
+    weights: str,
+) -> dict[str, Any]:
+    """What a mask cache records of its arguments (a resume must match it); ``shape``: the frames' ``(N, H, W, 3)``."""
+    return {
         "replay": str(Path(replay).resolve()),
         "key": key,
-        "objects": objects,
+        "objects": table["objects"],
         "prompts_sha256": prompt_table_sha256(table),
         "variant": predictor.variant.name,
         "weights": weights,
         "image_size": predictor.image_size,
         "frame_shape": list(shape[1:3]),
         "n_frames": int(shape[0]),
-        "n_episodes": len(ends),
+        "n_episodes": n_episodes,
     }
-    out = Path(out)
-    created = not out.exists()
-    store = _create(out, spec, ends) if created else _resume(out, spec, ends)
-    masks, progress = _layout(store, ends)
-    finished = _resumable(progress, on_damaged)
-    if on_start is not None:
-        on_start(int(finished.sum()), len(ends))
-    tracked: list[int] = []
-    try:
-        _track_all(predictor, frames, ends, table, masks, progress, tracked, on_episode, needs_features, on_features)
-    except BaseException:
-        if created and not tracked:  # nothing of this run worth keeping
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    read_back([(progress, tracked)])  # what this run wrote, before calling the cache complete
-    # written last: readers only trust complete caches, and check the small arrays against these CRC-32s
-    store.set_attrs(sealed_crc32=store.seal(_SEALED), complete=True)
-    return out
-
-
-def _track_all(
-    predictor: Any,
-    frames: Any,
-    ends: np.ndarray,
-    table: Mapping[str, Any],
-    masks: ChecksummedArray,
-    progress: Progress,
-    tracked: list[int],
-    on_episode: Callable[[int, int], None] | None,
-    needs_features: Callable[[int, int], bool] | None,
-    on_features: Callable[[int, Any], None] | None,
-) -> None:
-    """Track each episode not flagged done into ``masks``, flag it, and append it to ``tracked``.
-
-    An episode already done is tracked again (not rewritten) only while ``needs_features`` wants
-    its frames' features.
-    """
-    finished, objects = progress.values, table["objects"]
-    starts = np.concatenate([[0], ends[:-1]])
-    for e, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
-        features = on_features if on_features is not None and needs_features(start, end) else None
-        if finished[e]:
-            if features is not None:  # masks done, features not: the same tracking gives them
-                _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
-            continue
-        block = _track_episode(predictor, frames, start, end, table["episodes"][e], objects, e, features)
-        masks.write(start, block)  # the chunk files it touches, each replaced whole, then their checksums
-        progress.mark(e)  # only after the masks and their checksums are written
-        tracked.append(e)
-        if on_episode is not None:
-            on_episode(int(finished.sum()), len(ends))
 
 
 def _create(out: Path, spec: Mapping[str, Any], ends: np.ndarray) -> Store:
