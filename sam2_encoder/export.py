@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image_encoder import LEVELS, SAM2ImageEncoder, bf16_support
+from .obs_inputs import to_pixels
 from .transforms import SAM2Transforms
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "check_parity",
     "export_graph",
     "export_image_encoder",
+    "export_obs_encoder",
     "load_runtime",
     "resize_matrix",
 ]
@@ -342,34 +344,23 @@ class ObsEncoderGraph(nn.Module):
         masks = dict(zip(self.mask_keys, inputs[len(self.cameras) :]))
         lows = inputs[len(self.cameras) + len(self.mask_keys) :]
         pixels, fitted = [], {}
-        for camera, x in frames.items():
-            x = self.transforms.to_rgb_unit(x)
-            m = masks.get(camera)
-            if m is not None:
-                x = torch.cat([x, m.to(x.dtype)], dim=1)
-            x = enc.view(camera).apply(x, False)
-            if m is not None:
-                x, fitted[camera] = x[:, :3].contiguous(), x[:, 3:]
-            pixels.append(self.transforms.finish(x))
+        for camera, x in frames.items():  # forward's own preprocessing, with transforms that skip the range check
+            p, fitted[camera] = to_pixels(self.transforms, enc.view(camera), camera, x, masks.get(camera), False)
+            pixels.append(p)
         pyramid = enc.encoder.encode(torch.cat(pixels, dim=0))
         features = enc.fuse_levels(pyramid).unflatten(0, (len(self.cameras), -1))  # (cameras, N, ...)
         parts = []
         for camera, f in zip(self.cameras, features):
             head = enc.head_for(camera)
-            parts.append(head(f) if camera not in fitted else head(f, fitted[camera].to(f.dtype)))
+            m = fitted[camera]
+            parts.append(head(f) if m is None else head(f, m.to(f.dtype)))
         parts += [v.reshape(v.shape[0], -1).to(parts[0].dtype) for v in lows]
         return torch.cat(parts, dim=-1)
 
     def reference(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"condition": obs_encoder(obs_dict)}`` for the same inputs (eval mode, no autograd)."""
-        enc = self.obs_encoder
-        training = enc.training
-        try:
-            enc.eval()
-            with torch.no_grad():
-                return {"condition": enc(dict(zip(self.input_names, inputs)))}
-        finally:
-            enc.train(training)
+        with _eval_flags(self.obs_encoder), torch.no_grad():
+            return {"condition": self.obs_encoder(dict(zip(self.input_names, inputs)))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,9 +406,11 @@ class RuntimeModel:
             if threads:
                 config["INFERENCE_NUM_THREADS"] = threads
             core = ov.Core()
-            self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-            self.input_names = [next(iter(i.get_names())) for i in self._compiled.inputs]
-            self.output_names = [next(iter(o.get_names())) for o in self._compiled.outputs]
+            model = core.read_model(str(path))
+            declared = {name for port in (*model.inputs, *model.outputs) for name in port.get_names()}
+            self._compiled = core.compile_model(model, "CPU", config)
+            self.input_names = [_port_name(i, declared) for i in self._compiled.inputs]
+            self.output_names = [_port_name(o, declared) for o in self._compiled.outputs]
 
     def __call__(self, *inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Run the model on positional inputs (in ``input_names`` order); returns ``{output name: array}``."""
@@ -430,6 +423,12 @@ class RuntimeModel:
             return dict(zip(self.output_names, self._session.run(None, feed)))
         result = self._compiled(feed)
         return {name: np.asarray(result[out]) for name, out in zip(self.output_names, self._compiled.outputs)}
+
+
+def _port_name(port: Any, declared: set[str]) -> str:
+    """The file's name of an OpenVINO port: a compiled port may carry more (``{'s16', 'add_1891'}``), in a set."""
+    names = sorted(port.get_names())
+    return next((n for n in names if n in declared), names[0])
 
 
 def load_runtime(
@@ -533,7 +532,7 @@ def check_parity(
         models[runtime] = load_runtime(path, name, precision or "f32")
     for batch in batches:
         inputs = graph.example_inputs(batch, seed + batch)
-        with torch.no_grad():
+        with torch.no_grad(), _eval_flags(graph):
             ref = graph.reference(*inputs)
         arrays = [x.numpy() for x in inputs]
         for runtime, model in models.items():
@@ -577,22 +576,38 @@ def _export_settings(graph: nn.Module) -> Iterator[None]:
     """One pass over the whole batch (no micro-batch chunks: the batch is symbolic), eval mode, quiet logs."""
     encoders = [m for m in graph.modules() if isinstance(m, SAM2ImageEncoder)]
     saved = [(e, e.micro_batch) for e in encoders]
-    training = graph.training
     quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
     level = quiet.level
     try:
         for e in encoders:
             e.micro_batch = None
-        graph.eval()
         quiet.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
+        with _eval_flags(graph), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch.export's own
             yield
     finally:
         for e, value in saved:
             e.micro_batch = value
-        graph.train(training)
         quiet.setLevel(level)
+
+
+@contextlib.contextmanager
+def _eval_flags(module: nn.Module) -> Iterator[None]:
+    """Eval mode for ``module`` and every submodule, then each one's own ``training`` flag back.
+
+    The flags are set directly, not through ``train()`` / ``eval()``: a ``MultiCameraEncoder``'s
+    ``train()`` forgets its remembered frames and ends its object streams, and a graph module's
+    own flag (``True`` when built) is not the wrapped encoder's. So exporting or checking an
+    encoder leaves it exactly in the mode it was in.
+    """
+    saved = [(m, m.training) for m in module.modules()]
+    try:
+        for m, _ in saved:
+            m.training = False
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
 
 
 def _check_out(path: Path, fmt: str) -> Path:
@@ -805,4 +820,30 @@ def export_image_encoder(
         >>> export_image_encoder(enc, "sam2_tiny_224.onnx", input="uint8", input_size=(480, 640))  # doctest: +SKIP
     """
     graph = ImageEncoderGraph(encoder, input=input, input_size=input_size, layout=layout)
+    return export_graph(graph, path, format=format, check=check, bf16=bf16)
+
+
+def export_obs_encoder(
+    obs_encoder: nn.Module,
+    path: str | os.PathLike[str],
+    format: str = "onnx",
+    given_masks: bool = False,
+    check: bool = True,
+    bf16: bool = False,
+) -> ExportResult:
+    """Export a policy's observation encoder (``MultiCameraEncoder``) with the output ``condition``.
+
+    Args:
+        obs_encoder: ``MultiCameraEncoder``, DP's ``SAM2ObsEncoder`` or the LeRobot policy's ``encoder``
+            (float32, CPU).
+        path: Output ``.onnx`` or ``.xml``.
+        format: ``"onnx"`` or ``"openvino"``.
+        given_masks: With ``object_tracker=True``: export the graph taking the masks as inputs.
+        check: Parity check against ``obs_encoder(obs_dict)`` in the runtime (batches 1 and 3).
+        bf16: Also report OpenVINO bf16 fidelity.
+
+    Returns:
+        The :class:`ExportResult`; the inputs are named by the obs keys (see :class:`ObsEncoderGraph`).
+    """
+    graph = ObsEncoderGraph(obs_encoder, given_masks=given_masks)
     return export_graph(graph, path, format=format, check=check, bf16=bf16)

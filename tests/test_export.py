@@ -290,3 +290,211 @@ def test_a_missing_runtime_is_one_line_naming_the_extra(tmp_path, monkeypatch, c
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: onnxscript is not installed") and "pip install 'sam2-encoder[export]'" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# the policy's observation encoder
+# --------------------------------------------------------------------------------------------
+
+
+def _obs_encoder(**options):
+    """Two cameras of different sizes (one with 2 object masks), a resize and centre crop, two low-dim keys."""
+    from sam2_encoder.camera_encoder import MultiCameraEncoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = MultiCameraEncoder(
+            {"wrist": (3, 48, 64), "front": (3, 64, 80)},
+            {"vel": (3,), "pos": (2,)},
+            image_size=64,
+            resize_shape=(40, 56),
+            crop_shape=(32, 48),
+            object_masks_key={"front": "front_masks"},
+            num_objects=2,
+            seed=1,
+            **options,
+        )
+    return enc.eval()
+
+
+def _obs_inputs(enc, batch: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    obs = {k: torch.rand(batch, *enc.rgb_shapes[k], generator=g) for k in enc.rgb_keys}
+    obs["front_masks"] = (torch.rand(batch, 2, 64, 80, generator=g) > 0.7).float()
+    obs |= {k: torch.randn(batch, *enc.low_dim_shapes[k], generator=g) for k in enc.low_dim_keys}
+    return obs
+
+
+@pytest.fixture(scope="module")
+def obs_onnx(tmp_path_factory):
+    _need("onnxruntime", "export")
+    _need("onnxscript", "export")
+    from sam2_encoder.export import export_obs_encoder
+
+    enc = _obs_encoder()
+    return enc, export_obs_encoder(enc, tmp_path_factory.mktemp("obs") / "obs.onnx")
+
+
+def test_obs_encoder_export_takes_cameras_then_masks_then_low_dim_sorted(obs_onnx):
+    """Inputs are named by the obs keys in a fixed order; the output is condition (batch, D)."""
+    enc, result = obs_onnx
+    assert list(result.inputs) == ["front", "wrist", "front_masks", "pos", "vel"]
+    assert result.inputs["front_masks"] == (("batch", 2, 64, 80), "float32")
+    assert result.outputs == ("condition",)
+    import onnxruntime as ort
+
+    (out,) = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).get_outputs()
+    assert (out.name, out.shape) == ("condition", ["batch", enc.output_shape()[0]])
+
+
+def test_obs_encoder_export_matches_forward_in_both_runtimes(obs_onnx):
+    """The file computes obs_encoder(obs_dict) at batch 1 and 3, in ONNX Runtime and in OpenVINO."""
+    enc, result = obs_onnx
+    assert all(r.ok for r in result.parity) and [r.batch for r in result.parity] == [1, 3]
+    runtimes = [load_runtime(result.path)]
+    if _openvino_installed():
+        runtimes.append(load_runtime(result.path, "openvino"))
+    for batch in (1, 3):
+        obs = _obs_inputs(enc, batch, seed=20 + batch)
+        with torch.no_grad():
+            ref = enc(obs)
+        for model in runtimes:
+            got = model(*(obs[k].numpy() for k in result.inputs))["condition"]
+            diff, allowed = _within_tolerance(got, ref)
+            assert got.shape == tuple(ref.shape) and diff <= allowed, (model.runtime, batch, diff)
+
+
+def test_exporting_leaves_the_encoder_in_eval_mode(obs_onnx):
+    """Export and its check run in eval mode and give every module its own flag back: an eval encoder stays eval.
+
+    (The graph module is built in train mode; restoring *its* flag once put the encoder into training,
+    so the next ``forward`` took random crops.)
+    """
+    enc, _ = obs_onnx
+    assert [name for name, m in enc.named_modules() if m.training] == []
+    obs = _obs_inputs(enc, 2, seed=5)
+    with torch.no_grad():
+        first = enc(obs)
+        enc.forget_frames()
+        assert torch.equal(enc(obs), first)
+
+
+def test_a_tracker_encoder_in_training_exports_its_given_masks_graph_and_stays_in_training(tmp_path):
+    """given_masks=True exports an object_tracker=True encoder's masks-in graph; it matches forward with masks given.
+
+    The encoder was in train mode: it is still, module by module (the frozen trunk in eval), afterwards.
+    """
+    _need("onnxruntime", "export")
+    _need("onnxscript", "export")
+    from sam2_encoder.export import export_obs_encoder
+
+    enc = _obs_encoder(object_tracker=True).train()
+    flags = {name: m.training for name, m in enc.named_modules()}
+    result = export_obs_encoder(enc, tmp_path / "obs.onnx", given_masks=True)
+    assert {name: m.training for name, m in enc.named_modules()} == flags and flags[""]
+    assert list(result.inputs) == ["front", "wrist", "front_masks", "pos", "vel"]
+    assert all(r.ok for r in result.parity)
+    obs = _obs_inputs(enc.eval(), 2, seed=7)
+    with torch.no_grad():
+        ref = enc(obs)
+    got = load_runtime(result.path)(*(obs[k].numpy() for k in result.inputs))["condition"]
+    diff, allowed = _within_tolerance(got, ref)
+    assert diff <= allowed, diff
+
+
+def _openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def test_the_object_tracker_is_refused_saying_why(tmp_path):
+    """object_tracker=True is one ExportError naming the memory bank; given_masks=True exports the masks graph."""
+    from sam2_encoder.export import ObsEncoderGraph, export_obs_encoder
+
+    enc = _obs_encoder(object_tracker=True)
+    with pytest.raises(ExportError) as e:
+        export_obs_encoder(enc, tmp_path / "obs.onnx")
+    message = str(e.value)
+    assert message.startswith("object_tracker=True cannot be exported: SAM 2's memory attention and memory encoder")
+    assert "memory bank" in message and "given_masks=True" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+    assert ObsEncoderGraph(enc, given_masks=True).input_names == ("front", "wrist", "front_masks", "pos", "vel")
+
+
+def _dp_checkpoint(path):
+    """A Diffusion Policy checkpoint payload (cfg + state_dicts, torch.save) whose EMA obs encoder differs."""
+    from omegaconf import OmegaConf
+
+    from sam2_encoder.diffusion_policy.obs_encoder import SAM2ObsEncoder
+
+    meta = {
+        "obs": {"image": {"shape": [3, 48, 64], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
+        "action": {"shape": [2]},
+    }
+    options = {"variant": "sam2.1_hiera_tiny", "image_size": 64, "crop_shape": [40, 56], "pool": "avg"}
+    cfg = OmegaConf.create(
+        {
+            "shape_meta": meta,
+            "policy": {"obs_encoder": {"_target_": "sam2_encoder.SAM2ObsEncoder", "shape_meta": "${shape_meta}",
+                                       "checkpoint": str(path.parent / "gone.pt"), **options}},
+            "training": {"use_ema": True},
+        }
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trained = SAM2ObsEncoder(meta, seed=5, **options).eval()
+    from tests.conftest import perturb_
+
+    raw = {f"obs_encoder.{k}": v.clone() for k, v in trained.state_dict().items()}
+    perturb_(trained.heads, seed=9)
+    ema = {f"obs_encoder.{k}": v for k, v in trained.state_dict().items()}
+    payload = {"cfg": cfg, "state_dicts": {"model": raw, "ema_model": ema}, "pickles": {}}
+    torch.save(payload, path)
+    return trained
+
+
+def test_cli_exports_a_diffusion_policy_checkpoints_obs_encoder(tmp_path, capsys):
+    """`sam2-encoder export --policy x.ckpt` re-instantiates the saved cfg, loads the EMA weights, and matches them."""
+    import json
+
+    from sam2_encoder.cli import main
+
+    _need("onnxruntime", "export")
+    _need("onnxscript", "export")
+    pytest.importorskip("hydra", reason="hydra-core is not installed: pip install 'sam2-encoder[dp]'")
+    trained = _dp_checkpoint(tmp_path / "latest.ckpt")
+    out = tmp_path / "obs.onnx"
+    assert main(["export", "--policy", str(tmp_path / "latest.ckpt"), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["inputs"]) == ["image", "agent_pos"] and report["outputs"] == ["condition"]
+    assert all(r["ok"] for r in report["parity"])
+    g = torch.Generator().manual_seed(3)
+    obs = {"image": torch.rand(2, 3, 48, 64, generator=g) * 2 - 1, "agent_pos": torch.randn(2, 2, generator=g)}
+    with torch.no_grad():
+        ref = trained(obs)  # the EMA weights
+    got = load_runtime(out)(obs["image"].numpy(), obs["agent_pos"].numpy())["condition"]
+    diff, allowed = _within_tolerance(got, ref)
+    assert diff <= allowed, diff
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "nope.ckpt", "--policy {tmp}/nope.ckpt: no such file or folder"),
+        (lambda p: (p / "w.pt").write_bytes(b"x") and p / "w.pt", "expected a LeRobot policy folder"),
+        (lambda p: (p / "pol").mkdir() or p / "pol", "a LeRobot policy folder holds config.json and model.safetensors"),
+        (lambda p: torch.save({"a": 1}, p / "x.ckpt") or p / "x.ckpt", "not a Diffusion Policy checkpoint"),
+    ],
+)
+def test_cli_bad_policies_are_one_error_line(make, message, tmp_path, capsys):
+    """A missing, unknown or incomplete --policy is one `error: ...` line, exit 2, nothing written."""
+    from sam2_encoder.cli import main
+
+    policy = make(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    out = tmp_path / "o.onnx"
+    assert main(["export", "--policy", str(policy), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and message.replace("{tmp}", str(tmp_path)) in err, err
+    assert sorted(tmp_path.iterdir()) == before

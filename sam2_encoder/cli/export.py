@@ -55,6 +55,12 @@ def register(sub: Any) -> argparse.ArgumentParser:
         help="export this saved policy's obs encoder instead: a LeRobot policy folder (config.json + "
         "model.safetensors, as --policy.path takes) or a Diffusion Policy .ckpt",
     )
+    p.add_argument(
+        "--given-masks",
+        action="store_true",
+        help="a policy with object_tracker=true: export the graph that takes the object masks as inputs "
+        "(the tracker's memory cannot be exported; it then runs outside the graph)",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the parity check (not recommended)")
     p.add_argument(
         "--bf16", action="store_true", help="also report OpenVINO bf16 fidelity (needs openvino and native bf16)"
@@ -95,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import export
 
     if args.policy is not None:
-        graph, what = _policy_graph(Path(args.policy))
+        graph, what = _policy_graph(Path(args.policy), args.given_masks)
     else:
         graph, what = _image_graph(args)
     print(f"exporting {what} to {args.format} ...", file=sys.stderr)
@@ -139,6 +145,84 @@ def _image_graph(args: argparse.Namespace) -> tuple[Any, str]:
     return graph, f"{encoder.variant.name} image encoder at {s[0]}x{s[1]} (input {args.input})"
 
 
-def _policy_graph(path: Path) -> tuple[Any, str]:
-    """The obs encoder of a saved policy as an export graph."""
-    raise CLIError(f"--policy {path}: exporting a policy's obs encoder is not available yet")
+def _policy_graph(path: Path, given_masks: bool) -> tuple[Any, str]:
+    """The obs encoder of a saved policy (LeRobot folder or Diffusion Policy ``.ckpt``) as an export graph."""
+    from ..export import ObsEncoderGraph
+
+    if path.is_dir():
+        encoder, kind = _lerobot_encoder(path), "LeRobot policy"
+    elif path.is_file() and path.suffix == ".ckpt":
+        encoder, kind = _dp_encoder(path), "Diffusion Policy checkpoint"
+    elif not path.exists():
+        raise CLIError(f"--policy {path}: no such file or folder")
+    else:
+        raise CLIError(
+            f"--policy {path}: expected a LeRobot policy folder (config.json + model.safetensors) or a Diffusion "
+            f"Policy .ckpt, got a {path.suffix or 'suffix-less'} file"
+        )
+    graph = ObsEncoderGraph(encoder, given_masks=given_masks)
+    return graph, f"the obs encoder of {kind} {path} (condition of {encoder.output_shape()[0]} values per row)"
+
+
+def _lerobot_encoder(path: Path) -> Any:
+    """``SAM2DiffusionPolicy.from_pretrained(path).encoder`` (needs lerobot: the training environment)."""
+    config = path / "config.json"
+    if not config.is_file() or not (path / "model.safetensors").is_file():
+        raise CLIError(f"--policy {path}: a LeRobot policy folder holds config.json and model.safetensors")
+    try:
+        kind = json.loads(config.read_text()).get("type")
+    except (ValueError, AttributeError) as e:
+        raise CLIError(f"--policy {config}: not a JSON object ({e})") from None
+    if kind != "sam2_diffusion":
+        raise CLIError(f"--policy {path}: config.json has type {kind!r}; only sam2_diffusion policies are exported")
+    try:
+        from ..lerobot.modeling_sam2_diffusion import SAM2DiffusionPolicy
+    except ImportError as e:
+        raise ImportError(
+            f"a LeRobot policy folder needs lerobot ({e}): run the export in the environment the policy was "
+            "trained in, with pip install 'sam2-encoder[export]'"
+        ) from None
+    return SAM2DiffusionPolicy.from_pretrained(path).encoder.eval()
+
+
+def _dp_encoder(path: Path) -> Any:
+    """``policy.obs_encoder`` of a Diffusion Policy checkpoint: the saved cfg re-instantiated, its weights loaded.
+
+    The checkpoint is a pickle (``torch.load(weights_only=False)``, as DP's ``eval.py`` loads it):
+    export only checkpoints you trust. The EMA weights when ``training.use_ema``, as DP evaluates.
+    """
+    import warnings
+
+    import torch
+
+    try:
+        import hydra.utils
+        from omegaconf import OmegaConf
+    except ImportError as e:
+        raise ImportError(
+            f"a Diffusion Policy checkpoint needs hydra-core and omegaconf ({e}): pip install 'sam2-encoder[dp]'"
+        ) from None
+    try:
+        import dill as pickle_module  # what DP saves with
+    except ImportError:
+        import pickle as pickle_module
+    with open(path, "rb") as f:
+        payload = torch.load(f, map_location="cpu", pickle_module=pickle_module, weights_only=False)
+    if not isinstance(payload, dict) or "cfg" not in payload or "state_dicts" not in payload:
+        raise CLIError(f"--policy {path}: not a Diffusion Policy checkpoint (no cfg / state_dicts in it)")
+    if not OmegaConf.has_resolver("eval"):
+        OmegaConf.register_new_resolver("eval", eval)  # as DP's train.py / eval.py do
+    cfg = payload["cfg"]
+    node = OmegaConf.select(cfg, "policy.obs_encoder")
+    if node is None:
+        raise CLIError(f"--policy {path}: its cfg has no policy.obs_encoder")
+    which = "ema_model" if OmegaConf.select(cfg, "training.use_ema", default=False) else "model"
+    weights = payload["state_dicts"].get(which, {})
+    state = {k.removeprefix("obs_encoder."): v for k, v in weights.items() if k.startswith("obs_encoder.")}
+    if not state:
+        raise CLIError(f"--policy {path}: state_dicts[{which!r}] has no obs_encoder.* weights")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SAM 2 file is not read: the checkpoint's weights replace it
+        encoder = hydra.utils.instantiate(node, download=False)
+    encoder.load_state_dict(state, strict=True)
+    return encoder.eval()
