@@ -184,7 +184,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     c = report["config"]
     ax.set(
         ylabel="lerobot training steps per second",
-        title=f"{c['variant']} @ {c['image_size']}, batch {c['batch_size']}: {report['speedup']}x "
+        title=f"{c['variant']} @ {c['image_size']}, batch {c['batch_size']}, UNet {c['down_dims']}: "
+        f"{report['speedup']}x "
         f"(cache built in {report['cache_build_s']} s, even after {report['break_even_steps']} steps)",
     )
     ax.title.set_fontsize(8)
