@@ -185,7 +185,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set(
         ylabel="lerobot training steps per second",
         title=f"{c['variant']} @ {c['image_size']}, batch {c['batch_size']}, UNet {c['down_dims']}: "
-        f"{report['speedup']}x "
+        f"{report['speedup']}x\n"
         f"(cache built in {report['cache_build_s']} s, even after {report['break_even_steps']} steps)",
     )
     ax.title.set_fontsize(8)
