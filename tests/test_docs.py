@@ -113,7 +113,9 @@ def test_readme_setup_is_two_commands_that_ci_runs() -> None:
     assert len(commands) == 2, commands
     assert "--index-url https://download.pytorch.org/whl/cpu" in commands[0] and "sam2-encoder encode" in commands[0]
     assert "pytest" in commands[1]
-    assert "Set-up" in (REPO / ".ci" / "run").read_text(), ".ci/run must read README's set-up block"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "^## Set-up" in ci, ".ci/run must read README's set-up block"
+    assert 'bash -euo pipefail -c "${SETUP[0]}"' in ci and 'bash -euo pipefail -c "${SETUP[1]}"' in ci
 
 
 @pytest.fixture(scope="session")
