@@ -26,7 +26,6 @@ from torch import nn
 from .camera_view import CameraView
 from .config import EncoderConfig, whole_dims
 from .downloads import CheckpointError
-from .finetune import configure_finetuning
 from .frame_memo import FrameMemo, MemoLookup, memo_rows
 from .heads import HeadBuilder
 from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder
@@ -35,6 +34,7 @@ from .object_tracking import TrackerModules
 from .obs_inputs import batch_dims, given_masks, low_dim_values, to_pixels, tracks_call
 from .obs_tracker import ObsTracker, TrackPlan, parse_view_prompts
 from .pooling import fuse_levels, pack_pyramid
+from .trunk import build_trunk, optimizer_groups
 
 __all__ = ["EncoderConfig", "MultiCameraEncoder", "whole_dims"]
 
@@ -88,18 +88,15 @@ class MultiCameraEncoder(nn.Module):
         self.fuse = readout.fuse
         self.object_masks = object_mask_keys(objects.object_masks_key, self.rgb_shapes, self.low_dim_shapes)
         self.num_objects = objects.num_objects
-        if self.object_masks and readout.share_heads and set(self.object_masks) != set(self.rgb_shapes):
-            raise ValueError(
-                f"share_heads=True needs object masks for every camera {list(self.rgb_shapes)}, "
-                f"got them for {list(self.object_masks)}"
-            )
+        head_names = _head_names(self.rgb_shapes, self.object_masks, readout.share_heads)
         self.object_level = objects.object_level
         self.resize_shape = view.resize_shape
         self.crop_shape = view.crop_shape
         self.random_crop = view.random_crop
         self.trunk_lr_scale = config.finetuning.trunk_lr_scale
         self.use_compile = backbone.compile
-        self._check_crop()
+        for key in self.rgb_shapes:  # a crop larger than a camera raises (see CameraView)
+            self.view(key)
         # the object tracker's options (checked by config.tracking)
         tracking = config.tracking
         self.n_obs_steps = tracking.n_obs_steps
@@ -109,50 +106,16 @@ class MultiCameraEncoder(nn.Module):
         views = {camera: self.view(camera) for camera in self.object_masks}
         prompts = parse_view_prompts(tracking.object_prompts, views, self.num_objects, "object_prompts")
 
-        self.encoder = SAM2ImageEncoder(
-            backbone.variant,
-            checkpoint=backbone.checkpoint,
-            image_size=backbone.image_size,
-            freeze=True,
-            fast_attention=backbone.fast_attention,
-            channel_order=view.channel_order,
-            input_range=view.input_range,
-            seed=backbone.seed,
-            download=backbone.download,
-            precision=backbone.precision,
-            missing_checkpoint="defer",  # a host's reload brings the weights in its own state dict
-        )
-        tune = config.finetuning
-        if not tune.freeze:
-            configure_finetuning(
-                self.encoder, tune.finetune or "all", tune.finetune_blocks, tune.lora_rank, tune.lora_alpha
-            )
+        self.encoder = build_trunk(config)
         builder = HeadBuilder(readout, objects, self.encoder.feature_shapes())
         self.feature_shape = builder.feature_shape
-        if readout.share_heads:
-            names = {"shared": bool(self.object_masks)}
-        else:
-            names = {_module_key(k): k in self.object_masks for k in self.rgb_shapes}
-        self.heads = builder.build(names, backbone.seed)
+        self.heads = builder.build(head_names, backbone.seed)
         self.share_heads = readout.share_heads
         self.reuse_frames = config.reuse_frames
         self._memo = FrameMemo()
         self._compiled = None
-        self.tracker: TrackerModules | None = None  # the tracker's weights (state dict: tracker.*)
-        self.obs_tracker: ObsTracker | None = None  # its streams per batch row
-        if tracking.object_tracker:
-            try:  # (not read while the encoder's checkpoint is deferred: the state dict brings both)
-                self.tracker = TrackerModules(
-                    self.encoder, checkpoint=backbone.checkpoint, seed=backbone.seed, download=backbone.download
-                )
-            except CheckpointError as e:
-                raise CheckpointError(
-                    f"{e}\nobject_tracker=True: the encoder's object tracker needs a full SAM 2 checkpoint (memory "
-                    "attention / encoder); pass one, or set object_tracker=false and give the masks in every obs dict"
-                ) from e
-            self.obs_tracker = ObsTracker(
-                self.tracker, views, self.num_objects, self.n_obs_steps, tracking.object_restart, prompts
-            )
+        # the tracker's weights (state dict: tracker.*) and its streams per batch row
+        self.tracker, self.obs_tracker = _build_tracker(self.encoder, config, views, prompts)
 
     # ----------------------------------------------------------------------------------------
     # encoder API
@@ -330,14 +293,7 @@ class MultiCameraEncoder(nn.Module):
         Returns:
             A list for ``torch.optim.AdamW(...)``; the trunk group is omitted when frozen.
         """
-        heads = [p for p in self.heads.parameters() if p.requires_grad]
-        trunk = [p for p in self.encoder.parameters() if p.requires_grad]
-        groups = [{"params": heads, "lr": lr, "weight_decay": weight_decay, "name": "heads"}]
-        if trunk:
-            groups.append(
-                {"params": trunk, "lr": lr * self.trunk_lr_scale, "weight_decay": weight_decay, "name": "trunk"}
-            )
-        return groups
+        return optimizer_groups(self.heads, self.encoder, lr, weight_decay, self.trunk_lr_scale)
 
     def train(self, mode: bool = True) -> MultiCameraEncoder:
         """Set train mode (the frozen trunk stays in eval), forget remembered frames, end object streams."""
@@ -384,11 +340,6 @@ class MultiCameraEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images to SAM 2 pixels through camera ``key``'s view (see :func:`~sam2_encoder.obs_inputs.to_pixels`)."""
         return to_pixels(self.encoder.transforms, self.view(key), key, x, masks, self.training, finish)
-
-    def _check_crop(self) -> None:
-        """Raise if a crop is larger than a camera (see :class:`~sam2_encoder.camera_view.CameraView`)."""
-        for key in self.rgb_shapes:
-            self.view(key)
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         """Random crop per image in train mode (if ``random_crop``), centre crop otherwise."""
@@ -492,6 +443,31 @@ class _ForwardCall:
         return outputs
 
 
+def _build_tracker(
+    encoder: SAM2ImageEncoder, config: EncoderConfig, views: Mapping[str, CameraView], prompts: Mapping[str, Any]
+) -> tuple[TrackerModules | None, ObsTracker | None]:
+    """The object tracker's weights and its streams, with ``object_tracker=True`` (else ``(None, None)``).
+
+    The weights are not read while the encoder's checkpoint is deferred: the state dict brings both.
+    """
+    backbone, tracking = config.backbone, config.tracking
+    if not tracking.object_tracker:
+        return None, None
+    try:
+        modules = TrackerModules(
+            encoder, checkpoint=backbone.checkpoint, seed=backbone.seed, download=backbone.download
+        )
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{e}\nobject_tracker=True: the encoder's object tracker needs a full SAM 2 checkpoint (memory "
+            "attention / encoder); pass one, or set object_tracker=false and give the masks in every obs dict"
+        ) from e
+    streams = ObsTracker(
+        modules, views, config.objects.num_objects, tracking.n_obs_steps, tracking.object_restart, prompts
+    )
+    return modules, streams
+
+
 def _rows(
     tensors: tuple[torch.Tensor, torch.Tensor | None], rows: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -516,6 +492,21 @@ def _config(config: EncoderConfig | None, options: Mapping[str, Any]) -> Encoder
             "use dataclasses.replace on the config's parts, or EncoderConfig.from_flat(**{**config.flat(), ...})"
         )
     return config
+
+
+def _head_names(cameras: Mapping[str, Any], object_masks: Mapping[str, str], share_heads: bool) -> dict[str, bool]:
+    """``{head module name: takes object tokens}``: one ``"shared"`` head, or one per camera.
+
+    Raises:
+        ValueError: ``share_heads`` with object masks for some cameras only.
+    """
+    if not share_heads:
+        return {_module_key(k): k in object_masks for k in cameras}
+    if object_masks and set(object_masks) != set(cameras):
+        raise ValueError(
+            f"share_heads=True needs object masks for every camera {list(cameras)}, got them for {list(object_masks)}"
+        )
+    return {"shared": bool(object_masks)}
 
 
 def _module_key(key: str) -> str:
