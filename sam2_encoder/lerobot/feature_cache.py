@@ -699,7 +699,7 @@ class CachedCameras:
 
     def _check_frames(self, camera: str, frames: torch.Tensor, rows: np.ndarray) -> None:
         """Refuse a batch whose frames are not the ones cached (their thumbnails differ)."""
-        seen = thumbnails(frames.detach().float().cpu())
+        seen = thumbnails(frames.detach()).cpu()  # pooled where the frames are (a GPU), then moved
         cached = self.cache.read(f"thumbs/{camera}", rows)
         gap = (seen - cached).abs().amax(dim=(-3, -2, -1))
         if float(gap.max()) > _THUMB_ATOL:

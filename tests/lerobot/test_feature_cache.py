@@ -225,6 +225,15 @@ def test_random_crops_and_fine_tuning_are_refused_with_a_cache():
         config(feature_cache="c", freeze=False)
 
 
+def test_a_float16_cache_serves_the_float32_features_rounded_to_float16(tmp_path, dataset, policy, cache):
+    """The default storage dtype: every served value is the float32 feature rounded to float16, nothing else."""
+    half = build_lerobot_cache(dataset, policy.encoder, tmp_path / "half", chunk_frames=CHUNK)
+    rows = np.arange(len(LeRobotFeatureCache(cache))).reshape(-1, 2)
+    for camera in CAMERAS:
+        full = LeRobotFeatureCache(cache).read(f"features/{camera}", rows)
+        assert torch.equal(LeRobotFeatureCache(half).read(f"features/{camera}", rows), full.half().float())
+
+
 def test_a_damaged_chunk_is_named_on_first_read(tmp_path, cache):
     """Altered bytes in one chunk file: the first read of that chunk names array, chunk and frames."""
     copy = tmp_path / "cache"
