@@ -156,7 +156,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=8, help="timed training steps per way (two interleaved rounds)")
     p.add_argument("--down-dims", type=int, nargs="+", default=[512, 1024, 2048], help="UNet (LeRobot's default)")
-    p.add_argument("--chunk-frames", type=int, default=32, help="frames per cache chunk (and per encoder batch)")
+    p.add_argument("--chunk-frames", type=int, default=8, help="frames per cache chunk (and per encoder batch)")
     p.add_argument("--threads", type=int, default=1)
     add_output_args(p, "lerobot_cache")
     args = p.parse_args()

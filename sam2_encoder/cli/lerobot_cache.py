@@ -43,7 +43,12 @@ def register(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--camera", action="append", help="a camera to cache (repeat; default: every camera)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype of features")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="frames per chunk and per encoder batch")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=8,
+        help="frames per chunk and per encoder batch (small chunks: training reads frames at random)",
+    )
     p.add_argument("--verify", metavar="CACHE", help="check every chunk of an existing cache; exit 2 if any is bad")
     p.add_argument("--threads", type=non_negative_int, default=0)
     p.add_argument("--quiet", action="store_true")

@@ -317,7 +317,8 @@ class LeRobotFeatureWriter:
         out: The cache folder.
         cameras: Cameras to cache (default: every camera of the encoder).
         dtype: ``"float16"`` or ``"float32"``.
-        chunk_frames: Frames per chunk (one zarr chunk, one encoder batch per camera).
+        chunk_frames: Frames per chunk (one zarr chunk, one encoder batch per camera); small, since
+            training reads frames at random and decodes a whole chunk for each.
         prepare: Create or check the folder (rank 0 only when sharded).
         barrier: Called after preparing (ranks wait for rank 0).
 
@@ -334,7 +335,7 @@ class LeRobotFeatureWriter:
         out: str | os.PathLike[str],
         cameras: Sequence[str] | None = None,
         dtype: str = "float16",
-        chunk_frames: int = 32,
+        chunk_frames: int = 8,
         prepare: bool = True,
         barrier: Callable[[], None] | None = None,
     ) -> None:
@@ -471,7 +472,7 @@ def build_lerobot_cache(
     out: str | os.PathLike[str],
     cameras: Sequence[str] | None = None,
     dtype: str = "float16",
-    chunk_frames: int = 32,
+    chunk_frames: int = 8,
     progress: bool = False,
     rank: int = 0,
     world_size: int = 1,
