@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,19 @@ def test_an_empty_folder_is_filled_and_the_data_is_deterministic(tmp_path: Path)
     assert main(["demo-data", "--out", str(other), "--size", "64", "--steps", "8"]) == 0
     np.testing.assert_array_equal(np.load(other / "clip.npy"), frames)
     assert (other / "prompts.json").read_text() == (first / "prompts.json").read_text()
+
+
+def test_a_killed_runs_partial_folder_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    """``.demo.<pid>.partial`` of a process that no longer exists goes; one of a live process stays."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".demo.{dead.pid}.partial"
+    (stale / "replay.zarr").mkdir(parents=True)
+    live = tmp_path / f".demo.{os.getppid()}.partial"
+    live.mkdir()
+    demo(tmp_path)
+    assert not stale.exists() and live.is_dir()
+    assert {p.name for p in (tmp_path / "demo").iterdir()} == FILES
 
 
 def _leftovers(folder: Path) -> list[str]:

@@ -1,6 +1,7 @@
 """``sam2-encoder demo-data [--out DIR]``: the small data the README's commands run on.
 
-Writes, into one folder that appears whole (written under a temporary name, then renamed):
+Writes, into one folder that appears whole (written as ``.<name>.<pid>.partial`` beside it, then
+renamed; the next run removes such folders of runs that were killed):
 
 - ``replay.zarr``: a Diffusion Policy replay buffer (zarr-2 format, DP's layout) of a moving
   square, from :func:`sam2_encoder.diffusion_policy.synthetic.write_replay_buffer`: ``data/img``
@@ -26,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,20 @@ def _write_all(tmp: Path, args: argparse.Namespace, options: dict[str, Any]) -> 
     (tmp / "demo.json").write_text(json.dumps(options, indent=1) + "\n")
 
 
+def _remove_stale_partials(out: Path) -> None:
+    """Delete ``.<name>.<pid>.partial`` folders beside ``out`` left by demo-data runs that were killed."""
+    for folder in out.parent.glob(f".{out.name}.*.partial"):
+        pid = folder.name[len(out.name) + 2 : -len(".partial")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def _check_imports(lerobot: bool) -> None:
     try:
         import zarr  # noqa: F401
@@ -205,11 +219,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"writing demo data to {out} ({args.episodes} episodes of {args.steps} frames, {args.size}x{args.size})")
     sys.stdout.flush()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
+    _remove_stale_partials(out)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private; the finished one has the usual mode
+        tmp.mkdir()
         _write_all(tmp, args, options)
         if out.exists():  # an empty folder: replaced by the finished one
             out.rmdir()
