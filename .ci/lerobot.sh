@@ -21,8 +21,9 @@ fi
 source "$VENV/bin/activate"
 if [ "$phase" != test ]; then
 python -m pip install -q --upgrade pip
-# integration/lerobot/README.md: install (our package with its test extras, and the plugin with PushT)
-python -m pip install -q -e ".[dev]" "./integration/lerobot[pusht]"
+# integration/lerobot/README.md: install (our package with its test extras, the plugin with PushT and async
+# inference, and the pusht_sim robot plugin)
+python -m pip install -q -e ".[dev]" "./integration/lerobot[pusht,async]" ./integration/lerobot_robot_pusht
 python -m pip check
 echo "lerobot venv ready in $(( $(date +%s) - start )) s"
 fi
