@@ -106,6 +106,24 @@ def test_every_marker_gives_a_reason_and_the_docs_have_examples() -> None:
     assert {b.lang for b in runnable} >= {"bash", "python"}, "README.md must keep runnable shell and Python examples"
 
 
+def test_blocks_are_read_with_their_line_language_indent_and_marker(tmp_path: Path) -> None:
+    """Fences inside list items are dedented; the comment on the line before a fence is its marker."""
+    doc = tmp_path / "guide.md"
+    doc.write_text(
+        "# Guide\n\n```bash\necho one\n```\n\n1. Step:\n\n   <!-- skip: needs a GPU -->\n   ```python\n"
+        "   print(2)\n   ```\n\n<!-- needs lerobot: the LeRobot venv -->\n```console\n$ echo three\nthree\n```\n"
+    )
+    one, two, three = blocks_of(doc)
+    assert (one.line, one.lang, one.code, one.marker) == (3, "bash", "echo one\n", None)
+    assert (two.line, two.lang, two.code) == (10, "python", "print(2)\n")
+    assert skip_reason(two) == "needs a GPU"
+    assert three.lang == "console" and three.code == "$ echo three\nthree\n"
+    expected = None if importlib.util.find_spec("lerobot") else "the LeRobot venv (no lerobot here)"
+    assert skip_reason(three) == expected
+    result = run_block(three, tmp_path)
+    assert result.returncode == 0 and result.stdout == "three\n"  # only the `$ ` lines run
+
+
 def test_readme_setup_is_two_commands_that_ci_runs() -> None:
     """README's set-up block holds exactly two commands (install + first run, the tests); .ci/run runs it."""
     setup = next(b for b in blocks_of(REPO / "README.md") if b.lang == "bash")
