@@ -172,6 +172,17 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         self.encoder.reset_objects()  # the frame memo and the object streams
         self._tracking = None
 
+    def supports_rtc(self) -> bool:
+        """``False``: no Real-Time Chunking (``lerobot-rollout --inference.type=rtc`` refuses the policy).
+
+        RTC guides each new chunk toward the unexecuted rest of the previous one
+        (``predict_action_chunk(..., inference_delay=, prev_chunk_left_over=)``) inside a
+        flow-matching sampler; this policy's DDPM / DDIM sampler has no such guidance, and
+        ignoring those arguments would claim a behaviour it does not have. Use the sync backend
+        or async inference.
+        """
+        return False
+
     def set_object_prompts(self, prompts: dict[str, Any], row: int | None = None) -> None:
         """Set the object prompts of the policy's tracker at run time (a person's clicks, a detector).
 
@@ -230,21 +241,30 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
-        """The next ``n_action_steps`` actions.
+        """The next ``n_action_steps`` actions, from the latest observation or from a window of them.
+
+        One observation (cameras ``(B, 3, H, W)``, what LeRobot's async policy server sends at each
+        request) is queued as :meth:`select_action` queues it (the first of an episode repeated
+        ``n_obs_steps`` times) and the queued window is used: successive calls keep their history
+        and the encoder's frame reuse, :meth:`reset` starts a new episode, and the actions equal
+        those :meth:`select_action` returns on the same observations. An observation already
+        queued (the same tensors: :meth:`select_action` queues before it predicts) is not queued
+        again. A window (cameras ``(B, n_obs_steps, 3, H, W)``, offline) is used as given; the
+        queues are left alone.
 
         Args:
-            batch: With queues filled by :meth:`select_action`: ignored beyond its keys, the queued
-                ``n_obs_steps`` observations are used. Otherwise (offline): ``(B, To, ...)`` inputs.
+            batch: One observation (cameras ``(B, 3, H, W)``, low-dim ``(B, S)``) or a window
+                (``(B, To, ...)`` inputs).
             noise: Optional initial noise ``(B, horizon, A)``.
 
         Returns:
             ``(B, n_action_steps, A)`` normalised actions.
         """
-        if any(len(self._queues[key]) for key in self.obs_keys):
-            obs = self._queued()
-        else:
-            obs = self._stack_steps(batch)
-        return self._generate(obs, noise)
+        if self._is_window(batch):
+            return self._generate(self._stack_steps(batch), noise)
+        if not self._is_queued(batch):
+            self._observe(batch, "predict_action_chunk")
+        return self._generate(self._queued(), noise)
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
@@ -262,17 +282,11 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         Returns:
             ``(B, A)`` normalised action.
         """
-        missing = [key for key in self.obs_keys if key not in batch]
-        if missing:
-            raise KeyError(f"sam2_diffusion.select_action: missing {missing}; got keys {sorted(batch)}")
-        tracking = self._tracks(batch)  # no masks in the batch: the encoder's tracker makes them
-        if tracking:
-            self._require_tracker("select_action")
-        self._queues = populate_queues(self._queues, {key: batch[key] for key in batch if key in self.input_keys})
+        tracking = self._observe(batch, "select_action")
         if tracking and self._queues[ACTION]:  # no prediction at this step: the tracker still follows this frame
             self.encoder(self._queued())
         if not self._queues[ACTION]:
-            actions = self.predict_action_chunk(batch, noise=noise)
+            actions = self.predict_action_chunk(batch, noise=noise)  # on the window just queued
             self._queues[ACTION].extend(actions.transpose(0, 1))
         return self._queues[ACTION].popleft()
 
@@ -391,6 +405,26 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
             )
         self._tracking = tracking
         return tracking
+
+    def _observe(self, batch: dict[str, Tensor], what: str) -> bool:
+        """Queue one observation (the first of an episode fills the window); whether the tracker makes the masks."""
+        missing = [key for key in self.obs_keys if key not in batch]
+        if missing:
+            raise KeyError(f"sam2_diffusion.{what}: missing {missing}; got keys {sorted(batch)}")
+        tracking = self._tracks(batch)  # no masks in the batch: the encoder's tracker makes them
+        if tracking:
+            self._require_tracker(what)
+        self._queues = populate_queues(self._queues, {key: batch[key] for key in batch if key in self.input_keys})
+        return tracking
+
+    def _is_window(self, batch: dict[str, Tensor]) -> bool:
+        """Whether ``batch`` holds ``(B, To, ...)`` windows (offline) rather than one observation ``(B, ...)``."""
+        key = next((key for key in self.obs_keys if key in batch), None)
+        return key is not None and batch[key].dim() == len(self.config.input_features[key].shape) + 2
+
+    def _is_queued(self, batch: dict[str, Tensor]) -> bool:
+        """Whether the newest queued observation is ``batch`` itself (the same tensors)."""
+        return all(key in batch and self._queues[key] and self._queues[key][-1] is batch[key] for key in self.obs_keys)
 
     def _queued(self) -> dict[str, Tensor]:
         """``{key: (B, n_obs_steps, *shape)}``: the queued observations (and masks, unless the policy tracks)."""
