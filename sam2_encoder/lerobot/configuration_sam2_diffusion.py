@@ -21,14 +21,12 @@ from lerobot.optim import AdamConfig, DiffuserSchedulerConfig
 from lerobot.utils.constants import OBS_STATE
 
 from ..config import EncoderConfig, option_docs, option_types
-from ..object_tracking import parse_object_prompts
+from .validation import check_diffusion_options, check_object_features, check_object_options, check_tracking
 
 __all__ = ["ENCODER_OPTIONS", "LEROBOT_DEFAULTS", "LEROBOT_NAMES", "SAM2DiffusionConfig"]
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_TYPES = ("epsilon", "sample")
-NOISE_SCHEDULERS = ("DDPM", "DDIM")
 
 #: The one table of LeRobot's names for encoder options it spells differently: ``{encoder option:
 #: LeRobot option}`` (LeRobot's names of today stay, so saved ``config.json`` files keep loading).
@@ -220,39 +218,8 @@ class SAM2DiffusionConfig(PreTrainedConfig):
                 "[0, 1]), LeRobot's normalisation would apply twice"
             )
         self.normalization_mapping["VISUAL"] = NormalizationMode.IDENTITY
-        for name in ("n_obs_steps", "horizon", "n_action_steps", "num_train_timesteps", "kernel_size", "n_groups"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"sam2_diffusion: {name} must be >= 1, got {getattr(self, name)}")
-        if self.drop_n_last_frames < 0:
-            raise ValueError(f"sam2_diffusion: drop_n_last_frames must be >= 0, got {self.drop_n_last_frames}")
-        if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
-            raise ValueError(
-                f"sam2_diffusion: n_action_steps ({self.n_action_steps}) must be <= horizon - n_obs_steps + 1 "
-                f"({self.horizon} - {self.n_obs_steps} + 1 = {self.horizon - self.n_obs_steps + 1})"
-            )
-        if not self.down_dims:
-            raise ValueError("sam2_diffusion: down_dims must name at least one UNet stage, got ()")
-        factor = 2 ** (len(self.down_dims) - 1)  # every stage but the last halves the sequence
-        if self.horizon % factor:
-            raise ValueError(
-                f"sam2_diffusion: horizon ({self.horizon}) must be a multiple of {factor} "
-                f"(2 ** (len(down_dims) - 1) with down_dims={list(self.down_dims)})"
-            )
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"sam2_diffusion: prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}"
-            )
-        if self.noise_scheduler_type not in NOISE_SCHEDULERS:
-            raise ValueError(
-                f"sam2_diffusion: noise_scheduler_type must be one of {NOISE_SCHEDULERS}, "
-                f"got {self.noise_scheduler_type!r}"
-            )
-        if self.num_inference_steps is not None and not 1 <= self.num_inference_steps <= self.num_train_timesteps:
-            raise ValueError(
-                f"sam2_diffusion: num_inference_steps must be in [1, num_train_timesteps={self.num_train_timesteps}], "
-                f"got {self.num_inference_steps}"
-            )
-        self._check_objects()
+        check_diffusion_options(self)
+        check_object_options(self)
         if not 0 < self.crop_ratio <= 1.0:
             raise ValueError(f"sam2_diffusion: crop_ratio must be in (0, 1], got {self.crop_ratio}")
         config = self.encoder_config()  # every encoder option, validated once by the encoder's config
@@ -272,7 +239,11 @@ class SAM2DiffusionConfig(PreTrainedConfig):
                 "freeze=true and crop_is_random=false, or train from frames (no feature_cache)"
             )
         if self.object_prompts:
-            self.check_tracking()
+            check_tracking(self)
+
+    def check_tracking(self) -> None:
+        """Raise unless the policy can track objects itself (see :func:`~.validation.check_tracking`)."""
+        check_tracking(self)
 
     def encoder_config(self, load_checkpoint: bool = True) -> EncoderConfig:
         """The encoder's options of this policy as an :class:`~sam2_encoder.config.EncoderConfig`.
@@ -295,56 +266,6 @@ class SAM2DiffusionConfig(PreTrainedConfig):
             return EncoderConfig.from_flat(**options)
         except ValueError as e:
             raise ValueError(f"sam2_diffusion: {_lerobot_names(str(e))}") from e
-
-    def _check_objects(self) -> None:
-        masks = self.object_masks
-        if not isinstance(masks, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in masks.items()):
-            raise ValueError(
-                f"sam2_diffusion: object_masks must be {{camera key: mask feature key}} (strings), got {masks!r}"
-            )
-        if not isinstance(self.object_prompts, dict):
-            raise ValueError(
-                f"sam2_diffusion: object_prompts must be {{camera: {{obj_id: prompt}}}}, got {self.object_prompts!r}"
-            )
-        if not masks:
-            if self.object_prompts:
-                raise ValueError(
-                    "sam2_diffusion: object_prompts are set but object_masks is empty; name the mask feature of each "
-                    "prompted camera, e.g. object_masks={'observation.image': 'observation.masks'}"
-                )
-            return
-        keys = list(masks.values())
-        if len(set(keys)) != len(keys) or set(keys) & set(masks) or "observation.state" in keys:
-            raise ValueError(
-                "sam2_diffusion: object_masks keys must be distinct from each other, from the cameras and from "
-                f"observation.state, got {masks}"
-            )
-        imagelike = sorted(key for key in keys if "image" in key)
-        if imagelike:
-            raise ValueError(
-                f"sam2_diffusion: object mask keys must not contain 'image', got {imagelike}: LeRobot 0.6's dataset "
-                "statistics treat every such key as a camera; name them e.g. 'observation.masks' or "
-                "'observation.masks.top'"
-            )
-
-    def check_tracking(self) -> None:
-        """Raise unless the policy can track objects itself (the options its tracker needs).
-
-        Raises:
-            ValueError: With ``freeze=False`` (SAM 2's mask decoder and memory were trained on SAM 2's
-                own features: give fine-tuned policies masks in the batch).
-        """
-        if not self.object_tracker:
-            raise ValueError(
-                "sam2_diffusion: the policy's own object tracker (object_prompts / set_object_prompts) is off "
-                "(object_tracker=false): give the masks in the batch, or set object_tracker=true"
-            )
-        if not self.freeze:
-            raise ValueError(
-                "sam2_diffusion: the policy's own object tracker (object_prompts / set_object_prompts) needs "
-                "freeze=true: SAM 2's tracker was trained on SAM 2's own features; with a fine-tuned trunk give "
-                f"the masks in the batch ({sorted(self.object_masks.values())}) from an external tracker"
-            )
 
     def get_optimizer_preset(self) -> AdamConfig:
         """Adam with the ``optimizer_*`` options (the trunk's group scales its own lr)."""
@@ -386,40 +307,7 @@ class SAM2DiffusionConfig(PreTrainedConfig):
                 "sam2_diffusion needs an 'action' output feature; "
                 f"got output features {sorted(self.output_features or {})}"
             )
-        self._validate_object_features()
-
-    def _validate_object_features(self) -> None:
-        inputs = self.input_features or {}
-        cameras = self.image_features
-        for camera, key in self.object_masks.items():
-            if camera not in cameras:
-                raise ValueError(
-                    f"sam2_diffusion: object_masks names camera {camera!r}, which is not a camera input; "
-                    f"cameras: {sorted(cameras)}"
-                )
-            expected = (self.num_objects, *cameras[camera].shape[1:])
-            if key not in inputs:
-                raise ValueError(
-                    f"sam2_diffusion: object_masks[{camera!r}] = {key!r} is not an input feature (the dataset has no "
-                    f"such key); expected masks of shape {expected} (num_objects, H, W) there; input features: "
-                    f"{sorted(inputs)}"
-                )
-            if tuple(inputs[key].shape) != expected:
-                raise ValueError(
-                    f"sam2_diffusion: mask feature {key!r} of camera {camera!r} has shape {tuple(inputs[key].shape)}; "
-                    f"expected {expected}: num_objects={self.num_objects}, then the camera's H, W"
-                )
-        if self.object_masks and self.share_heads and set(self.object_masks) != set(cameras):
-            raise ValueError(
-                "sam2_diffusion: share_heads=true needs object masks for every camera or none; got them for "
-                f"{sorted(self.object_masks)} of {sorted(cameras)}"
-            )
-        if self.object_prompts:
-            frame_sizes = {camera: tuple(cameras[camera].shape[1:]) for camera in self.object_masks}
-            try:
-                parse_object_prompts(self.object_prompts, frame_sizes, self.num_objects)
-            except ValueError as e:
-                raise ValueError(f"sam2_diffusion: {e}") from e
+        check_object_features(self)
 
     @property
     def low_dim_keys(self) -> list[str]:
