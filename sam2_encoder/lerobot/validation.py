@@ -2,17 +2,15 @@
 
 The diffusion part (UNet, horizon, noise scheduler), the object-token options and features (mask
 keys LeRobot can load, mask features of the cameras' size, prompts inside the frames) and what the
-policy's own tracker needs. Each problem is one ``ValueError`` starting ``sam2_diffusion:``.
+policy's own tracker needs. Each function takes a ``SAM2DiffusionConfig`` (not imported here:
+the configuration imports this module). Each problem is one ``ValueError`` starting ``sam2_diffusion:``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..object_tracking import parse_object_prompts
-
-if TYPE_CHECKING:
-    from .configuration_sam2_diffusion import SAM2DiffusionConfig
 
 __all__ = ["check_diffusion_options", "check_object_features", "check_object_options", "check_tracking"]
 
@@ -20,7 +18,7 @@ PREDICTION_TYPES = ("epsilon", "sample")
 NOISE_SCHEDULERS = ("DDPM", "DDIM")
 
 
-def check_diffusion_options(config: SAM2DiffusionConfig) -> None:
+def check_diffusion_options(config: Any) -> None:
     """The UNet, horizon and noise-scheduler options (LeRobot's diffusion part of the policy)."""
     for name in ("n_obs_steps", "horizon", "n_action_steps", "num_train_timesteps", "kernel_size", "n_groups"):
         if int(getattr(config, name)) < 1:
@@ -56,7 +54,7 @@ def check_diffusion_options(config: SAM2DiffusionConfig) -> None:
         )
 
 
-def check_object_options(config: SAM2DiffusionConfig) -> None:
+def check_object_options(config: Any) -> None:
     """``object_masks`` / ``object_prompts``: their types, and mask keys LeRobot can load."""
     masks = config.object_masks
     if not isinstance(masks, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in masks.items()):
@@ -89,7 +87,7 @@ def check_object_options(config: SAM2DiffusionConfig) -> None:
         )
 
 
-def check_tracking(config: SAM2DiffusionConfig) -> None:
+def check_tracking(config: Any) -> None:
     """Raise unless the policy can track objects itself (the options its tracker needs).
 
     Raises:
@@ -109,7 +107,7 @@ def check_tracking(config: SAM2DiffusionConfig) -> None:
         )
 
 
-def check_object_features(config: SAM2DiffusionConfig) -> None:
+def check_object_features(config: Any) -> None:
     """The ``object_masks`` cameras and mask features against the input features; prompts inside the frames."""
     inputs = config.input_features or {}
     cameras = config.image_features
