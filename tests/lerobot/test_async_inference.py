@@ -9,6 +9,13 @@ LeRobot's policy server calls ``predict_action_chunk`` on the latest observation
 
 from __future__ import annotations
 
+import importlib.metadata
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip(
@@ -100,3 +107,73 @@ def test_no_real_time_chunking() -> None:
     """``supports_rtc()`` is False: ``lerobot-rollout --inference.type=rtc`` refuses the policy (use sync)."""
     policy, _ = pair()
     assert policy.supports_rtc() is False and not supports_rtc_inference(policy)
+
+
+# ------------------------------------------------------------------------------------------------
+# LeRobot's policy server (python -m sam2_encoder.lerobot.serve) and its stock robot client, over 127.0.0.1
+# ------------------------------------------------------------------------------------------------
+
+
+def wait_for(log: Path, text: str, procs: list[subprocess.Popen], timeout: float) -> str:
+    """The log's text once it holds ``text``; fails (with the log's end) on timeout or when a process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = log.read_text() if log.exists() else ""
+        if text in out:
+            return out
+        exited = [p.args[2] for p in procs if p.poll() is not None]
+        assert not exited, f"{exited} exited before {text!r} appeared in {log.name}:\n{out[-6000:]}"
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} did not appear in {log.name} within {timeout} s:\n{out[-6000:]}")
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
+    """Stop a process (``sig``, then SIGKILL after 20 s); no-op when it has exited."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+
+
+def test_lerobot_policy_server_and_robot_client_run_an_episode(tmp_path_factory, meta_checkpoint, tmp_path) -> None:
+    """The stock client sends the robot's observations; LeRobot's server (with sam2_diffusion accepted) answers
+    with action chunks; the robot performs them until its episode completes."""
+    pytest.importorskip("grpc", reason="grpcio is not installed: pip install './integration/lerobot[async]'")
+    pytest.importorskip("gym_pusht", reason="gym-pusht is not installed: pip install 'lerobot[pusht]'")
+    for dist in ("lerobot_policy_sam2", "lerobot_robot_pusht"):
+        try:
+            importlib.metadata.distribution(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.skip(f"the {dist} plugin is not installed (.ci/lerobot.sh installs it)")
+    from .deploy_checkpoint import free_port, offline_env, trained_checkpoint
+
+    model = trained_checkpoint(tmp_path_factory, meta_checkpoint)
+    env = offline_env(tmp_path / "home")
+    port = free_port()
+    server_log, client_log = tmp_path / "server.log", tmp_path / "client.log"
+    python = sys.executable
+    server_cmd = [python, "-m", "sam2_encoder.lerobot.serve", "--host=127.0.0.1", f"--port={port}", "--fps=10"]
+    server_cmd += ["--inference_latency=0", "--obs_queue_timeout=2"]
+    client_cmd = [python, "-m", "lerobot.async_inference.robot_client", "--robot.type=pusht_sim"]
+    client_cmd += ["--robot.episode_length=8", f"--robot.calibration_dir={tmp_path / 'calib'}"]
+    client_cmd += [f"--server_address=127.0.0.1:{port}", "--policy_type=sam2_diffusion"]
+    client_cmd += [f"--pretrained_name_or_path={model}", "--policy_device=cpu", "--client_device=cpu"]
+    client_cmd += ["--actions_per_chunk=8", "--chunk_size_threshold=0.5", "--fps=10", "--task=push the T"]
+    procs: list[subprocess.Popen] = []
+    try:
+        with server_log.open("w") as out:
+            procs.append(subprocess.Popen(server_cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT))
+        wait_for(server_log, f"PolicyServer started on 127.0.0.1:{port}", procs, timeout=120)
+        with client_log.open("w") as out:
+            procs.append(subprocess.Popen(client_cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT))
+        wait_for(client_log, "pusht_sim episode 0 finished: 8 steps", procs, timeout=300)
+    finally:
+        for proc in reversed(procs):  # the client first (SIGINT: it disconnects the robot), then the server
+            stop(proc)
+    server, client = server_log.read_text(), client_log.read_text()
+    assert "Policy type: sam2_diffusion" in server and "Action chunk #" in server
+    assert "pusht_sim disconnected" in client
+    assert "not supported" not in server and "Error in StreamActions" not in server

@@ -90,7 +90,10 @@ class PushTSim(Robot):
         self.episode = 0
         self._start_episode()
         logger.info(
-            "%s connected (gym-pusht, camera %r %dx%d)", self, self.config.camera, self.config.width, self.config.height
+            "pusht_sim connected (gym-pusht, camera %r, %dx%d)",
+            self.config.camera,
+            self.config.width,
+            self.config.height,
         )
 
     def calibrate(self) -> None:
@@ -144,7 +147,7 @@ class PushTSim(Robot):
         self.env.close()
         self.env = None
         self._obs = None
-        logger.info("%s disconnected after %d finished episodes", self, len(self.finished))
+        logger.info("pusht_sim disconnected after %d finished episodes", len(self.finished))
 
     def _require_obs(self) -> dict[str, np.ndarray]:
         if self._obs is None:
