@@ -121,8 +121,9 @@ def test_every_option_has_help_and_shows_its_default(command: str) -> None:
         name = action.option_strings[0] if action.option_strings else action.dest
         assert action.help, f"{command} {name} has no help text"
         default = action.default
-        if action.option_strings and default is not None and default is not False and not isinstance(default, list):
-            assert f"(default: {default})" in text, f"{command} {name}: default {default} not shown"
+        if action.option_strings and default is not None and default is not False and default != []:
+            shown = " ".join(default) if isinstance(default, list) else default
+            assert f"(default: {shown})" in text, f"{command} {name}: default {default} not shown"
 
 
 def test_the_camera_option_is_key_in_cache_and_masks_and_keys_still_works() -> None:

@@ -43,7 +43,8 @@ class _HelpFormatter(argparse.HelpFormatter):
             or action.dest == "help"
         ):
             return text
-        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else "%(default)s"
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
 
 
 class _Parser(argparse.ArgumentParser):
