@@ -33,6 +33,7 @@ __all__ = [
     "atomic_write_bytes",
     "cache_dir",
     "fetch",
+    "pid_alive",
     "read_pins",
     "sha256sum",
     "write_pins",
@@ -65,9 +66,31 @@ def sha256sum(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, it is not ours
+        return True
+    return True
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    The temporary file is ``.<name>.<pid>.<random>.tmp``; those of processes no longer alive (killed
+    while writing) are removed first.
+    """
+    stale = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp")
+    for entry in path.parent.glob(f".{path.name}.*.tmp"):
+        match = stale.fullmatch(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            entry.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

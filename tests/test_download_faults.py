@@ -483,3 +483,16 @@ def test_pins_are_written_atomically(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot pin 'c.pt' to 'xyz'"):
         write_pins(sums, {"a.pt": "a" * 64, "c.pt": "xyz"})
     assert read_pins(sums) == {"a.pt": "a" * 64, "b.pt": "b" * 64} and leftovers(tmp_path) == ["SHA256SUMS"]
+
+
+def test_pin_writes_remove_the_temporary_files_of_killed_writers(tmp_path: Path) -> None:
+    """A writer killed mid-write leaves `.SHA256SUMS.<pid>.<random>.tmp`; the next write removes it (pid dead)."""
+    import os
+    import subprocess
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    alive = os.getppid()
+    for pid in (dead, alive):
+        (tmp_path / f".SHA256SUMS.{pid}.k3j2x.tmp").write_bytes(b"half")
+    write_pins(tmp_path / "SHA256SUMS", {"a.pt": "a" * 64})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".SHA256SUMS.{alive}.k3j2x.tmp", "SHA256SUMS"])

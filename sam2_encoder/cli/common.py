@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..downloads import pid_alive
+
 __all__ = [
     "CLIError",
     "NewFolders",
@@ -55,19 +57,6 @@ def say(text: str) -> None:
 def plural(count: int, word: str, words: str | None = None) -> str:
     """``"1 frame"``, ``"3 frames"`` (``words``: the plural when it is not ``word + "s"``)."""
     return f"{count} {word if count == 1 else words or word + 's'}"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (one of another user counts as alive)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, it is not ours
-        return True
-    return True
 
 
 def remove_stale_partials(folder: Path, name: str, suffix: str) -> list[Path]:
