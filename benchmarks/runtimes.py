@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import add_output_args, interleave, machine_info, output_path, pyplot, summarize, write_json
+from common import add_output_args, interleave, loadavg, machine_info, output_path, pyplot, summarize, write_json
 
 OURS = ("ours_fp32", "ours_bf16", "ours_compiled")
 RUNTIME_METHODS = ("onnxruntime", "openvino_f32", "openvino_bf16", "ort_cuda", "ort_tensorrt")
@@ -150,7 +150,7 @@ def runtime_methods(
     else:
         skipped["openvino_bf16"] = f"no native bf16: {bf16[1]}"
     if device.type == "cpu":
-        skipped["ort_cuda"] = skipped["ort_tensorrt"] = "a CPU run (--device cuda for the CUDA / TensorRT providers)"
+        skipped["ort_cuda"] = skipped["ort_tensorrt"] = f"a CPU run; {cuda_status()}"
     else:
         skipped.update({k: "a CUDA run (OpenVINO rows are CPU rows)" for k in wanted})
         wanted = {}
@@ -161,6 +161,13 @@ def runtime_methods(
         except ImportError as e:
             skipped[name] = str(e)
     return models, skipped
+
+
+def cuda_status() -> str:
+    """Why there are no CUDA rows in a CPU run: no GPU here, or the command to get them."""
+    if not torch.cuda.is_available():
+        return "no GPU: torch.cuda.is_available() is False on this machine (CUDA rows need --device cuda on a GPU)"
+    return f"--device cuda for eager / compiled on {torch.cuda.get_device_name()} and ONNX Runtime's CUDA / TensorRT"
 
 
 def cuda_providers(onnx_path: Path, skipped: dict[str, str]) -> dict[str, Any]:
@@ -262,7 +269,7 @@ def run_size(args: argparse.Namespace, size: int, device: torch.device, bf16: tu
             onnx_path = None
         log(f"{size} px: exported in {time.perf_counter() - t0:.1f} s")
         for batch in args.batches:
-            compiled: dict[str, Any] = {"skipped": "--no-compile"}
+            compiled: dict[str, Any] = {"skipped": "--no-compile (see the note)"}
             if not args.no_compile:
                 torch.set_num_threads(max(args.threads))
                 pixels = torch.zeros(batch, 3, size, size, device=device)
@@ -272,6 +279,7 @@ def run_size(args: argparse.Namespace, size: int, device: torch.device, bf16: tu
                 torch.set_num_threads(threads)
                 runtimes, skipped = runtime_methods(onnx_path, args, threads, device, bf16) if onnx_path else ({}, {})
                 point = measure_point(args, encoders, runtimes, compiled, batch, threads)
+                point["load_average_after"] = loadavg()  # a shared machine: how loaded it was while measuring
                 point["skipped"] = skipped | ({} if "bf16" in encoders else {"ours_bf16": f"no native bf16: {bf16[1]}"})
                 out["points"].append(point)
                 f = point["fastest"]
@@ -330,6 +338,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu, or cuda for eager/compiled vs ONNX Runtime CUDA/TensorRT")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-times", action="store_true", help="keep every round's time in the JSON")
+    p.add_argument("--note", default=None, help="free text kept in the JSON (why rows are missing)")
     add_output_args(p, "runtimes")
     p.add_argument("--plot", default=None, help="plot path (default: beside the JSON; '' for none)")
     args = p.parse_args()
@@ -347,12 +356,14 @@ def main() -> None:
     report = {
         "benchmark": "runtimes",
         "command": "python benchmarks/runtimes.py " + " ".join(sys.argv[1:]),
+        "note": args.note,
         "variant": args.variant,
         "weights": args.checkpoint or "Meta-scaled seeded weights (tests/fixtures/meta_weights.py, seed 0)",
         "input": "SAM 2 pixels (B, 3, S, S) float32, the same tensor for every method",
         "device": str(device),
         "machine": info,
         "bf16": {"native": bf16[0], "why": bf16[1]},
+        "cuda": {"run": device.type == "cuda"} | ({} if device.type == "cuda" else {"skipped": cuda_status()}),
         "results": results,
         "goal": {
             "rule": "the fastest path of ours (fp32, bf16, compiled) at least as fast as the fastest runtime",
@@ -360,6 +371,8 @@ def main() -> None:
             "points": sum(len(r["points"]) for r in results),
         },
     }
+    report["machine"]["load_average_at_end"] = loadavg()
+    report["seconds"] = round(time.perf_counter() - _T0, 1)
     write_json(report, out)
     if args.plot != "":
         plot(report, Path(args.plot or out.with_suffix(".png")))
