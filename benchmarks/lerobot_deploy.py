@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--inference-steps", type=int, default=10, help="denoising steps per chunk")
     add_output_args(parser, NAME)
     args = parser.parse_args()
+    machine = machine_info(torch.device("cpu"))  # the load average before the runs
     frames, robot = robot_frames(max(args.ticks, args.requests))
     rows = []
     for size in args.sizes:
@@ -184,7 +185,7 @@ def main() -> None:
         "n_obs_steps": 2,
         "n_action_steps": 8,
         "inference_steps": args.inference_steps,
-        "machine": machine_info(torch.device("cpu")),
+        "machine": machine,
         "rows": rows,
     }
     path = output_path(args, NAME)
