@@ -478,6 +478,41 @@ def test_cli_exports_a_diffusion_policy_checkpoints_obs_encoder(tmp_path, capsys
     assert diff <= allowed, diff
 
 
+def test_cli_exports_a_lerobot_policy_folder_with_given_masks(tmp_path, capsys):
+    """A saved sam2_diffusion folder (object masks, hence its tracker) is refused, then exported with --given-masks.
+
+    stdout stays the one JSON line (LeRobot's loader prints to stdout; it goes to stderr), and the file
+    computes ``policy.encoder(obs)`` with masks given. Runs where lerobot and the [export] extra are both installed.
+    """
+    import json
+
+    from sam2_encoder.cli import main
+
+    _need("onnxruntime", "export")
+    _need("onnxscript", "export")
+    objects = pytest.importorskip("tests.lerobot.test_policy_objects", reason="LeRobot 0.6 is not installed here")
+    policy = objects.make_policy().eval()
+    policy.save_pretrained(tmp_path / "policy")
+    out = tmp_path / "obs.onnx"
+    assert main(["export", "--policy", str(tmp_path / "policy"), "--out", str(out)]) == 2
+    assert "object_tracker=True cannot be exported" in capsys.readouterr().err
+    assert main(["export", "--policy", str(tmp_path / "policy"), "--given-masks", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    names = list(report["inputs"])
+    assert names == [objects.TOP, objects.MASKS, "observation.state"] and all(r["ok"] for r in report["parity"])
+    g = torch.Generator().manual_seed(4)
+    obs = {
+        objects.TOP: torch.rand(3, 3, objects.H, objects.W, generator=g),
+        objects.MASKS: (torch.rand(3, 2, objects.H, objects.W, generator=g) > 0.7).float(),
+        "observation.state": torch.randn(3, 2, generator=g),
+    }
+    with torch.no_grad():
+        ref = policy.encoder(obs)
+    got = load_runtime(out)(*(obs[k].numpy() for k in names))["condition"]
+    diff, allowed = _within_tolerance(got, ref)
+    assert diff <= allowed, diff
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -8,6 +8,7 @@ parity measured is printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -149,10 +150,13 @@ def _policy_graph(path: Path, given_masks: bool) -> tuple[Any, str]:
     """The obs encoder of a saved policy (LeRobot folder or Diffusion Policy ``.ckpt``) as an export graph."""
     from ..export import ObsEncoderGraph
 
+    # the hosts' loaders print ("Loading weights from local directory"): stdout is --json's one line
     if path.is_dir():
-        encoder, kind = _lerobot_encoder(path), "LeRobot policy"
+        with contextlib.redirect_stdout(sys.stderr):
+            encoder, kind = _lerobot_encoder(path), "LeRobot policy"
     elif path.is_file() and path.suffix == ".ckpt":
-        encoder, kind = _dp_encoder(path), "Diffusion Policy checkpoint"
+        with contextlib.redirect_stdout(sys.stderr):
+            encoder, kind = _dp_encoder(path), "Diffusion Policy checkpoint"
     elif not path.exists():
         raise CLIError(f"--policy {path}: no such file or folder")
     else:
