@@ -1170,7 +1170,7 @@ MODEL_CASES: list[Bad] = [
         "mask dataset other shape",
         lambda t: _open_masks(_masks(t), shape=[3, 32, 32]),
         MaskCacheError,
-        "holds 1 object(s) [1] on 32x32 frames, masks [1, 32, 32]; the policy expects image_masks of shape [3, 32, 32]",
+        "holds 1 object [1] on 32x32 frames, masks [1, 32, 32]; the policy expects image_masks of shape [3, 32, 32]",
     ),
     Bad(
         "mask dataset given twice",

@@ -166,12 +166,12 @@ def test_verify_of_an_unfinished_or_damaged_feature_cache_gives_one_advice(tmp_p
     assert problems == [
         f"error: {out} is incomplete (3 of 5 chunks still to encode): rerun the same `sam2-encoder cache` command"
     ]
-    assert summary == f"{out}: 1 problem(s); the run that built it did not finish"
+    assert summary == f"{out}: 1 problem; the run that built it did not finish"
     chunk_path(out, "features/img/s16", (1, 0, 0, 0)).unlink()
     assert main(["cache", "--verify", str(out)]) == 2
     err = capsys.readouterr().err
     problems, summary = _advice(err)
-    assert summary == f"{out}: 2 problem(s); delete the cache and rebuild it"
+    assert summary == f"{out}: 2 problems; delete the cache and rebuild it"
     assert "rerun" not in err and problems[0] == f"error: {out} is incomplete (3 of 5 chunks still to encode)"
 
 
@@ -210,12 +210,12 @@ def test_sigterm_keeps_finished_episodes_and_verify_advises_the_rerun(present_ch
     err = capsys.readouterr().err
     problems, summary = _advice(err)
     assert len(problems) == 1 and "rerun the same `sam2-encoder masks` command" in problems[0]
-    assert summary == f"{out}: 1 problem(s); the run that built it did not finish" and "delete" not in err
+    assert summary == f"{out}: 1 problem; the run that built it did not finish" and "delete" not in err
     chunk_path(out, "masks", (1, 0, 0, 0)).unlink()  # a frame of the finished episode 0
     assert main(["masks", "--verify", str(out)]) == 2
     err = capsys.readouterr().err
     assert _advice(err)[1] == (
-        f"{out}: 2 problem(s); rerun the same `masks` command: it finishes the mask cache and redoes what is damaged"
+        f"{out}: 2 problems; rerun the same `masks` command: it finishes the mask cache and redoes what is damaged"
     )
     assert "delete" not in err
     assert main(argv) == 0

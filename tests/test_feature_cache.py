@@ -436,7 +436,7 @@ def test_verify_reports_every_bad_chunk(whole_cache: Path, tmp_path: Path, capsy
     assert "features/img/s8 chunk 0 (frames 0-7): no checksum was recorded" in err[0]
     assert "features/img/s8 chunk 2 (frames 16-23)" in err[1]
     assert "features/img/s16 chunk 4 (frames 32-35): the chunk file" in err[2] and "is missing" in err[2]
-    assert err[3].endswith("3 problem(s); delete the cache and rebuild it")
+    assert err[3].endswith("3 problems; delete the cache and rebuild it")
     assert main(["cache", "--verify", str(tmp_path / "none.zarr")]) == 2
     assert "feature cache not found" in capsys.readouterr().err
 
@@ -468,7 +468,7 @@ def test_a_chunk_damaged_between_runs_is_caught_before_the_cache_is_complete(rep
     out = tmp_path / "c.zarr"
     build_cache(replay, ["img"], encoder, out=out, progress=False, chunk_frames=8, stop_after_chunks=2)
     chunk_path(out, "features/img/s16", (1, 0, 0, 0)).unlink()  # a done chunk lost before the rerun
-    with pytest.raises(CacheError, match=r"1 chunk\(s\) failed the read-back check .*chunk 1 \(frames 8-15\)"):
+    with pytest.raises(CacheError, match=r"1 chunk failed the read-back check .*chunk 1 \(frames 8-15\)"):
         build_cache(replay, ["img"], encoder, out=out, progress=False, chunk_frames=8)
     with pytest.raises(CacheError, match="incomplete"):
         FeatureCache(out)

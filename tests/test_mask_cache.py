@@ -384,7 +384,7 @@ def test_verify_reports_every_bad_frame(whole_masks: Path, tmp_path: Path, capsy
     assert "masks chunk 0 (frame 0, episode 0): damaged" in err[0] and "which is missing" in err[0]
     assert "masks chunk 3 (frame 3, episode 0)" in err[1]
     assert "masks chunk 6 (frame 6, episode 1)" in err[2]
-    assert err[3].endswith("3 problem(s); delete the mask cache and rebuild it")
+    assert err[3].endswith("3 problems; delete the mask cache and rebuild it")
     assert main(["masks", "--verify", str(tmp_path / "none.zarr")]) == 2
     assert "mask cache not found" in capsys.readouterr().err
     assert main(["masks", "--verify", str(path), "--key", "img"]) == 2
@@ -463,7 +463,7 @@ def test_damage_during_a_run_is_caught_before_the_cache_is_complete(predictor, r
         if done == 2:
             _chunk(out, 1).unlink()
 
-    with pytest.raises(MaskCacheError, match=r"1 frame\(s\) failed the read-back check .*masks chunk 1 \(frame 1"):
+    with pytest.raises(MaskCacheError, match=r"1 frame failed the read-back check .*masks chunk 1 \(frame 1"):
         build_mask_cache(replay, "img", PROMPTS, out, predictor, "w", on_episode=damage_episode_0)
     with pytest.raises(MaskCacheError, match=r"incomplete \(2 of 3 episodes done"):
         MaskCache(out)
@@ -533,7 +533,7 @@ def test_masks_workspace_preset_composes_and_builds(whole_masks: Path, replay, t
     assert type(dataset.get_validation_dataset()) is type(dataset)
     wrong = OmegaConf.create(OmegaConf.to_container(wrong, resolve=True))
     wrong.task.dataset._target_ = cfg.task.dataset._target_
-    with pytest.raises(Exception, match=r"holds 2 object\(s\) \[1, 2\] on 48x48 frames.*set num_objects=2"):
+    with pytest.raises(Exception, match=r"holds 2 objects \[1, 2\] on 48x48 frames.*set num_objects=2"):
         instantiate(wrong.task.dataset)
 
 

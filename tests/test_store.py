@@ -208,7 +208,7 @@ def test_chunks_are_checked_on_first_read_and_read_back_unflags_what_fails(tmp_p
         reread.read(np.array([4]))
     progress = Progress(reread.store, "done", [[(reread, [0, 1])], [(reread, [2, 3])]])
     progress.read([])
-    with pytest.raises(CacheError, match=r"1 chunk\(s\) failed the read-back check and their chunks were unflagged"):
+    with pytest.raises(CacheError, match=r"1 chunk failed the read-back check and their chunks were unflagged"):
         read_back([(progress, [0])])
     assert not np.asarray(open_group(store.path)["done"][...]).any()
 

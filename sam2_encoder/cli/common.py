@@ -370,5 +370,5 @@ def report_problems(path: str, problems: list[str], what: str, whole: str, rerun
         advice = f"rerun the same `{rerun_repairs}` command: it finishes the {what} and redoes what is damaged"
     else:
         advice = f"delete the {what} and rebuild it"
-    print(f"{path}: {len(problems)} problem(s); {advice}", file=sys.stderr)
+    print(f"{path}: {plural(len(problems), 'problem')}; {advice}", file=sys.stderr)
     return 2

@@ -17,7 +17,7 @@ import os
 import time
 from typing import Any
 
-from .common import CLIError, non_negative_int, positive_int, report_problems
+from .common import CLIError, non_negative_int, plural, positive_int, report_problems
 
 __all__ = ["policy_config", "register", "run"]
 
@@ -50,8 +50,8 @@ def register(sub: Any) -> argparse.ArgumentParser:
         help="frames per chunk and per encoder batch (small chunks: training reads frames at random)",
     )
     p.add_argument("--verify", metavar="CACHE", help="check every chunk of an existing cache; exit 2 if any is bad")
-    p.add_argument("--threads", type=non_negative_int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
@@ -158,6 +158,6 @@ def _build(args: argparse.Namespace, config: Any, feature_cache: Any, rank: int,
     if rank == 0:
         seconds = time.perf_counter() - start
         print(
-            f"LeRobot feature cache ready: {path} ({dataset.meta.total_frames} frames, {seconds:.1f} s, {world} "
-            f"process(es)); train with --policy.feature_cache={path}"
+            f"LeRobot feature cache ready: {path} ({plural(dataset.meta.total_frames, 'frame')}, {seconds:.1f} s, "
+            f"{plural(world, 'process', 'processes')}); train with --policy.feature_cache={path}"
         )

@@ -613,8 +613,9 @@ class MaskDataset(DPDatasetWrapper):
         self.served_keys = (obs_key,)
         k, h, w = self.cache.mask_shape
         if shape is not None and [int(v) for v in shape] != [k, h, w]:
+            objects = "object" if k == 1 else "objects"
             raise MaskCacheError(
-                f"mask cache {self.cache.path} holds {k} object(s) {self.cache.objects} on {h}x{w} frames, masks "
+                f"mask cache {self.cache.path} holds {k} {objects} {self.cache.objects} on {h}x{w} frames, masks "
                 f"[{k}, {h}, {w}]; the policy expects {obs_key} of shape {[int(v) for v in shape]} "
                 f"(shape_meta.obs.{obs_key}.shape; set num_objects={k})"
             )

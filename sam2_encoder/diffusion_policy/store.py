@@ -518,8 +518,9 @@ def read_back(pairs: Sequence[tuple[Progress, Iterable[int]]]) -> None:
     if failed:
         store = pairs[0][0].store
         kind = store.kind
+        chunks = kind.chunk if len(failed) == 1 else f"{kind.chunk}s"
         raise kind.fail(
-            f"{kind.noun} {store.path}: {len(failed)} {kind.chunk}(s) failed the read-back check and their "
+            f"{kind.noun} {store.path}: {len(failed)} {chunks} failed the read-back check and their "
             f"{kind.unit}s were unflagged (rerun the same command to {kind.verb} them again): " + "; ".join(failed[:5])
         )
 
