@@ -383,8 +383,9 @@ def test_cli_track_folder(checkpoint, tmp_path: Path, capsys) -> None:
     assert args.func is main_track
     assert main_track(args) == 0
     assert "tracked 5 frames" in capsys.readouterr().out
-    masks = sorted((out / "masks").glob("*.png"))
-    assert [p.name for p in masks] == [f"{i:06d}.png" for i in range(5)]
+    names = ["frame0", "frame1", "frame2", "frame3", "frame10"]  # the input frames' names, in natural order
+    assert sorted(p.name for p in (out / "masks").glob("*.png")) == sorted(f"{n}.png" for n in names)
+    masks = [out / "masks" / f"{n}.png" for n in names]
     report = json.loads((out / "track.json").read_text())
     assert report["frames"] == 5 and report["image_size"] == SIZE
     assert report["prompt"] == {"points": [[20.0, 20.0], [70.0, 40.0]], "labels": [1, 0], "box": [5.0, 5.0, 45.0, 40.0]}
@@ -396,7 +397,7 @@ def test_cli_track_folder(checkpoint, tmp_path: Path, capsys) -> None:
     for path, result in zip(masks, results):
         assert np.array_equal(np.asarray(Image.open(path)) > 0, result.mask(1).numpy())
     assert any(r.mask(1).any() for r in results)
-    overlay = np.asarray(Image.open(out / "overlay" / "000000.png"))
+    overlay = np.asarray(Image.open(out / "overlay" / "frame0.png"))
     assert overlay.shape == (H, W, 3) and not np.array_equal(overlay, video[0])
 
 
