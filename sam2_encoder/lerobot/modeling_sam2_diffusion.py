@@ -387,19 +387,19 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         assert self.encoder.obs_tracker is not None
         return self.encoder.obs_tracker
 
-    def _tracks(self, batch: dict[str, Tensor]) -> bool:
+    def _tracks(self, batch: dict[str, Tensor], what: str = "select_action") -> bool:
         """Whether this step's masks come from the policy's tracker (the batch has none) or the batch."""
         given = [key for key in self.mask_keys.values() if key in batch]
         if given and len(given) != len(self.mask_keys):
             raise KeyError(
-                f"sam2_diffusion.select_action: the batch has object masks {given} but not "
+                f"sam2_diffusion.{what}: the batch has object masks {given} but not "
                 f"{sorted(set(self.mask_keys.values()) - set(given))}; give all of them or none (the policy then "
                 "tracks the objects itself)"
             )
         tracking = bool(self.mask_keys) and not given
         if self._tracking is not None and tracking != self._tracking:
             raise ValueError(
-                "sam2_diffusion.select_action: object masks "
+                f"sam2_diffusion.{what}: object masks "
                 + ("stopped" if tracking else "started")
                 + " coming with the batch mid-episode; call policy.reset() between episodes"
             )
@@ -411,7 +411,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         missing = [key for key in self.obs_keys if key not in batch]
         if missing:
             raise KeyError(f"sam2_diffusion.{what}: missing {missing}; got keys {sorted(batch)}")
-        tracking = self._tracks(batch)  # no masks in the batch: the encoder's tracker makes them
+        tracking = self._tracks(batch, what)  # no masks in the batch: the encoder's tracker makes them
         if tracking:
             self._require_tracker(what)
         self._queues = populate_queues(self._queues, {key: batch[key] for key in batch if key in self.input_keys})
