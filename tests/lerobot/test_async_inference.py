@@ -109,6 +109,23 @@ def test_no_real_time_chunking() -> None:
     assert policy.supports_rtc() is False and not supports_rtc_inference(policy)
 
 
+def test_serve_adds_sam2_diffusion_once_to_the_list_the_server_checks() -> None:
+    """LeRobot's list is extended in place (the server module reads that very object); nothing else changes."""
+    pytest.importorskip("grpc", reason="grpcio is not installed: pip install './integration/lerobot[async]'")
+    from lerobot.async_inference import policy_server
+
+    from sam2_encoder.lerobot.serve import allow_in_policy_server
+
+    before = list(policy_server.SUPPORTED_POLICIES)
+    try:
+        allow_in_policy_server()
+        allowed = allow_in_policy_server()
+        assert allowed is policy_server.SUPPORTED_POLICIES
+        assert [p for p in allowed if p != "sam2_diffusion"] == before and allowed.count("sam2_diffusion") == 1
+    finally:
+        policy_server.SUPPORTED_POLICIES[:] = before
+
+
 # ------------------------------------------------------------------------------------------------
 # LeRobot's policy server (python -m sam2_encoder.lerobot.serve) and its stock robot client, over 127.0.0.1
 # ------------------------------------------------------------------------------------------------
