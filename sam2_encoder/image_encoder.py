@@ -22,6 +22,7 @@ from .hiera import fpn_neck, fpn_settings, trunk_stages
 from .sam2_weights import SAM2Weights, build_seeded
 from .transforms import ImageInput, SAM2Transforms
 from .variants import Variant, check_image_size, get_variant
+from .weight_casts import FrozenWeightCasts
 
 __all__ = [
     "LEVELS",
@@ -343,7 +344,7 @@ class SAM2ImageEncoder(SAM2Weights):
                 pixel_values = pixel_values.to(weight.dtype)
             if self.precision == "bf16":
                 with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
-                    stages = self.trunk(pixel_values)
+                    stages = self._bf16_trunk(pixel_values)
                 stages = [s.to(weight.dtype) for s in stages]
             else:
                 stages = self.trunk(pixel_values)
@@ -353,6 +354,13 @@ class SAM2ImageEncoder(SAM2Weights):
             s16 = neck16 + self.no_memory_embedding.view(1, -1, 1, 1).to(neck16.dtype)
             pos = self.position_encodings((s4, s8, s16)) if self.with_pos_enc else None
         return FeaturePyramid(s4, s8, s16, pos_enc=pos, s16_neck=neck16)
+
+    def _bf16_trunk(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk under bf16 autocast with its frozen weights cast once (bit-identical, see weight_casts)."""
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return self.trunk(pixel_values)
+        casts = self.__dict__.setdefault("_weight_casts", FrozenWeightCasts(torch.bfloat16))
+        return casts.call(self.vision_encoder.backbone, self.trunk, pixel_values)
 
     def trunk(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Hiera trunk: the four stage outputs, each ``(B, h, w, C)`` (channels last), finest first."""

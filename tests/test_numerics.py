@@ -22,7 +22,9 @@ within that variance of a one-pass encoding.
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -230,6 +232,35 @@ def test_bf16_cosine_per_level(meta_tiny_state: dict[str, torch.Tensor], monkeyp
         cos = F.cosine_similarity(a[level].flatten(1), b[level].flatten(1), dim=1)
         assert float(cos.min()) >= 0.999, (level, cos)
         assert not torch.equal(a[level], b[level])  # bf16 did run
+
+
+def test_bf16_casts_frozen_weights_once_with_the_same_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 with the frozen trunk's weights cast once == plain autocast bit for bit, and follows new weights.
+
+    Autocast would cast every frozen Linear / Conv weight on each call; the encoder keeps the casts
+    (renewed when a weight changes) and never saves or deep-copies them.
+    """
+    if not bf16_support("cpu")[0]:
+        monkeypatch.setattr(image_encoder_module, "bf16_support", lambda device: (True, "emulated for this test"))
+    encoder = SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=64, precision="bf16")
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def plain_autocast() -> list[torch.Tensor]:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return encoder.trunk(pixels)
+
+    for _ in range(2):  # the first call makes the casts, the second reuses them
+        cached = encoder.encode(pixels)
+        with torch.inference_mode():
+            s4, s8, s16 = encoder.neck([s.float() for s in plain_autocast()])
+        assert torch.equal(cached.s16_neck, s16) and torch.equal(cached.s4, encoder.conv_s0(s4))
+    other = SAM2ImageEncoder("sam2.1_hiera_tiny", image_size=64, precision="bf16", seed=1)
+    encoder.load_state_dict(other.state_dict())  # new weights: the casts are made again
+    assert torch.equal(encoder.encode(pixels).s16, other.encode(pixels).s16)
+    assert not torch.equal(encoder.encode(pixels).s16, cached.s16)
+    copied = copy.deepcopy(encoder)
+    assert torch.equal(copied.encode(pixels).s16, encoder.encode(pixels).s16)
+    assert len(pickle.dumps(encoder)) < len(pickle.dumps(encoder.state_dict())) * 1.1  # no bf16 copies saved
 
 
 def test_precision_reaches_every_entry_point(
