@@ -16,8 +16,10 @@ the feature cache and a mask cache beside it (``--masks-out``, default as ``sam2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .common import (
@@ -83,31 +85,11 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         CLIError: For a missing replay buffer or key, ``--verify`` mixed with a build, or no zarr.
     """
-    tracking = {"--prompts": args.prompts, "--mask-key": args.mask_key, "--masks-out": args.masks_out}
     if args.verify is not None:
-        if args.replay is not None or args.keys:
-            raise CLIError("--verify CACHE checks an existing cache: give no replay buffer or --key with it")
-        given = [name for name, value in tracking.items() if value is not None]
-        if given:
-            raise CLIError(
-                f"--verify CACHE checks an existing feature cache: give no {given[0]} with it "
-                "(`sam2-encoder masks --verify MASKS` checks a mask cache)"
-            )
+        _check_verify_arguments(args)
         return verify_cache_folder("cache", args.verify)
-    if args.replay is None:
-        raise CLIError("give the replay buffer to encode (REPLAY.zarr) and --key, or --verify CACHE")
-    if not args.keys:
-        raise CLIError(f"name the image keys of {args.replay} to encode with --key KEY (repeatable)")
-    if not os.path.exists(args.replay):
-        raise CLIError(f"replay buffer not found: {args.replay}")
-    if len(set(args.keys)) != len(args.keys):
-        twice = sorted({k for k in args.keys if args.keys.count(k) > 1})
-        raise CLIError(f"--key {' '.join(twice)} given more than once")
-    if args.prompts is None:
-        for name in ("--mask-key", "--masks-out"):
-            if tracking[name] is not None:
-                raise CLIError(f"{name} {tracking[name]} goes with --prompts P.json (the objects to track)")
-    else:
+    _check_build_arguments(args)
+    if args.prompts is not None:
         return _run_with_masks(args)
     say(f"cache: loading torch, zarr and {args.variant} at {args.image_size}x{args.image_size}")
     import torch
@@ -120,20 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = args.device
-    barrier = None
-    if world > 1:  # launched by torchrun: shard chunks across ranks
-        import torch.distributed as dist
-
-        cuda = device.startswith("cuda")
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        if cuda:
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            torch.cuda.set_device(device)
-        barrier = dist.barrier
-    try:
+    with _torchrun(args.device) as (device, rank, world, barrier):
         encoder = build_model(
             SAM2ImageEncoder,
             args,
@@ -164,33 +133,67 @@ def run(args: argparse.Namespace) -> int:
         if rank == 0:
             seconds = time.perf_counter() - start
             print(f"feature cache ready: {path} ({seconds:.1f} s, {plural(world, 'process', 'processes')})")
-    finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
     return 0
+
+
+def _tracking_options(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"--prompts": args.prompts, "--mask-key": args.mask_key, "--masks-out": args.masks_out}
+
+
+def _check_verify_arguments(args: argparse.Namespace) -> None:
+    """``--verify CACHE`` takes no build argument."""
+    if args.replay is not None or args.keys:
+        raise CLIError("--verify CACHE checks an existing cache: give no replay buffer or --key with it")
+    given = [name for name, value in _tracking_options(args).items() if value is not None]
+    if given:
+        raise CLIError(
+            f"--verify CACHE checks an existing feature cache: give no {given[0]} with it "
+            "(`sam2-encoder masks --verify MASKS` checks a mask cache)"
+        )
+
+
+def _check_build_arguments(args: argparse.Namespace) -> None:
+    """A replay buffer that exists, distinct ``--key`` cameras, tracking options only with ``--prompts``."""
+    if args.replay is None:
+        raise CLIError("give the replay buffer to encode (REPLAY.zarr) and --key, or --verify CACHE")
+    if not args.keys:
+        raise CLIError(f"name the image keys of {args.replay} to encode with --key KEY (repeatable)")
+    if not os.path.exists(args.replay):
+        raise CLIError(f"replay buffer not found: {args.replay}")
+    if len(set(args.keys)) != len(args.keys):
+        twice = sorted({k for k in args.keys if args.keys.count(k) > 1})
+        raise CLIError(f"--key {' '.join(twice)} given more than once")
+    if args.prompts is None:
+        for name, value in _tracking_options(args).items():
+            if value is not None:
+                raise CLIError(f"{name} {value} goes with --prompts P.json (the objects to track)")
+
+
+@contextlib.contextmanager
+def _torchrun(device: str) -> Iterator[tuple[str, int, int, Callable[[], Any] | None]]:
+    """``(device, rank, world size, barrier)``: under torchrun a process group (chunks sharded across ranks)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world == 1:
+        yield device, rank, world, None
+        return
+    import torch
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda")
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    try:
+        yield device, rank, world, dist.barrier
+    finally:
+        dist.destroy_process_group()
 
 
 def _run_with_masks(args: argparse.Namespace) -> int:
     """``cache --prompts``: the feature cache and a mask cache from one encoder pass per frame."""
-    if args.mask_key is None and len(args.keys) > 1:
-        raise CLIError(
-            f"--prompts tracks one camera: with several --key cameras ({', '.join(args.keys)}) name it with --mask-key "
-            "(the other keys are cached as usual)"
-        )
-    mask_key = args.mask_key or args.keys[0]
-    if mask_key not in args.keys:
-        raise CLIError(
-            f"--mask-key {mask_key} is not one of the --key cameras {', '.join(args.keys)}: "
-            "the tracked camera is cached too"
-        )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise CLIError(
-            "--prompts tracks each episode in one process: run it without torchrun (or cache without --prompts)"
-        )
-    if not os.path.isfile(args.prompts):
-        raise CLIError(f"--prompts {args.prompts}: no such file")
+    mask_key = _check_mask_arguments(args)
     say(f"cache: loading torch, zarr and {args.variant} at {args.image_size}x{args.image_size} (with the tracker)")
     try:
         from ..diffusion_policy.mask_cache import check_mask_inputs, default_mask_path
@@ -249,3 +252,25 @@ def _run_with_masks(args: argparse.Namespace) -> int:
     print(f"feature cache ready: {path} ({seconds:.1f} s, 1 process, {mask_key} encoded once by the tracker)")
     print(f"mask cache ready: {masks_path}")
     return 0
+
+
+def _check_mask_arguments(args: argparse.Namespace) -> str:
+    """The camera ``--prompts`` tracks (``--mask-key``, or the one ``--key``), in one process, prompts on disk."""
+    if args.mask_key is None and len(args.keys) > 1:
+        raise CLIError(
+            f"--prompts tracks one camera: with several --key cameras ({', '.join(args.keys)}) name it with --mask-key "
+            "(the other keys are cached as usual)"
+        )
+    mask_key = args.mask_key or args.keys[0]
+    if mask_key not in args.keys:
+        raise CLIError(
+            f"--mask-key {mask_key} is not one of the --key cameras {', '.join(args.keys)}: "
+            "the tracked camera is cached too"
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CLIError(
+            "--prompts tracks each episode in one process: run it without torchrun (or cache without --prompts)"
+        )
+    if not os.path.isfile(args.prompts):
+        raise CLIError(f"--prompts {args.prompts}: no such file")
+    return mask_key

@@ -19,11 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
-from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from lerobot.configs import PreTrainedConfig
-from lerobot.policies.diffusion.modeling_diffusion import DiffusionConditionalUnet1d
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.policies.utils import populate_queues
 from lerobot.utils.constants import ACTION
@@ -32,7 +28,9 @@ from torch import Tensor
 from ..camera_encoder import MultiCameraEncoder
 from ..object_tracking import TrackerModules
 from ..obs_tracker import ObsTracker
+from .batch_inputs import is_window, masks_tracked, stack_steps
 from .configuration_sam2_diffusion import SAM2DiffusionConfig
+from .denoiser import build_denoiser, diffusion_loss, sample_actions
 
 __all__ = ["MOVED_PREFIXES", "SAM2DiffusionPolicy", "migrate_state_dict"]
 
@@ -110,19 +108,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
             self.cached_cameras = self._open_cache(kwargs["dataset_meta"])
         self.obs_feature_dim = self.encoder.output_shape()[0]
         self.global_cond_dim = self.obs_feature_dim * config.n_obs_steps
-        self.unet = DiffusionConditionalUnet1d(config, global_cond_dim=self.global_cond_dim)
-        if config.compile_model:
-            self.unet = torch.compile(self.unet, mode=config.compile_mode)
-        scheduler = DDPMScheduler if config.noise_scheduler_type == "DDPM" else DDIMScheduler
-        self.noise_scheduler = scheduler(
-            num_train_timesteps=config.num_train_timesteps,
-            beta_start=config.beta_start,
-            beta_end=config.beta_end,
-            beta_schedule=config.beta_schedule,
-            clip_sample=config.clip_sample,
-            clip_sample_range=config.clip_sample_range,
-            prediction_type=config.prediction_type,
-        )
+        self.unet, self.noise_scheduler = build_denoiser(config, self.global_cond_dim)
         self.num_inference_steps = config.num_inference_steps or config.num_train_timesteps
         self._queues: dict[str, deque] = {}
         self._tracking: bool | None = None
@@ -228,16 +214,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
                 f"(B, horizon={self.config.horizon}, {self.config.action_feature.shape[0]})"
             )
         cond = self._global_cond(obs)
-        noise = torch.randn(actions.shape, device=actions.device, dtype=actions.dtype)
-        steps = torch.randint(0, self.config.num_train_timesteps, (actions.shape[0],), device=actions.device).long()
-        noisy = self.noise_scheduler.add_noise(actions, noise, steps)
-        pred = self.unet(noisy, steps, global_cond=cond)
-        target = noise if self.config.prediction_type == "epsilon" else actions
-        loss = F.mse_loss(pred, target, reduction="none")
-        if self.config.do_mask_loss_for_padding:
-            valid = (~batch["action_is_pad"]).unsqueeze(-1).to(loss.dtype)
-            return (loss * valid).sum() / (valid.sum() * loss.shape[-1]).clamp_min(1), None
-        return loss.mean(), None
+        return diffusion_loss(self.unet, self.noise_scheduler, self.config, actions, cond, batch["action_is_pad"]), None
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
@@ -336,34 +313,8 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
 
     def _stack_steps(self, batch: dict[str, Tensor], training: bool = False) -> dict[str, Tensor]:
         """``{key: (B, To, *shape)}`` for every observation key and object-mask key, checked."""
-        obs = {}
-        for camera, key in self.mask_keys.items():
-            if key not in batch:
-                where = (
-                    "training reads them from the dataset: record (num_objects, H, W) masks per frame under that key"
-                    if training
-                    else "without masks the policy tracks objects itself, in select_action (a stream of frames)"
-                )
-                raise KeyError(
-                    f"sam2_diffusion: batch is missing {key!r}, the object masks of camera {camera!r}; {where}; "
-                    f"got keys {sorted(batch)}"
-                )
-        for key in self.input_keys:
-            if key not in batch:
-                raise KeyError(
-                    f"sam2_diffusion: batch is missing {key!r}; expected {self.obs_keys}, got {sorted(batch)}"
-                )
-            x = batch[key]
-            ndim = len(self.config.input_features[key].shape)
-            if x.dim() == ndim + 1 and self.config.n_obs_steps == 1:
-                x = x.unsqueeze(1)
-            if x.dim() != ndim + 2 or x.shape[1] != self.config.n_obs_steps:
-                raise ValueError(
-                    f"sam2_diffusion: batch[{key!r}] has shape {tuple(x.shape)}; expected (B, n_obs_steps="
-                    f"{self.config.n_obs_steps}, {', '.join(map(str, self.config.input_features[key].shape))})"
-                )
-            obs[key] = x
-        return obs
+        shapes = {key: self.config.input_features[key].shape for key in self.input_keys}
+        return stack_steps(batch, self.input_keys, self.mask_keys, shapes, self.config.n_obs_steps, training)
 
     def _open_cache(self, meta: Any) -> Any:
         """The ``feature_cache`` checked against this policy's encoder (and the dataset, given its ``meta``)."""
@@ -389,14 +340,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
 
     def _tracks(self, batch: dict[str, Tensor], what: str = "select_action") -> bool:
         """Whether this step's masks come from the policy's tracker (the batch has none) or the batch."""
-        given = [key for key in self.mask_keys.values() if key in batch]
-        if given and len(given) != len(self.mask_keys):
-            raise KeyError(
-                f"sam2_diffusion.{what}: the batch has object masks {given} but not "
-                f"{sorted(set(self.mask_keys.values()) - set(given))}; give all of them or none (the policy then "
-                "tracks the objects itself)"
-            )
-        tracking = bool(self.mask_keys) and not given
+        tracking = masks_tracked(batch, self.mask_keys, what)
         if self._tracking is not None and tracking != self._tracking:
             raise ValueError(
                 f"sam2_diffusion.{what}: object masks "
@@ -419,8 +363,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
 
     def _is_window(self, batch: dict[str, Tensor]) -> bool:
         """Whether ``batch`` holds ``(B, To, ...)`` windows (offline) rather than one observation ``(B, ...)``."""
-        key = next((key for key in self.obs_keys if key in batch), None)
-        return key is not None and batch[key].dim() == len(self.config.input_features[key].shape) + 2
+        return is_window(batch, self.obs_keys, {key: self.config.input_features[key].shape for key in self.obs_keys})
 
     def _is_queued(self, batch: dict[str, Tensor]) -> bool:
         """Whether the newest queued observation is ``batch`` itself (the same tensors)."""
@@ -436,18 +379,4 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
 
     def _generate(self, obs: dict[str, Tensor], noise: Tensor | None) -> Tensor:
         cond = self._global_cond(obs)
-        batch_size = cond.shape[0]
-        shape = (batch_size, self.config.horizon, self.config.action_feature.shape[0])
-        if noise is None:
-            sample = torch.randn(shape, dtype=cond.dtype, device=cond.device)
-        elif tuple(noise.shape) != shape:
-            raise ValueError(f"sam2_diffusion: noise has shape {tuple(noise.shape)}; expected {shape}")
-        else:
-            sample = noise.to(device=cond.device, dtype=cond.dtype)
-        self.noise_scheduler.set_timesteps(self.num_inference_steps)
-        for t in self.noise_scheduler.timesteps:
-            steps = torch.full((batch_size,), int(t), dtype=torch.long, device=cond.device)
-            out = self.unet(sample, steps, global_cond=cond)
-            sample = self.noise_scheduler.step(out, t, sample).prev_sample
-        start = self.config.n_obs_steps - 1
-        return sample[:, start : start + self.config.n_action_steps]
+        return sample_actions(self.unet, self.noise_scheduler, self.config, cond, self.num_inference_steps, noise)
