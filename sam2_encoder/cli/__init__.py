@@ -81,8 +81,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [CLIError, ValueError, TypeError, OSError, ImportError]
     for module, name in (
         ("sam2_encoder.checkpoints", "CheckpointError"),
-        ("sam2_encoder.diffusion_policy.feature_cache", "CacheError"),
-        ("sam2_encoder.diffusion_policy.mask_cache", "MaskCacheError"),
+        ("sam2_encoder.diffusion_policy.feature_store", "CacheError"),
+        ("sam2_encoder.diffusion_policy.mask_store", "MaskCacheError"),
         ("sam2_encoder._hf", "TransformersCompatError"),
     ):
         loaded = sys.modules.get(module)

@@ -318,10 +318,10 @@ def verify_cache_folder(command: str, path: str) -> int:
     Raises:
         CLIError: Without zarr.
     """
-    say(f"checking {path} (loading zarr and torch)")
-    try:  # both kinds, so that either names the other when given the wrong folder
-        from ..diffusion_policy.feature_cache import verify_cache
-        from ..diffusion_policy.mask_cache import verify_mask_cache
+    say(f"checking {path} (loading zarr)")
+    try:  # both kinds, so that either names the other when given the wrong folder (numpy and zarr only)
+        from ..diffusion_policy.feature_store import verify_cache
+        from ..diffusion_policy.mask_store import verify_mask_cache
     except ImportError as e:
         raise needs_zarr(command, e) from e
     verify = verify_cache if command == "cache" else verify_mask_cache

@@ -57,19 +57,23 @@ from ..checkpoints import find_local_path
 from ..image_encoder import LEVELS, SAM2ImageEncoder
 from ..pooling import fuse_levels, pack_pyramid
 from .dp_base import DPDatasetWrapper, dp_classes, sequence_frames
+from .feature_store import (
+    FEATURES,
+    CacheError,
+    check_feature_arrays,
+    feature_arrays,
+    feature_progress,
+    verify_cache,
+)
 from .replay import replay_frames
 from .store import (
     NO_CHECKSUM,
     ChecksummedArray,
-    Progress,
     Store,
-    StoreError,
-    StoreKind,
     create_store,
     frame_index,
     open_existing,
     read_back,
-    verify_progress,
 )
 from .zarr_io import create_array
 
@@ -91,23 +95,6 @@ LAYOUTS = {"pool": "pool", "packed": "packed", "coarse_to_fine": "packed"}
 """What the heads read from a cache, by ``layout`` (an encoder's ``fuse`` value names its layout too):
 ``"pool"`` fuses levels onto the coarsest grid (``fuse="pool"``); ``"packed"`` folds s4, s8 and s16
 onto the s16 grid without loss (``pooling.pack_pyramid``; ``fuse="coarse_to_fine"``)."""
-
-
-class CacheError(StoreError):
-    """A feature cache is incomplete, damaged, or disagrees with the encoder or the arguments."""
-
-
-FEATURES = StoreKind(
-    attr="sam2_encoder",
-    noun="feature cache",
-    title="sam2_encoder feature cache",
-    command="sam2-encoder cache",
-    chunk="chunk",
-    unit="chunk",
-    verb="encode",
-    error=CacheError,
-)
-"""The feature cache as a :class:`~.store.StoreKind`."""
 
 
 def check_layout(layout: str) -> str:
@@ -188,49 +175,6 @@ def _check_build_args(
     return levels, int(chunk_frames)
 
 
-def _arrays(store: Store) -> dict[tuple[str, str], ChecksummedArray]:
-    """Every ``features/<key>/<level>`` with its checksums, chunked by ``chunk_frames`` frames."""
-    spec = store.spec
-    chunk, n = int(spec["chunk_frames"]), int(spec["n_frames"])
-
-    def describe(name: str) -> Callable[[int], str]:
-        return lambda i: f"{name} chunk {i} (frames {i * chunk}-{min((i + 1) * chunk, n) - 1})"
-
-    return {
-        (key, level): ChecksummedArray(
-            store, f"features/{key}/{level}", f"checksums/{key}/{level}", chunk, describe(f"features/{key}/{level}")
-        )
-        for key in spec["keys"]
-        for level in spec["levels"]
-    }
-
-
-def _progress(store: Store, arrays: Mapping[tuple[str, str], ChecksummedArray]) -> dict[str, Progress]:
-    """Per key, its flags ``progress/<key>``: one per chunk of frames, which writes that chunk of every level."""
-    spec = store.spec
-    n_chunks = math.ceil(int(spec["n_frames"]) / int(spec["chunk_frames"]))
-    return {
-        key: Progress(
-            store, f"progress/{key}", [[(arrays[(key, lv)], [i]) for lv in spec["levels"]] for i in range(n_chunks)]
-        )
-        for key in spec["keys"]
-    }
-
-
-def _check_arrays(store: Store) -> list[str]:
-    """Every array present, with the recorded dtype, frame count and chunking."""
-    spec = store.spec
-    n, chunk = int(spec["n_frames"]), int(spec["chunk_frames"])
-    n_chunks = math.ceil(n / chunk)
-    found = []
-    for key in spec["keys"]:
-        for level in spec["levels"]:
-            found.append(store.check_array(f"features/{key}/{level}", n, spec["dtype"], rows=chunk))
-            found.append(store.check_array(f"checksums/{key}/{level}", n_chunks, "int64"))
-        found.append(store.check_array(f"progress/{key}", n_chunks, "bool"))
-    return [p for p in found if p is not None]
-
-
 class FeatureWriter:
     """A feature cache being written: created (or checked against its arguments) on construction.
 
@@ -289,8 +233,8 @@ class FeatureWriter:
         (barrier or (lambda: None))()
         self.store = Store(self.out, FEATURES, mode="r+")
         self.complete = self.store.complete
-        self._arrays = _arrays(self.store)
-        self._progress = _progress(self.store, self._arrays)
+        self._arrays = feature_arrays(self.store)
+        self._progress = feature_progress(self.store, self._arrays)
         problems: list[str] = []
         self._flags = {key: progress.read(problems) for key, progress in self._progress.items()}
         if problems:
@@ -411,7 +355,7 @@ class FeatureWriter:
         flags = list(self._flags.values())
         if not all(f.all() for f in flags):
             return False
-        problems = _check_arrays(self.store)
+        problems = check_feature_arrays(self.store)
         if problems:
             raise self.store.damaged(problems)
         read_back([(progress, range(self.n_chunks)) for progress in self._progress.values()])
@@ -494,26 +438,6 @@ def build_cache(
 # --------------------------------------------------------------------------------------------
 
 
-def verify_cache(path: str | os.PathLike[str]) -> list[str]:
-    """Check a whole feature cache: attributes, completeness, progress flags, every chunk's checksum.
-
-    Of an incomplete cache, the chunks flagged done are checked and the rest counted.
-
-    Args:
-        path: The cache folder.
-
-    Returns:
-        One line per problem found (empty when the cache is whole).
-
-    Raises:
-        CacheError: If it is not a sam2_encoder cache of this format (also a ``FileNotFoundError``
-            if there is no such folder).
-    """
-    store = Store(Path(path), FEATURES)
-    problems = store.format_problems() or _check_arrays(store)
-    return problems or verify_progress(list(_progress(store, _arrays(store)).values()))
-
-
 # --------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------
@@ -535,12 +459,12 @@ class FeatureCache:
         self.path = find_local_path(path)
         self.store = Store(self.path, FEATURES)
         self.spec: dict[str, Any] = self.store.spec
-        self._arrays = _arrays(self.store)
+        self._arrays = feature_arrays(self.store)
         if not self.store.complete:
-            flags = [self.store.read_vector(p.flags, []) for p in _progress(self.store, self._arrays).values()]
+            flags = [self.store.read_vector(p.flags, []) for p in feature_progress(self.store, self._arrays).values()]
             done = sum(int(np.sum(f)) for f in flags if f is not None)
             raise self.store.incomplete(done, len(self.keys) * math.ceil(len(self) / int(self.spec["chunk_frames"])))
-        problems = _check_arrays(self.store)
+        problems = check_feature_arrays(self.store)
         if problems:
             raise self.store.damaged(problems)
 

@@ -47,19 +47,24 @@ import torch
 from ..checkpoints import find_local_path, weights_identity
 from ..prompts import parse_episode_prompts, prompt_table_sha256
 from .dp_base import DPDatasetWrapper, dp_classes
+from .mask_store import (
+    MASKS,
+    SEALED,
+    MaskCacheError,
+    check_mask_arrays,
+    mask_layout,
+    small_arrays,
+    verify_mask_cache,
+)
 from .replay import episode_ends, replay_frames
 from .store import (
     NO_CHECKSUM,
-    ChecksummedArray,
     Progress,
     Store,
-    StoreError,
-    StoreKind,
     create_store,
     frame_index,
     open_existing,
     read_back,
-    verify_progress,
 )
 from .zarr_io import create_array
 
@@ -78,24 +83,6 @@ __all__ = [
 ]
 
 _SUM_CHUNK = 1 << 14  # checksums per chunk file: an episode rewrites only the one or two it touches
-_SEALED = ("checksums", "episode_ends")  # small arrays whose CRC-32 the attributes of a complete cache record
-
-
-class MaskCacheError(StoreError):
-    """A mask cache that is incomplete, damaged, built from other arguments, or not a mask cache."""
-
-
-MASKS = StoreKind(
-    attr="sam2_encoder_masks",
-    noun="mask cache",
-    title="mask cache",
-    command="sam2-encoder masks",
-    chunk="frame",
-    unit="episode",
-    verb="track",
-    error=MaskCacheError,
-)
-"""The mask cache as a :class:`~.store.StoreKind`: one chunk per frame, one progress flag per episode."""
 
 
 def load_prompts(
@@ -291,7 +278,7 @@ class MaskWriter:
         self.out = Path(out)
         self.created = not self.out.exists()
         self.store = _create(self.out, spec, self.ends) if self.created else _resume(self.out, spec, self.ends)
-        self.masks, self.progress = _layout(self.store, self.ends)
+        self.masks, self.progress = mask_layout(self.store, self.ends)
         self.finished = _resumable(self.progress, on_damaged)
         """``(E,)`` bool: the episodes flagged done (updated as episodes are tracked)."""
         self.tracked: list[int] = []
@@ -337,7 +324,7 @@ class MaskWriter:
         """
         read_back([(self.progress, self.tracked)])  # what this run wrote, before calling the cache complete
         # written last: readers only trust complete caches, and check the small arrays against these CRC-32s
-        self.store.set_attrs(sealed_crc32=self.store.seal(_SEALED), complete=True)
+        self.store.set_attrs(sealed_crc32=self.store.seal(SEALED), complete=True)
         return self.out
 
 
@@ -381,25 +368,13 @@ def _create(out: Path, spec: Mapping[str, Any], ends: np.ndarray) -> Store:
 def _resume(out: Path, spec: Mapping[str, Any], ends: np.ndarray) -> Store:
     """The existing cache ``out``, refused if built from other arguments or its arrays are damaged."""
     store = open_existing(out, MASKS, spec)
-    problems = _check_arrays(store)
+    problems = check_mask_arrays(store)
     recorded = store.read_vector("episode_ends", problems)
     if not problems and not np.array_equal(recorded, ends):
         problems.append("episode_ends differs from the replay buffer's meta/episode_ends")
     if problems:
         raise store.damaged(problems)
     return store
-
-
-def _layout(store: Store, ends: np.ndarray) -> tuple[ChecksummedArray, Progress]:
-    """The masks (one checksummed chunk per frame) and the episodes' flags, each writing its frames."""
-
-    def describe(frame: int) -> str:
-        return f"masks chunk {frame} (frame {frame}, episode {int(np.searchsorted(ends, frame, side='right'))})"
-
-    masks = ChecksummedArray(store, "masks", "checksums", 1, describe, sparse=True)  # zarr 3 omits empty masks
-    starts = np.concatenate([[0], ends[:-1]])
-    units = [[(masks, range(int(a), int(b)))] for a, b in zip(starts, ends)]
-    return masks, Progress(store, "episode_done", units)
 
 
 def _resumable(progress: Progress, on_damaged: Callable[[list[str]], None] | None) -> np.ndarray:
@@ -470,51 +445,6 @@ def _track_episode(
     return out
 
 
-def _check_arrays(store: Store) -> list[str]:
-    """Every array present with the shape, dtype and chunking the attributes imply."""
-    spec = store.spec
-    n, e = int(spec["n_frames"]), int(spec["n_episodes"])
-    k, (h, w) = len(spec["objects"]), spec["frame_shape"]
-    found = [
-        store.check_array("masks", n, "bool", rows=1, tail=(k, h, w)),
-        store.check_array("checksums", n, "int64"),
-        store.check_array("episode_ends", e, "int64"),
-        store.check_array("episode_done", e, "bool"),
-    ]
-    return [p for p in found if p is not None]
-
-
-def _small_arrays(store: Store, problems: list[str]) -> np.ndarray | None:
-    """``episode_ends`` once the arrays, the small vectors and (complete) their sealed CRC-32s check out."""
-    problems += _check_arrays(store)
-    if problems:
-        return None
-    vectors = {name: store.read_vector(name, problems) for name in _SEALED}
-    if not problems and store.complete:
-        problems += store.seal_problems(vectors)
-    return None if problems else vectors["episode_ends"]
-
-
-def verify_mask_cache(path: str | os.PathLike[str]) -> list[str]:
-    """Check a whole mask cache: attributes, arrays, completeness, every frame's checksum.
-
-    Of an incomplete cache, the episodes flagged done are checked and the rest counted.
-
-    Args:
-        path: The cache folder.
-
-    Returns:
-        One line per problem found (empty when the cache is whole).
-
-    Raises:
-        MaskCacheError: If there is no such folder, or it is not a mask cache of this format.
-    """
-    store = Store(Path(path), MASKS)
-    problems = store.format_problems()
-    ends = None if problems else _small_arrays(store, problems)
-    return problems or verify_progress([_layout(store, ends)[1]])
-
-
 class MaskCache:
     """A finished mask cache, checking each frame's chunk the first time it is read.
 
@@ -535,10 +465,10 @@ class MaskCache:
             done = self.store.read_vector("episode_done", [], default=np.zeros(0, bool))
             raise self.store.incomplete(int(done.sum()), int(self.spec["n_episodes"]))
         problems: list[str] = []
-        ends = _small_arrays(self.store, problems)
+        ends = small_arrays(self.store, problems)
         if problems:
             raise self.store.damaged(problems)
-        self._masks, _ = _layout(self.store, ends)
+        self._masks, _ = mask_layout(self.store, ends)
 
     @property
     def objects(self) -> list[int]:
