@@ -109,9 +109,10 @@ def test_no_real_time_chunking() -> None:
     assert policy.supports_rtc() is False and not supports_rtc_inference(policy)
 
 
-def test_serve_adds_sam2_diffusion_once_to_the_list_the_server_checks() -> None:
+def test_serve_adds_sam2_diffusion_once_to_the_list_the_server_checks(tmp_path, monkeypatch) -> None:
     """LeRobot's list is extended in place (the server module reads that very object); nothing else changes."""
     pytest.importorskip("grpc", reason="grpcio is not installed: pip install './integration/lerobot[async]'")
+    monkeypatch.chdir(tmp_path)  # importing LeRobot's server opens its log file under ./logs
     from lerobot.async_inference import policy_server
 
     from sam2_encoder.lerobot.serve import allow_in_policy_server
