@@ -70,10 +70,10 @@ from .store import (
     NO_CHECKSUM,
     ChecksummedArray,
     Store,
+    complete_when_flagged,
     create_store,
     frame_index,
     open_existing,
-    read_back,
 )
 from .zarr_io import create_array
 
@@ -348,20 +348,10 @@ class FeatureWriter:
         """
         if self.complete:
             return True
-        problems: list[str] = []
-        self._flags = {key: progress.read(problems) for key, progress in self._progress.items()}  # other ranks'
-        if problems:
-            raise self.store.damaged(problems)
-        flags = list(self._flags.values())
-        if not all(f.all() for f in flags):
-            return False
-        problems = check_feature_arrays(self.store)
-        if problems:
-            raise self.store.damaged(problems)
-        read_back([(progress, range(self.n_chunks)) for progress in self._progress.values()])
-        self.store.set_attrs(complete=True)  # written last: readers only trust complete caches
-        self.complete = True
-        return True
+        keys = list(self._progress)
+        flags, self.complete = complete_when_flagged(self.store, list(self._progress.values()), check_feature_arrays)
+        self._flags = dict(zip(keys, flags))  # other ranks' flags too
+        return self.complete
 
     def discard_if_unused(self) -> None:
         """Remove the cache if this object created it and wrote nothing (a run that failed at once)."""

@@ -50,6 +50,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreKind",
+    "complete_when_flagged",
     "create_store",
     "frame_index",
     "open_existing",
@@ -523,6 +524,45 @@ def read_back(pairs: Sequence[tuple[Progress, Iterable[int]]]) -> None:
             f"{kind.noun} {store.path}: {len(failed)} {chunks} failed the read-back check and their "
             f"{kind.unit}s were unflagged (rerun the same command to {kind.verb} them again): " + "; ".join(failed[:5])
         )
+
+
+def complete_when_flagged(
+    store: Store,
+    progresses: Sequence[Progress],
+    array_problems: Callable[[Store], list[str]],
+    sealed: Sequence[str] = (),
+) -> tuple[list[np.ndarray], bool]:
+    """Set ``complete`` once every unit is flagged (by any rank): arrays checked, all read back, then sealed.
+
+    The order is the store's promise to readers: ``complete`` is written last, after every chunk
+    read back equal to its checksum (and the ``sealed`` small arrays' CRC-32s recorded).
+
+    Args:
+        store: The open store.
+        progresses: Its progress flags (read again: other ranks write theirs).
+        array_problems: The kind's check of its arrays (shape, dtype, chunking).
+        sealed: Small arrays whose CRC-32s the complete store records.
+
+    Returns:
+        ``(flags of each progress as read, whether the store is now complete)``.
+
+    Raises:
+        StoreError: Unreadable flags, bad arrays, or chunks failing the read-back (those are unflagged).
+    """
+    problems: list[str] = []
+    flags = [progress.read(problems) for progress in progresses]
+    if problems:
+        raise store.damaged(problems)
+    if not all(f.all() for f in flags):
+        return flags, False
+    problems = array_problems(store)
+    if problems:
+        raise store.damaged(problems)
+    read_back([(progress, range(len(f))) for progress, f in zip(progresses, flags)])
+    if sealed:
+        store.set_attrs(sealed_crc32=store.seal(sealed))
+    store.set_attrs(complete=True)  # written last: readers only trust complete stores
+    return flags, True
 
 
 def verify_progress(progresses: Sequence[Progress]) -> list[str]:

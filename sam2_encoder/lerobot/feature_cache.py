@@ -59,10 +59,10 @@ from ..diffusion_policy.store import (
     Progress,
     Store,
     StoreKind,
+    complete_when_flagged,
     create_store,
     frame_index,
     open_existing,
-    read_back,
     verify_progress,
 )
 from ..diffusion_policy.zarr_io import create_array
@@ -429,20 +429,9 @@ class LeRobotFeatureWriter:
         """
         if self.complete:
             return True
-        problems: list[str] = []
-        self._flags = self._progress.read(problems)  # other ranks' flags too
-        if problems:
-            raise self.store.damaged(problems)
-        if not self._flags.all():
-            return False
-        problems = _check_arrays(self.store)
-        if problems:
-            raise self.store.damaged(problems)
-        read_back([(self._progress, range(self.n_chunks))])
-        self.store.set_attrs(sealed_crc32=self.store.seal(["episodes"]))
-        self.store.set_attrs(complete=True)  # written last: readers only trust complete caches
-        self.complete = True
-        return True
+        flags, self.complete = complete_when_flagged(self.store, [self._progress], _check_arrays, sealed=["episodes"])
+        self._flags = flags[0]  # other ranks' flags too
+        return self.complete
 
     def discard_if_unused(self) -> None:
         """Remove the cache if this object created it and wrote nothing (a run that failed at once)."""
