@@ -16,10 +16,8 @@ the feature cache and a mask cache beside it (``--masks-out``, default as ``sam2
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 from .common import (
@@ -33,6 +31,7 @@ from .common import (
     positive_int,
     report_problems,
     say,
+    torchrun_group,
     verify_cache_folder,
 )
 
@@ -102,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    with _torchrun(args.device) as (device, rank, world, barrier):
+    with torchrun_group(args.device) as (device, rank, world, barrier):
         encoder = build_model(
             SAM2ImageEncoder,
             args,
@@ -167,28 +166,6 @@ def _check_build_arguments(args: argparse.Namespace) -> None:
         for name, value in _tracking_options(args).items():
             if value is not None:
                 raise CLIError(f"{name} {value} goes with --prompts P.json (the objects to track)")
-
-
-@contextlib.contextmanager
-def _torchrun(device: str) -> Iterator[tuple[str, int, int, Callable[[], Any] | None]]:
-    """``(device, rank, world size, barrier)``: under torchrun a process group (chunks sharded across ranks)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world == 1:
-        yield device, rank, world, None
-        return
-    import torch
-    import torch.distributed as dist
-
-    cuda = device.startswith("cuda")
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    if cuda:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    try:
-        yield device, rank, world, dist.barrier
-    finally:
-        dist.destroy_process_group()
 
 
 def _run_with_masks(args: argparse.Namespace) -> int:

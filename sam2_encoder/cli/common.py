@@ -12,7 +12,7 @@ import re
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ __all__ = [
     "remove_stale_partials",
     "report_problems",
     "say",
+    "torchrun_group",
     "verify_cache_folder",
 ]
 
@@ -372,3 +373,33 @@ def report_problems(path: str, problems: list[str], what: str, whole: str, rerun
         advice = f"delete the {what} and rebuild it"
     print(f"{path}: {plural(len(problems), 'problem')}; {advice}", file=sys.stderr)
     return 2
+
+
+@contextmanager
+def torchrun_group(device: str) -> Iterator[tuple[str, int, int, Callable[[], Any] | None]]:
+    """``(device, rank, world size, barrier)`` of this process; under ``torchrun``, inside a process group.
+
+    Outside torchrun: ``(device, 0, 1, None)``. Under it (``WORLD_SIZE > 1``): a gloo (CPU) or nccl
+    (CUDA, ``device`` then this rank's ``cuda:LOCAL_RANK``) group, destroyed on exit, and its barrier,
+    so that a cache's chunks are shared across ranks.
+
+    Args:
+        device: The device asked for (``cpu``, ``cuda``...).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world == 1:
+        yield device, rank, world, None
+        return
+    import torch
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda")
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    try:
+        yield device, rank, world, dist.barrier
+    finally:
+        dist.destroy_process_group()

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import time
 from typing import Any
 
-from .common import CLIError, non_negative_int, plural, positive_int, report_problems
+from .common import CLIError, non_negative_int, plural, positive_int, report_problems, torchrun_group
 
 __all__ = ["policy_config", "register", "run"]
 
@@ -110,24 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = policy_config(args.policy_options)
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    barrier = None
-    if world > 1:  # launched by torchrun: chunks shared across ranks
-        import torch.distributed as dist
-
-        cuda = str(config.device).startswith("cuda")
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        if cuda:
-            config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            torch.cuda.set_device(config.device)
-        barrier = dist.barrier
-    try:
+    with torchrun_group(str(config.device)) as (device, rank, world, barrier):
+        if device != str(config.device):  # this rank's GPU under torchrun
+            config.device = device
         _build(args, config, feature_cache, rank, world, barrier)
-    finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
     return 0
 
 
