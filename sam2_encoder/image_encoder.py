@@ -359,7 +359,9 @@ class SAM2ImageEncoder(SAM2Weights):
         """The trunk under bf16 autocast with its frozen weights cast once (bit-identical, see weight_casts)."""
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return self.trunk(pixel_values)
-        casts = self.__dict__.setdefault("_weight_casts", FrozenWeightCasts(torch.bfloat16))
+        casts = self.__dict__.get("_weight_casts")
+        if casts is None:
+            casts = self.__dict__["_weight_casts"] = FrozenWeightCasts(torch.bfloat16)
         return casts.call(self.vision_encoder.backbone, self.trunk, pixel_values)
 
     def trunk(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:

@@ -65,8 +65,8 @@ def optimizer_groups(
     Returns:
         A list for ``torch.optim.AdamW(...)``.
     """
-    groups = [{"params": [p for p in heads.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay}]
-    groups[0]["name"] = "heads"
+    trained_heads = [p for p in heads.parameters() if p.requires_grad]
+    groups = [{"params": trained_heads, "lr": lr, "weight_decay": weight_decay, "name": "heads"}]
     trainable = [p for p in trunk.parameters() if p.requires_grad]
     if trainable:
         groups.append({"params": trainable, "lr": lr * trunk_lr_scale, "weight_decay": weight_decay, "name": "trunk"})
