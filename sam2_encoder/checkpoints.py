@@ -277,10 +277,7 @@ def resolve_checkpoint(
         return None
     text = os.fspath(checkpoint)
     if text.startswith(("http://", "https://", "file://")):
-        name = Path(urllib.request.url2pathname(text.split("?")[0].rstrip("/"))).name
-        target = cache_dir() / "urls" / hashlib.sha256(text.encode()).hexdigest()[:16] / name
-        known = next((v for v in VARIANTS.values() if v.url == text), None)
-        return _fetch(text, target, known.sha256 if known else None, known, download_missing, progress)
+        return _fetch(*_url_source(text), download_missing, progress)
 
     path = find_local_path(text)
     if path.exists():
@@ -290,18 +287,9 @@ def resolve_checkpoint(
         variant = get_variant(path.name) if not text.endswith((".safetensors", "/")) else None
     except ValueError:
         variant = None
-    if variant is not None and text in (variant.name, variant.filename):
-        target = cache_dir() / variant.filename
-        return _fetch(variant.url, target, variant.sha256, variant, download_missing, progress)
-    if _is_hub_id(text):
-        target = cache_dir() / "hub" / text.replace("/", "--") / "model.safetensors"
-        url = f"{_hub_endpoint()}/{text}/resolve/main/model.safetensors"
-        try:
-            hub_variant: Variant | None = get_variant(text)
-        except ValueError:
-            hub_variant = None
-        return _fetch(url, target, None, hub_variant, download_missing, progress)
-
+    source = _named_source(text, variant)
+    if source is not None:
+        return _fetch(*source, download_missing, progress)
     hint = ""
     if variant is not None:
         hint = (
@@ -309,6 +297,36 @@ def resolve_checkpoint(
             f"(or `bash checkpoints/download_ckpts.sh`) or pass checkpoint={variant.name!r}"
         )
     raise FileNotFoundError(f"checkpoint not found: {text}{hint}")
+
+
+_Source = tuple[str, Path, str | None, Variant | None]  # (url, cache file, sha256 to expect, variant)
+
+
+def _url_source(url: str) -> _Source:
+    """Where a URL is cached (``cache_dir()/urls/<URL hash>/<file name>``), with its variant if it is a released one."""
+    name = Path(urllib.request.url2pathname(url.split("?")[0].rstrip("/"))).name
+    target = cache_dir() / "urls" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    known = next((v for v in VARIANTS.values() if v.url == url), None)
+    return url, target, known.sha256 if known else None, known
+
+
+def _named_source(text: str, variant: Variant | None) -> _Source | None:
+    """Where a released variant's name / file name (``variant``: the one ``text`` names) or a hub id comes from.
+
+    Returns:
+        ``(url, cache file, sha256, variant)``, or ``None`` when ``text`` is neither.
+    """
+    if variant is not None and text in (variant.name, variant.filename):
+        return variant.url, cache_dir() / variant.filename, variant.sha256, variant
+    if not _is_hub_id(text):
+        return None
+    target = cache_dir() / "hub" / text.replace("/", "--") / "model.safetensors"
+    url = f"{_hub_endpoint()}/{text}/resolve/main/model.safetensors"
+    try:
+        hub_variant: Variant | None = get_variant(text)
+    except ValueError:
+        hub_variant = None
+    return url, target, None, hub_variant
 
 
 def _fetch(
