@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 from common import add_output_args, emulated_bf16, loadavg, machine_info, output_path, write_json
+from control_levers import LEVERS, plot_levers, run_levers, table
 from diffusers import DDIMScheduler
 from plotting import plot_control_loop
 
@@ -120,10 +121,21 @@ def main() -> None:
         help="SAM2ImageEncoder.skip_padding (auto: on CPU from 128 px, where it is bit-identical)",
     )
     p.add_argument("--emulated-bf16", action="store_true", help="run bf16 rows where the CPU only emulates bf16")
+    p.add_argument(
+        "--levers",
+        nargs="*",
+        default=None,
+        choices=[n for n in LEVERS if n not in ("baseline", "fp32")],
+        help="the lever table instead of the rows (control_levers.py): the bf16 baseline at max(--threads) "
+        "and fp32 vs each lever named (none named: all), at each --image-sizes",
+    )
     p.add_argument("--device", default="cpu")
     add_output_args(p, "control_loop")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args()
+    if args.levers is not None:
+        lever_table(args)
+        return
     device = torch.device(args.device)
     out = output_path(args, "control_loop")  # before the run: a bad path fails now, not after it
     native_bf16, bf16_reason = bf16_support(device)
@@ -430,6 +442,57 @@ def main() -> None:
         )
     if not args.no_plots:
         plot_control_loop(report, out.with_suffix(".png"))
+
+
+def lever_table(args: argparse.Namespace) -> None:
+    """``--levers``: the lever table of ``control_levers.py`` at each image size, one JSON and one plot."""
+    device = torch.device(args.device)
+    out = output_path(args, "control_loop_levers")
+    native_bf16, bf16_reason = bf16_support(device)
+    machine = machine_info(device) | {"sam2_encoder": __version__, "bf16": [native_bf16, bf16_reason]}
+    if not native_bf16 and not args.emulated_bf16:
+        raise SystemExit(f"--levers compares bf16 levers: no native bf16 on {device.type} ({bf16_reason}); "
+                         "--emulated-bf16 runs them for fidelity only")  # fmt: skip
+    skip_padding = {"auto": "auto", "on": True, "off": False}[args.skip_padding]
+    h, w = args.camera_hw
+    cams = [f"camera_{i}" for i in range(args.cameras)]
+    shape_meta = {"obs": {**{c: {"shape": [3, h, w], "type": "rgb"} for c in cams}, "robot_eef_pose": {"shape": [2]}}}
+    scheduler = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
+    scheduler.set_timesteps(args.ddim_steps)
+    names = args.levers or [n for n in LEVERS if n not in ("baseline", "fp32")]
+    rows, skipped, target = [], {}, {}
+    for size in args.image_sizes:
+
+        def make(size: int = size, **options) -> SAM2ObsEncoder:
+            enc = SAM2ObsEncoder(shape_meta, variant=args.variant, image_size=size, **options).to(device).eval()
+            enc.encoder.skip_padding = skip_padding
+            enc.encoder.check_precision(device)
+            return enc
+
+        with emulated_bf16(not native_bf16):
+            result = run_levers(
+                names, make, size=size, threads=max(args.threads), camera_hw=(h, w), cameras=args.cameras,
+                to=args.n_obs_steps, steps=args.steps, hidden=args.hidden, scheduler=scheduler, device=device,
+            )  # fmt: skip
+        rows += result["rows"]
+        skipped |= {f"{name} ({size} px)": why for name, why in result["skipped"].items()}
+        target[str(size)] = result["target"]
+    report = {
+        "benchmark": "control_loop_levers",
+        "machine": machine,
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "record")}
+        | {"denoiser": f"TinyDenoiser(hidden={args.hidden}), a stand-in for DP's ConditionalUnet1D"},
+        "bf16_emulated": not native_bf16,
+        "rows": rows,
+        "skipped": skipped,
+        "target": target,
+        "pays": [f"{r['lever']} ({r['image_size']} px)" for r in rows if r["pays"]],
+    }
+    write_json(report, out)
+    print(table(report))
+    print(json.dumps({k: report[k] for k in ("skipped", "target", "pays")}, indent=1))
+    if not args.no_plots:
+        plot_levers(report, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
