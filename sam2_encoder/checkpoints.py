@@ -923,20 +923,31 @@ def download_variant(
             status, pinned, digest = _present(v, dest, sums, pinned, notes)
         if digest is not None:
             return _pinned(v, dest, digest, "present", sums, pins, notes)
-        expected = v.sha256 or (None if force else pinned)
-        try:
-            digest = _download_unlocked(url, dest, expected, progress, timeout, v, True)
-        except CheckpointError as e:
-            if expected and not v.sha256 and "sha256 mismatch" in str(e):
-                raise CheckpointError(
-                    f"{e}. The download is a valid {v.name} checkpoint, but the sha256 pinned in {sums} when it was "
-                    f"first downloaded differs: the upstream file or the pin changed. Pass --force (force=True) to "
-                    f"download again and pin the new file"
-                ) from e
-            raise
+        digest = _download_pinned(v, url, dest, v.sha256 or (None if force else pinned), sums, progress, timeout)
         if force and pinned and pinned != digest:
             notes.append(f"re-pinned in {sums}: {pinned} -> {digest}")
         return _pinned(v, dest, digest, status, sums, pins, notes)
+
+
+def _download_pinned(
+    v: Variant, url: str, dest: Path, expected: str | None, sums: Path, progress: bool, timeout: float
+) -> str:
+    """Download ``v``'s file to ``dest``, verified, and return its sha256.
+
+    Raises:
+        CheckpointError: As :func:`download` does; a valid file that differs from its pin (``expected``
+            read from ``sums``, no published sha256) says so and how to re-pin it.
+    """
+    try:
+        return _download_unlocked(url, dest, expected, progress, timeout, v, True)
+    except CheckpointError as e:
+        if expected and not v.sha256 and "sha256 mismatch" in str(e):
+            raise CheckpointError(
+                f"{e}. The download is a valid {v.name} checkpoint, but the sha256 pinned in {sums} when it was "
+                f"first downloaded differs: the upstream file or the pin changed. Pass --force (force=True) to "
+                f"download again and pin the new file"
+            ) from e
+        raise
 
 
 def _present(
