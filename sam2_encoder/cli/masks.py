@@ -72,6 +72,23 @@ def register(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _check_build_args(args: argparse.Namespace) -> None:
+    """The arguments of a build, before anything is imported: ``--key``, ``--prompts`` (a file), the replay buffer.
+
+    Raises:
+        CLIError: For the first one missing.
+    """
+    for name, value in (("--key", args.key), ("--prompts", args.prompts)):
+        if not value:
+            raise CLIError(f"the following arguments are required: {name} (or --verify CACHE to check a mask cache)")
+    if args.replay is None:
+        raise CLIError("give the replay buffer to track (REPLAY.zarr) with --key and --prompts, or --verify CACHE")
+    if not os.path.exists(args.replay):
+        raise CLIError(f"replay buffer not found: {args.replay}")
+    if not os.path.isfile(args.prompts):
+        raise CLIError(f"--prompts {args.prompts}: no such file")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``sam2-encoder masks`` with parsed arguments; returns the exit status.
 
@@ -87,15 +104,7 @@ def run(args: argparse.Namespace) -> int:
         if args.replay is not None or args.key or args.prompts:
             raise CLIError("--verify CACHE checks an existing mask cache: give no replay buffer, --key or --prompts")
         return verify_cache_folder("masks", args.verify)
-    for name, value in (("--key", args.key), ("--prompts", args.prompts)):
-        if not value:
-            raise CLIError(f"the following arguments are required: {name} (or --verify CACHE to check a mask cache)")
-    if args.replay is None:
-        raise CLIError("give the replay buffer to track (REPLAY.zarr) with --key and --prompts, or --verify CACHE")
-    if not os.path.exists(args.replay):
-        raise CLIError(f"replay buffer not found: {args.replay}")
-    if not os.path.isfile(args.prompts):
-        raise CLIError(f"--prompts {args.prompts}: no such file")
+    _check_build_args(args)
     say(f"masks: loading torch, zarr and {args.variant} at {args.image_size}x{args.image_size}")
     try:
         from ..diffusion_policy.mask_cache import build_mask_cache, check_mask_inputs, default_mask_path
