@@ -1,7 +1,8 @@
 """``sam2-encoder lerobot-cache``: a LeRobotDataset's cameras through a sam2_diffusion policy's frozen SAM 2 trunk.
 
-The cache that ``lerobot-train --policy.type=sam2_diffusion --policy.feature_cache=CACHE`` trains
-from (:mod:`sam2_encoder.lerobot.feature_cache`). Give the policy's options as ``lerobot-train``
+The cache that ``lerobot-train --policy.type=sam2_diffusion --dataset.root=CACHE/dataset --policy.feature_cache=CACHE``
+trains from (:mod:`sam2_encoder.lerobot.feature_cache`; ``CACHE/dataset`` is the dataset without the
+cached cameras' video, :mod:`sam2_encoder.lerobot.dataset_view`). Give the policy's options as ``lerobot-train``
 takes them, without the ``--policy.`` prefix (``--policy sam2_variant=tiny --policy
 sam2_image_size=224``): the cache records what its features depend on, and training refuses a cache
 built with other options by name. Resumable (rerun the same command after a kill), sharded across
@@ -120,6 +121,8 @@ def _build(args: argparse.Namespace, config: Any, feature_cache: Any, rank: int,
     """Open the dataset, make the policy as ``lerobot-train`` does, and build the cache."""
     from lerobot.policies.factory import make_policy
 
+    from ..lerobot.dataset_view import VIEW_DIR
+
     dataset = feature_cache.open_dataset(args.repo_id, args.root, args.video_backend)
     policy = make_policy(config, ds_meta=dataset.meta)
     policy.eval()
@@ -144,5 +147,6 @@ def _build(args: argparse.Namespace, config: Any, feature_cache: Any, rank: int,
         seconds = time.perf_counter() - start
         print(
             f"LeRobot feature cache ready: {path} ({plural(dataset.meta.total_frames, 'frame')}, {seconds:.1f} s, "
-            f"{plural(world, 'process', 'processes')}); train with --policy.feature_cache={path}"
+            f"{plural(world, 'process', 'processes')}); train with --dataset.root={path / VIEW_DIR} "
+            f"--policy.feature_cache={path} (the dataset without the cached cameras' video)"
         )

@@ -245,6 +245,18 @@ class SAM2DiffusionConfig(PreTrainedConfig):
         """Raise unless the policy can track objects itself (see :func:`~.validation.check_tracking`)."""
         check_tracking(self)
 
+    def set_dataset_feature_metadata(self, features: dict[str, Any]) -> None:
+        """``make_policy``'s hook, called once ``input_features`` are typed from the dataset.
+
+        With ``feature_cache`` and its dataset view (``--dataset.root=CACHE/dataset``: no video for the
+        cached cameras), the cached cameras are put back as the source dataset types them
+        (:func:`~.dataset_view.restore_cached_cameras`); otherwise nothing changes.
+        """
+        if self.feature_cache is not None and self.input_features:
+            from .dataset_view import restore_cached_cameras
+
+            self.input_features = restore_cached_cameras(self.feature_cache, self.input_features)
+
     def encoder_config(self, load_checkpoint: bool = True) -> EncoderConfig:
         """The encoder's options of this policy as an :class:`~sam2_encoder.config.EncoderConfig`.
 

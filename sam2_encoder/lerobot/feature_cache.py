@@ -6,7 +6,9 @@ cached cameras once, with LeRobot's own decoding (``dataset[i]``: the frames and
 gives the policy), runs them through the policy's view (resize / centre crop) and trunk, and stores
 what the policy's heads read (``MultiCameraEncoder.fuse_levels``: ``feature_shape`` per frame).
 Training then reads them instead (``--policy.feature_cache=CACHE``, :class:`CachedCameras`); the heads
-and the UNet still learn, and the saved policy runs on raw frames at ``lerobot-eval``.
+and the UNet still learn, and the saved policy runs on raw frames at ``lerobot-eval``. The cache
+also holds a view of the dataset without the cached cameras' video (:mod:`.dataset_view`,
+``--dataset.root=CACHE/dataset``), so that stock ``lerobot-train`` never decodes those videos.
 
 Layout (the checksummed store of :mod:`sam2_encoder.diffusion_policy.store`, kind
 :data:`LEROBOT_FEATURES`, zarr-2 format)::
@@ -20,6 +22,7 @@ Layout (the checksummed store of :mod:`sam2_encoder.diffusion_policy.store`, kin
       thumb_checksums/<camera> (n_chunks,) int64
       episodes                 (E, 2) int64: each episode's [from, to) dataset indices (sealed)
       progress                 (n_chunks,) bool: chunk i of every camera written and checksummed
+      dataset/                 the dataset view (written once the cache is complete; see dataset_view)
 
 Rows are LeRobot's absolute dataset indices (the ``index`` column). What the store does (format,
 per-chunk CRC-32, progress flags, crash-safe creation, first-read checks, ``--verify``) is the
@@ -67,6 +70,7 @@ from ..diffusion_policy.store import (
 )
 from ..diffusion_policy.zarr_io import create_array
 from ..obs_inputs import to_pixels
+from .dataset_view import cached_features, view_problems, write_dataset_view
 
 __all__ = [
     "LEROBOT_FEATURES",
@@ -76,6 +80,7 @@ __all__ = [
     "LeRobotFeatureCache",
     "LeRobotFeatureWriter",
     "build_lerobot_cache",
+    "dataset_features",
     "dataset_fingerprint",
     "encoder_spec",
     "frames_of",
@@ -170,32 +175,50 @@ def encoder_spec(encoder: MultiCameraEncoder, cameras: Sequence[str]) -> dict[st
     }
 
 
-def dataset_fingerprint(meta: Any) -> dict[str, Any]:
+def dataset_fingerprint(meta: Any, features: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """What identifies a LeRobotDataset's frames: ``{repo_id, codebase_version, fps, ...}`` (JSON-able).
 
     Args:
         meta: Its ``LeRobotDatasetMetadata`` (``dataset.meta``; the policy gets it as ``dataset_meta``).
+        features: Its ``info.json`` features (default: ``meta.features``); a cache's dataset view
+            passes its own with the cameras it left out put back (:func:`dataset_features`).
 
     Returns:
         Repo id, codebase version, fps, episode and frame counts, camera shapes, and the SHA-256
         of the episodes' ``[from, to)`` dataset indices and each video camera's timestamps.
+
+    Raises:
+        LeRobotCacheError: If the episodes table lacks a video camera's timestamps.
     """
+    features = meta.features if features is None else features
     episodes = meta.episodes
     digest = hashlib.sha256()
     for column in ("dataset_from_index", "dataset_to_index"):
         digest.update(np.asarray(episodes[column], dtype=np.int64).tobytes())
-    for camera in sorted(meta.video_keys):
+    for camera in sorted(k for k, ft in features.items() if ft["dtype"] == "video"):
         for end in ("from_timestamp", "to_timestamp"):
-            digest.update(np.asarray(episodes[f"videos/{camera}/{end}"], dtype=np.float64).tobytes())
+            column = f"videos/{camera}/{end}"
+            if column not in episodes.column_names:
+                raise LeRobotCacheError(
+                    f"dataset {meta.root}: its episodes table has no {column!r} column, so camera {camera!r} is "
+                    "not a video of this dataset (a feature cache of another dataset?)"
+                )
+            digest.update(np.asarray(episodes[column], dtype=np.float64).tobytes())
+    cameras = sorted(k for k, ft in features.items() if ft["dtype"] in ("video", "image"))
     return {
         "repo_id": str(meta.repo_id),
         "codebase_version": str(meta.info.codebase_version),
         "fps": int(meta.fps),
         "total_episodes": int(meta.total_episodes),
         "total_frames": int(meta.total_frames),
-        "cameras": {key: list(meta.features[key]["shape"]) for key in sorted(meta.camera_keys)},
+        "cameras": {key: list(features[key]["shape"]) for key in cameras},
         "episodes_sha256": digest.hexdigest(),
     }
+
+
+def dataset_features(meta: Any, cache: str | os.PathLike[str]) -> dict[str, Any]:
+    """``meta.features`` with the cameras ``cache``'s dataset view left out put back (as the source had them)."""
+    return {**cached_features(cache), **meta.features}
 
 
 def episode_bounds(meta: Any) -> np.ndarray:
@@ -495,6 +518,8 @@ def build_lerobot_cache(
     sync = barrier or (lambda: None)
     writer = LeRobotFeatureWriter(dataset, encoder, out, cameras, dtype, chunk_frames, rank == 0, sync)
     if writer.complete:
+        if rank == 0:  # a cache completed before its view was written (or by an older version): add it
+            write_dataset_view(writer.out, dataset.root, writer.cameras)
         return writer.out
     todo = [i for i in writer.todo() if i % world_size == rank]
     from tqdm.auto import tqdm
@@ -509,14 +534,17 @@ def build_lerobot_cache(
             writer.discard_if_unused()
         raise
     sync()
-    if rank == 0:
-        writer.finish()
+    if rank == 0 and writer.finish():
+        write_dataset_view(writer.out, dataset.root, writer.cameras)
     sync()
     return writer.out
 
 
 def verify_lerobot_cache(path: str | os.PathLike[str]) -> list[str]:
-    """Check a whole LeRobot feature cache: arrays, episodes seal, progress flags, every chunk's checksum.
+    """Check a whole LeRobot feature cache: arrays, seals, progress flags, checksums, the dataset view's links.
+
+    Every chunk is read against its checksum; the links of the dataset view (``CACHE/dataset``) must
+    still reach the source dataset.
 
     Returns:
         One line per problem found (empty when the cache is whole).
@@ -532,7 +560,7 @@ def verify_lerobot_cache(path: str | os.PathLike[str]) -> list[str]:
         episodes = store.read_vector("episodes", problems)
         if episodes is not None:
             problems += store.seal_problems({"episodes": episodes})
-    return problems + verify_progress([_progress(store, _arrays(store))])
+    return problems + verify_progress([_progress(store, _arrays(store))]) + view_problems(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -589,8 +617,9 @@ class LeRobotFeatureCache:
                 policy 'small'``, ``dataset.total_frames: ...``).
         """
         differ = _differences("encoder", self.spec["encoder"], encoder_spec(encoder, self.cameras), "policy")
-        if meta is not None:
-            differ += _differences("dataset", self.spec["dataset"], dataset_fingerprint(meta), "dataset")
+        if meta is not None:  # the dataset itself or this cache's view of it (its cameras put back)
+            fingerprint = dataset_fingerprint(meta, dataset_features(meta, self.path))
+            differ += _differences("dataset", self.spec["dataset"], fingerprint, "dataset")
         if differ:
             raise LeRobotCacheError(
                 f"LeRobot feature cache {self.path} was built for another policy or dataset ({'; '.join(differ)}): "
@@ -661,7 +690,9 @@ class CachedCameras:
 
         Args:
             batch: A LeRobot training batch: ``index`` and ``episode_index`` ``(B,)``, cameras
-                ``(B, T, 3, H, W)`` (or ``(B, 3, H, W)`` when ``T == 1``) float in [0, 1].
+                ``(B, T, 3, H, W)`` (or ``(B, 3, H, W)`` when ``T == 1``) float in [0, 1]. A cached
+                camera may be absent (a batch of the cache's dataset view, ``CACHE/dataset``: its
+                video is never decoded); present frames are checked against the cache's thumbnails.
 
         Returns:
             The batch with cameras ``(B, T, *feature_shape)`` float32 on the frames' device.

@@ -204,7 +204,8 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         for key in (ACTION, "action_is_pad"):
             if key not in batch:
                 raise KeyError(f"sam2_diffusion.forward: batch is missing {key!r}; got keys {sorted(batch)}")
-        if self.training and self.config.feature_cache is not None:  # cached cameras: features, not frames
+        cached = self.config.feature_cache is not None  # cached cameras: features, not frames
+        if cached and (self.training or not all(key in batch for key in self.camera_keys)):  # or the cache's view
             batch = (self.cached_cameras or self._open_cache(None)).substitute(batch)
         obs = self._stack_steps(batch, training=True)
         actions = batch[ACTION]

@@ -5,12 +5,15 @@ Real LeRobot 0.6 (video-encoded dataset decoded by LeRobot itself), tiny SAM 2 a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,8 @@ lerobot = pytest.importorskip(
     "lerobot", reason="LeRobot 0.6 is not installed here (it needs Python >= 3.12); .ci/lerobot.sh runs these tests"
 )
 import torch  # noqa: E402
+from lerobot.datasets import dataset_reader  # noqa: E402
+from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata  # noqa: E402
 from lerobot.datasets.factory import resolve_delta_timestamps  # noqa: E402
 from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: E402
 from lerobot.policies.factory import make_policy, make_pre_post_processors  # noqa: E402
@@ -327,3 +332,162 @@ def test_two_torchrun_ranks_build_the_same_cache_as_one_process(tmp_path, data, 
     files = sorted(p.relative_to(cache) for p in cache.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert [(cache / f).read_bytes() for f in files] == [(out / f).read_bytes() for f in files]
+
+
+# --------------------------------------------------------------------------------------------
+# the cache's dataset view (CACHE/dataset): stock lerobot-train never decodes the cached cameras
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def top_cache(tmp_path_factory: pytest.TempPathFactory, dataset, policy) -> Path:
+    """A float32 cache of the top camera only: the wrist camera stays live (decoded and encoded every step)."""
+    out = tmp_path_factory.mktemp("caches") / "top"
+    return build_lerobot_cache(dataset, policy.encoder, out, cameras=[CAMERAS[0]], dtype="float32", chunk_frames=CHUNK)
+
+
+def decoded_cameras(root: Path, policy: SAM2DiffusionPolicy, monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """Every call of LeRobot's video decoder while a DataLoader goes once through ``root`` as lerobot-train
+    builds it (the policy's delta timestamps), counted by camera (``videos/<camera>/...``)."""
+    calls: list[str] = []
+    lock = threading.Lock()  # LeRobot decodes the cameras of an item in parallel threads
+    decode = dataset_reader.decode_video_frames
+
+    def counted(path, *args, **kwargs):
+        with lock:
+            calls.append(Path(path).parts[-3])
+        return decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(dataset_reader, "decode_video_frames", counted)
+    meta = LeRobotDatasetMetadata(REPO_ID, root=root)
+    windows = LeRobotDataset(
+        REPO_ID, root=root, delta_timestamps=resolve_delta_timestamps(policy.config, meta), return_uint8=True
+    )
+    for _ in torch.utils.data.DataLoader(windows, batch_size=4, num_workers=0):
+        pass
+    monkeypatch.undo()
+    return Counter(calls)
+
+
+def test_the_caches_dataset_view_has_no_video_of_a_cached_camera_and_lerobot_decodes_none(
+    data, top_cache, policy, monkeypatch
+):
+    """``CACHE/dataset`` is the dataset without the cached cameras' video features: going through it as
+    lerobot-train does decodes the live camera's video for every sample and the cached camera's never
+    (every call of LeRobot's decoder counted; the source decodes both)."""
+    view = top_cache / "dataset"
+    top, wrist = CAMERAS
+    assert top not in LeRobotDatasetMetadata(REPO_ID, root=view).video_keys
+    assert sorted(p.name for p in (view / "videos").iterdir()) == [wrist]  # not even a file to decode
+    assert decoded_cameras(data, policy, monkeypatch) == {top: 20, wrist: 20}
+    assert decoded_cameras(view, policy, monkeypatch) == {wrist: 20}
+
+
+def test_training_from_the_view_gives_the_same_loss_at_step_0_as_from_frames(data, dataset, cache):
+    """The policy made on the view gets the cached cameras back in its input features (same features, same
+    order as on the source); its batches carry no frame of them, and its loss equals the loss from frames
+    (same weights, same rows, same noise), without a trunk pass. In eval mode (lerobot-train's eval split)
+    the view's batches are served from the cache too."""
+    view = cache / "dataset"
+    from_frames = make_policy(config(), ds_meta=dataset.meta)
+    from_view = make_policy(config(feature_cache=str(cache)), ds_meta=LeRobotDatasetMetadata(REPO_ID, root=view))
+    assert list(from_view.config.input_features.items()) == list(from_frames.config.input_features.items())
+    from_view.load_state_dict(from_frames.state_dict())
+    frames_batch, view_batch = training_batch(data, from_frames, ROWS), training_batch(view, from_view, ROWS)
+    assert [c for c in CAMERAS if c in view_batch] == []
+    trunk_rows: list[int] = []
+    embed = from_view.encoder.encoder.vision_encoder.backbone.patch_embed
+    handle = embed.register_forward_pre_hook(lambda _m, args: trunk_rows.append(args[0].shape[0]))
+    losses = []
+    for policy, batch in ((from_frames, frames_batch), (from_view, view_batch)):
+        policy.train()
+        torch.manual_seed(0)
+        losses.append(policy.forward(dict(batch))[0])
+    from_view.eval()
+    assert torch.isfinite(from_view.forward(dict(view_batch))[0])
+    handle.remove()
+    assert trunk_rows == []
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=0)
+
+
+def test_a_view_whose_source_dataset_moved_is_named_by_verify(tmp_path, policy):
+    """The view links to the source dataset: once it is moved, ``--verify`` names each broken link."""
+    source = record(tmp_path / "data", episodes=1)
+    out = build_lerobot_cache(open_dataset(REPO_ID, source), policy.encoder, tmp_path / "features", chunk_frames=CHUNK)
+    assert verify_lerobot_cache(out) == []
+    source.rename(tmp_path / "moved")
+    problems = verify_lerobot_cache(out)
+    assert any(p.startswith(f"{out / 'dataset' / 'data'}: links to {source / 'data'}") for p in problems), problems
+    assert all("the source dataset moved or was deleted" in p for p in problems)
+
+
+def record_pusht_video(root: Path, episodes: int, frames: int) -> Path:
+    """gym-pusht episodes (the scripted pushing motion of ``pusht_data``), the 96x96 camera stored as video."""
+    import gym_pusht  # noqa: F401  (registers the env)
+    import gymnasium as gym
+
+    from .pusht_data import REPO_ID as PUSHT
+    from .pusht_data import TASK, scripted_action
+
+    features = {
+        "observation.image": {"dtype": "video", "shape": (96, 96, 3), "names": ["height", "width", "channel"]},
+        "observation.state": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
+        "action": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
+    }
+    dataset = LeRobotDataset.create(repo_id=PUSHT, fps=10, features=features, root=root, use_videos=True)
+    env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos")
+    try:
+        for episode in range(episodes):
+            obs, info = env.reset(seed=episode)
+            for step in range(frames):
+                action = scripted_action(obs["agent_pos"], info["block_pose"], step)
+                state = obs["agent_pos"].astype(np.float32)
+                frame = {"observation.image": obs["pixels"], "observation.state": state, "action": action}
+                dataset.add_frame({**frame, "task": TASK})
+                obs, _, _, _, info = env.step(action)
+            dataset.save_episode()
+        dataset.finalize()
+    finally:
+        env.close()
+    return root
+
+
+def test_the_guides_two_commands_train_without_decoding_and_lerobot_eval_runs_the_policy_on_frames(tmp_path):
+    """The guide on a video PushT dataset: ``sam2-encoder lerobot-cache``, then stock ``lerobot-train
+    --dataset.root=CACHE/dataset --policy.feature_cache=CACHE``, whose dataset holds no video to decode;
+    the saved config lists the camera, and stock ``lerobot-eval`` runs the policy on PushT's raw frames
+    with the cache deleted."""
+    pytest.importorskip("gym_pusht", reason="gym-pusht is not installed: pip install 'lerobot[pusht]'")
+    from .pusht_data import REPO_ID as PUSHT
+
+    source = record_pusht_video(tmp_path / "pusht", episodes=2, frames=12)
+    cache = tmp_path / "pusht.sam2_cache"
+    options = {**OPTIONS, "sam2_image_size": 64}
+    policy_options = [f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "") for k, v in options.items()]
+    command = ["lerobot-cache", "--repo-id", PUSHT, "--root", str(source), "--out", str(cache), "--quiet"]
+    assert cli_main([*command, *[a for o in policy_options for a in ("--policy", o)]]) == 0
+    assert not (cache / "dataset" / "videos" / "observation.image").exists()  # nothing for LeRobot to decode
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_LEROBOT_HOME=str(tmp_path / "lerobot"), OMP_NUM_THREADS="1")
+    bin_dir = Path(sys.executable).parent
+    train = [str(bin_dir / "lerobot-train"), "--policy.type=sam2_diffusion", *[f"--policy.{o}" for o in policy_options]]
+    train += [f"--dataset.repo_id={PUSHT}", f"--dataset.root={cache / 'dataset'}", f"--policy.feature_cache={cache}"]
+    train += ["--steps=2", "--batch_size=4", "--num_workers=0", "--save_freq=2", "--wandb.enable=false"]
+    proc = subprocess.run(
+        [*train, f"--output_dir={tmp_path / 'train'}"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    model = tmp_path / "train" / "checkpoints" / "last" / "pretrained_model"
+    features = json.loads((model / "config.json").read_text())["input_features"]
+    assert features["observation.image"] == {"type": "VISUAL", "shape": [3, 96, 96]}
+    shutil.rmtree(cache)
+    evaluate = [str(bin_dir / "lerobot-eval"), f"--policy.path={model}", "--policy.device=cpu", "--env.type=pusht"]
+    evaluate += [
+        "--env.episode_length=8",
+        "--eval.n_episodes=1",
+        "--eval.batch_size=1",
+        f"--output_dir={tmp_path / 'eval'}",
+    ]
+    proc = subprocess.run(evaluate, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((tmp_path / "eval" / "eval_info.json").read_text())["overall"]["n_episodes"] == 1
