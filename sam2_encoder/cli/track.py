@@ -291,6 +291,29 @@ def run(args: argparse.Namespace) -> int:
         dtype=getattr(torch, args.dtype),
         precision=args.precision,
     )
+    report, seconds = _track_into(out, args, predictor, _chain(first, frames), count, names)
+    print(
+        f"tracked {plural(report['frames'], 'frame')} in {seconds:.1f} s ({report['ms_per_frame']} ms/frame); "
+        f"masks in {out / 'masks'}" + ("" if args.no_overlay else f", overlays in {out / 'overlay'}")
+    )
+    return 0
+
+
+def _track_into(
+    out: Path,
+    args: argparse.Namespace,
+    predictor: Any,
+    frames: Iterator[np.ndarray],
+    count: int,
+    names: list[str] | None,
+) -> tuple[dict[str, Any], float]:
+    """Track ``frames`` into a hidden ``.<out>.<pid>.partial`` folder that replaces ``out`` once all are done.
+
+    A failure or interruption removes the folder; ones left by killed runs are removed first.
+
+    Returns:
+        ``(what track.json records, seconds of tracking)``.
+    """
     remove_stale_partials(out.parent, out.name, ".partial")
     work = out.with_name(f".{out.name}.{os.getpid()}.partial")
     shutil.rmtree(work, ignore_errors=True)
@@ -299,20 +322,16 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_overlay:
             (work / "overlay").mkdir()
         start = time.perf_counter()
-        areas = _track(args, predictor, _chain(first, frames), count, work, names)
+        areas = _track(args, predictor, frames, count, work, names)
         seconds = time.perf_counter() - start
         report = _report(args, out, predictor, areas, seconds)
         (work / "track.json").write_text(json.dumps(report, indent=1))
         if out.exists():
-            shutil.rmtree(out)  # an earlier track output (checked above)
+            shutil.rmtree(out)  # an earlier track output (checked by _check_out)
         os.replace(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"tracked {plural(len(areas), 'frame')} in {seconds:.1f} s ({report['ms_per_frame']} ms/frame); "
-        f"masks in {out / 'masks'}" + ("" if args.no_overlay else f", overlays in {out / 'overlay'}")
-    )
-    return 0
+    return report, seconds
 
 
 def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
