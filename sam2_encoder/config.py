@@ -23,6 +23,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from ._checks import whole_number
+from .containers import to_plain
 from .finetune import FINETUNE_MODES
 from .image_encoder import LEVELS, PRECISIONS, build_seeded
 from .pooling import check_pool_options
@@ -144,7 +145,7 @@ class ReadoutConfig:
         if len(channels) != 2 or not all(whole):
             raise ValueError(f"fuse_channels must be two positive ints (C_8, C_4), got {self.fuse_channels!r}")
         _set(self, "fuse_channels", (int(channels[0]), int(channels[1])))
-        _set(self, "pool_kwargs", _plain(dict(self.pool_kwargs or {})))
+        _set(self, "pool_kwargs", to_plain(dict(self.pool_kwargs or {})))
         whole_number(self.num_keypoints, "num_keypoints")
         if self.feature_dim is not None:
             whole_number(self.feature_dim, "feature_dim")
@@ -224,7 +225,7 @@ class TrackingConfig:
             _set(self, "n_obs_steps", whole_number(self.n_obs_steps, "n_obs_steps"))
         if not isinstance(self.object_tracker, bool):
             raise ValueError(f"object_tracker must be true or false, got {self.object_tracker!r}")
-        _set(self, "object_prompts", _plain(self.object_prompts) or None)
+        _set(self, "object_prompts", to_plain(self.object_prompts) or None)
         if self.object_tracker and self.object_restart not in ("auto", "manual"):
             raise ValueError(f"object_restart must be 'auto' or 'manual', got {self.object_restart!r}")
         if self.object_prompts and not self.object_tracker:
@@ -393,15 +394,6 @@ def _input_range(value: object) -> tuple[float, float]:
     if not high > low:
         raise ValueError(f"input_range must be (low, high) with high > low, got {value!r}")
     return low, high
-
-
-def _plain(value: Any) -> Any:
-    """Mappings and sequences (e.g. OmegaConf containers from a Hydra config) as dicts and lists."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [_plain(v) for v in value]
-    return value
 
 
 def whole_dims(value: object, what: str, length: int | None = None) -> tuple[int, ...]:

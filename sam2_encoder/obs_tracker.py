@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .camera_view import CameraView
+from .containers import to_plain
 from .image_encoder import FeaturePyramid
 from .object_tracking import ObjectTracker, TrackerModules
 from .prompts import Prompts, parse_object_prompts
@@ -52,7 +53,7 @@ def parse_view_prompts(spec: Any, views: Mapping[str, CameraView], num_objects: 
         ``{camera: {obj_id: prompt}}`` in camera pixels (see :func:`~sam2_encoder.prompts.parse_object_prompts`).
     """
     sizes = {camera: view.frame_hw for camera, view in views.items()}
-    parsed = parse_object_prompts(_plain(spec), sizes, num_objects, what)
+    parsed = parse_object_prompts(to_plain(spec), sizes, num_objects, what)
     for camera, objects in parsed.items():
         views[camera].check_prompts(objects, f"{what}[{camera!r}]")
     return parsed
@@ -286,12 +287,3 @@ class ObsTracker:
 def _same(frames: Mapping[str, torch.Tensor], a: int, b: int, old: _Stream | None = None) -> bool:
     """Whether row ``a`` of this call equals row ``b`` of this call (or of ``old``'s last window), every camera."""
     return all(torch.equal(frames[c][a], (frames[c] if old is None else old.frames[c])[b]) for c in frames)
-
-
-def _plain(value: Any) -> Any:
-    """Mappings and sequences (e.g. OmegaConf containers from a Hydra config) as dicts and lists."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [_plain(v) for v in value]
-    return value
