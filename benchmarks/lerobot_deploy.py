@@ -18,6 +18,8 @@ For SAM 2 at 96 and 224 px, 1 and 2 threads, frame reuse on and off.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -108,13 +110,29 @@ def time_sync(policy: Any, pre: Any, post: Any, robot: Any, frames: list[dict[st
     }
 
 
+def policy_server_module() -> Any:
+    """LeRobot's ``async_inference.policy_server`` module, imported from a temporary folder.
+
+    Its import opens ``./logs/policy_server_<time>.log`` (LeRobot's ``get_logger`` runs when the class is
+    defined): from a temporary folder that log does not land in the current folder (the checkout).
+    """
+    import importlib
+
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="lerobot_deploy_", ignore_cleanup_errors=True) as folder:
+        os.chdir(folder)
+        try:
+            return importlib.import_module("lerobot.async_inference.policy_server")
+        finally:
+            os.chdir(here)
+
+
 def time_async(policy: Any, pre: Any, post: Any, robot: Any, frames: list[dict[str, Any]]) -> dict[str, Any]:
     """Observation-to-chunk time of LeRobot's policy server code on one observation per request."""
     from lerobot.async_inference.configs import PolicyServerConfig
     from lerobot.async_inference.helpers import TimedObservation, map_robot_keys_to_lerobot_features
-    from lerobot.async_inference.policy_server import PolicyServer
 
-    server = PolicyServer(PolicyServerConfig(host="127.0.0.1", port=1, fps=10))
+    server = policy_server_module().PolicyServer(PolicyServerConfig(host="127.0.0.1", port=1, fps=10))
     server.policy, server.preprocessor, server.postprocessor = policy, pre, post
     server.lerobot_features = map_robot_keys_to_lerobot_features(robot)
     server.actions_per_chunk, server.device = policy.config.n_action_steps, "cpu"
