@@ -201,10 +201,12 @@ def _add_lever(
     if name == "openvino":
         if "backend" not in inspect.signature(SAM2ImageEncoder).parameters:
             return "SAM2ImageEncoder has no backend option (backend='openvino' has not landed)"
+        enc = copy.deepcopy(base)
         try:
-            add(name, like_base(precision="bf16", backend="openvino"))
+            enc.encoder.backend = "openvino"  # settable on a built encoder, e.g. a loaded policy's
         except Exception as error:  # noqa: BLE001 - the row records why it cannot run
             return f"backend='openvino' failed: {type(error).__name__}: {error}"
+        add(name, enc)
         return None
     enc = copy.deepcopy(base)  # the same weights; the weight casts are made again
     options: dict[str, Any] = {}
