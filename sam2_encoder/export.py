@@ -32,11 +32,8 @@ and ``"sam2-encoder[openvino]"``; they are imported inside the functions that ne
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +45,7 @@ from torch import nn
 
 from .image_encoder import LEVELS, SAM2ImageEncoder, bf16_support
 from .obs_inputs import to_pixels
+from .onnx_graph import ExportError, eval_flags, require, to_onnx
 from .transforms import SAM2Transforms
 
 __all__ = [
@@ -77,30 +75,6 @@ RUNTIMES = ("onnxruntime", "openvino")
 PARITY_RTOL = 1e-4
 # bf16 (OpenVINO's precision hint) is reported, and counts as passing at this cosine (benchmarks/fidelity.py's goal)
 BF16_MIN_COSINE = 0.999
-
-_EXTRAS = {
-    "onnx": ("onnx", "export"),
-    "onnxruntime": ("onnxruntime", "export"),
-    "onnxscript": ("onnxscript", "export"),
-    "openvino": ("openvino", "openvino"),
-}
-
-
-class ExportError(ValueError):
-    """A module or option that cannot be exported, or an export whose outputs are not the eager ones."""
-
-
-def _require(module: str) -> Any:
-    """Import an optional runtime, or one ImportError naming the extra that installs it."""
-    import importlib
-
-    name, extra = _EXTRAS[module]
-    try:
-        return importlib.import_module(name)
-    except ImportError as e:
-        raise ImportError(
-            f"{module} is not installed ({e}); install the export extra: pip install 'sam2-encoder[{extra}]'"
-        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,7 +333,7 @@ class ObsEncoderGraph(nn.Module):
 
     def reference(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"condition": obs_encoder(obs_dict)}`` for the same inputs (eval mode, no autograd)."""
-        with _eval_flags(self.obs_encoder), torch.no_grad():
+        with eval_flags(self.obs_encoder), torch.no_grad():
             return {"condition": self.obs_encoder(dict(zip(self.input_names, inputs)))}
 
 
@@ -387,7 +361,7 @@ class RuntimeModel:
         if runtime == "onnxruntime":
             if precision != "f32":
                 raise ExportError("ONNX Runtime runs this graph in f32 only; bf16 is OpenVINO's precision='bf16'")
-            ort = _require("onnxruntime")
+            ort = require("onnxruntime")
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads = threads
@@ -400,7 +374,7 @@ class RuntimeModel:
                 ok, why = bf16_support("cpu")
                 if not ok:
                     raise ExportError(f"OpenVINO precision='bf16' needs native bf16 on this CPU: {why}")
-            ov = _require("openvino")
+            ov = require("openvino")
             # precision always set (bf16 is its default on CPUs that have it); latency: one request at a time
             config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
             if threads:
@@ -532,7 +506,7 @@ def check_parity(
         models[runtime] = load_runtime(path, name, precision or "f32")
     for batch in batches:
         inputs = graph.example_inputs(batch, seed + batch)
-        with torch.no_grad(), _eval_flags(graph):
+        with torch.no_grad(), eval_flags(graph):
             ref = graph.reference(*inputs)
         arrays = [x.numpy() for x in inputs]
         for runtime, model in models.items():
@@ -571,45 +545,6 @@ class ExportResult:
         return lines
 
 
-@contextlib.contextmanager
-def _export_settings(graph: nn.Module) -> Iterator[None]:
-    """One pass over the whole batch (no micro-batch chunks: the batch is symbolic), eval mode, quiet logs."""
-    encoders = [m for m in graph.modules() if isinstance(m, SAM2ImageEncoder)]
-    saved = [(e, e.micro_batch) for e in encoders]
-    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
-    level = quiet.level
-    try:
-        for e in encoders:
-            e.micro_batch = None
-        quiet.setLevel(logging.ERROR)
-        with _eval_flags(graph), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch.export's own
-            yield
-    finally:
-        for e, value in saved:
-            e.micro_batch = value
-        quiet.setLevel(level)
-
-
-@contextlib.contextmanager
-def _eval_flags(module: nn.Module) -> Iterator[None]:
-    """Eval mode for ``module`` and every submodule, then each one's own ``training`` flag back.
-
-    The flags are set directly, not through ``train()`` / ``eval()``: a ``MultiCameraEncoder``'s
-    ``train()`` forgets its remembered frames and ends its object streams, and a graph module's
-    own flag (``True`` when built) is not the wrapped encoder's. So exporting or checking an
-    encoder leaves it exactly in the mode it was in.
-    """
-    saved = [(m, m.training) for m in module.modules()]
-    try:
-        for m, _ in saved:
-            m.training = False
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
-
-
 def _check_out(path: Path, fmt: str) -> Path:
     suffix = {"onnx": ".onnx", "openvino": ".xml"}[fmt]
     if path.is_dir():
@@ -619,48 +554,6 @@ def _check_out(path: Path, fmt: str) -> Path:
     if not path.parent.is_dir():
         raise ExportError(f"output {path}: the folder {path.parent} does not exist")
     return path
-
-
-def _batch_dims(graph: nn.Module, count: int, batch: Any) -> tuple:
-    """``dynamic_shapes``: dim 0 of every input is ``batch`` (grouped as one argument for ``forward(*inputs)``)."""
-    import inspect
-
-    dims = tuple({0: batch} for _ in range(count))
-    kinds = [p.kind for p in inspect.signature(graph.forward).parameters.values()]
-    return (dims,) if kinds == [inspect.Parameter.VAR_POSITIONAL] else dims
-
-
-def _to_onnx(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> None:
-    _require("onnxscript")
-    _require("onnx")
-    from torch.export import Dim
-
-    batch = Dim("batch", min=1, max=4096)
-    names = list(graph.input_names)
-    try:
-        with _export_settings(graph), torch.no_grad():
-            torch.onnx.export(
-                graph,
-                inputs,
-                str(path),
-                dynamo=True,
-                input_names=names,
-                output_names=list(graph.output_names),
-                dynamic_shapes=_batch_dims(graph, len(inputs), batch),
-                opset_version=opset,
-                external_data=False,
-                verbose=False,
-            )
-    except Exception as e:  # noqa: BLE001 - torch.export / onnxscript raise many types; one message here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"torch.onnx.export of {type(graph).__name__} failed: {type(e).__name__}: {first}") from e
-    model = _require("onnx").load(str(path), load_external_data=False)
-    fixed = [i.name for i in model.graph.input if not i.type.tensor_type.shape.dim[0].dim_param]
-    if fixed:  # the exporter falls back to tracing one batch size when torch.export fails: refuse that file
-        raise ExportError(
-            f"torch.onnx.export of {type(graph).__name__} fixed the batch size of {fixed} (torch.export could not "
-            "keep it dynamic); nothing written"
-        )
 
 
 def _matmul_resizes(path: Path) -> int:
@@ -674,7 +567,7 @@ def _matmul_resizes(path: Path) -> int:
     Returns:
         The number of resizes replaced.
     """
-    onnx = _require("onnx")
+    onnx = require("onnx")
     from onnx import helper, numpy_helper, shape_inference
 
     model = onnx.load(str(path))
@@ -720,7 +613,7 @@ def _matmul_resizes(path: Path) -> int:
 
 
 def _to_openvino(onnx_path: Path, xml_path: Path) -> None:
-    ov = _require("openvino")
+    ov = require("openvino")
     model = ov.convert_model(str(onnx_path))
     ov.save_model(model, str(xml_path), compress_to_fp16=False)  # f32 weights: its default halves them
 
@@ -763,8 +656,8 @@ def export_graph(
     written = [tmp_onnx] if format == "onnx" else [tmp_xml, tmp_xml.with_suffix(".bin")]
     try:
         if format == "openvino":
-            _require("openvino")
-        _to_onnx(graph, inputs, tmp_onnx, opset)
+            require("openvino")
+        to_onnx(graph, inputs, tmp_onnx, opset)
         _matmul_resizes(tmp_onnx)
         if format == "openvino":
             _to_openvino(tmp_onnx, tmp_xml)

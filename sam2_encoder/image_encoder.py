@@ -19,12 +19,14 @@ import torch
 from torch import nn
 
 from .hiera import fpn_neck, fpn_settings, trunk_stages
+from .openvino_backend import BACKENDS, OpenVINOBackend, require_openvino
 from .sam2_weights import SAM2Weights, build_seeded
 from .transforms import ImageInput, SAM2Transforms
 from .variants import Variant, check_image_size, get_variant
 from .weight_casts import FrozenWeightCasts
 
 __all__ = [
+    "BACKENDS",
     "LEVELS",
     "MICRO_BATCH_TOKENS",
     "PRECISIONS",
@@ -151,6 +153,13 @@ class SAM2ImageEncoder(SAM2Weights):
             with AVX512-BF16 or AMX; see :func:`bf16_support`), else ``ValueError`` when encoding.
             Features move by 0.4-0.8% relative L2 (cosine >= 0.99996 per level with Meta-scaled
             weights at 224/256 px; ``benchmarks/fidelity.py``).
+        backend: ``"torch"`` (default) or ``"openvino"``: inference through OpenVINO on the CPU
+            (``pip install 'sam2-encoder[openvino]'``), for a frozen encoder only. The trunk, neck and
+            projections are compiled once per input size and batch (seconds, on first use; see
+            :mod:`sam2_encoder.openvino_backend`); ``precision`` sets OpenVINO's precision: ``"fp32"``
+            within ``export.PARITY_RTOL`` of eager (tested), ``"bf16"`` cosine >= 0.9999 per level
+            (``benchmarks/runtimes.py``). ``micro_batch="auto"`` runs each batch in one pass there.
+            Settable later (``encoder.backend = "openvino"``), e.g. on a loaded policy's encoder.
         channel_order: ``"RGB"`` or ``"BGR"`` for the built-in transforms.
         input_range: Range of float inputs for the built-in transforms.
         seed: Seed of the random initialisation when ``checkpoint`` is ``None``.
@@ -183,6 +192,7 @@ class SAM2ImageEncoder(SAM2Weights):
         skip_padding: bool | str = "auto",
         micro_batch: int | str | None = "auto",
         precision: str = "fp32",
+        backend: str = "torch",
         channel_order: str = "RGB",
         input_range: tuple[float, float] = (0.0, 1.0),
         seed: int = 0,
@@ -214,6 +224,8 @@ class SAM2ImageEncoder(SAM2Weights):
             self.check_precision(torch.device(device))
         if freeze:
             self.freeze()
+        self._openvino: OpenVINOBackend | None = None
+        self.backend = backend
 
     @property
     def feature_info(self) -> list[dict[str, int | str]]:
@@ -267,6 +279,8 @@ class SAM2ImageEncoder(SAM2Weights):
         self.check_precision(pixel_values.device)
         if pixel_values.shape[0] == 0:
             return self._empty(pixel_values)
+        if self.backend == "openvino":
+            return self._openvino_encode(pixel_values)
         chunk = self.micro_batch_size(pixel_values.shape[0], pixel_values.shape[-2:], pixel_values.device)
         if chunk >= pixel_values.shape[0]:
             return self._encode(pixel_values)
@@ -349,10 +363,12 @@ class SAM2ImageEncoder(SAM2Weights):
             else:
                 stages = self.trunk(pixel_values)
             s4, s8, neck16 = self.neck(stages)
-            s4 = self.conv_s0(s4)
-            s8 = self.conv_s1(s8)
-            s16 = neck16 + self.no_memory_embedding.view(1, -1, 1, 1).to(neck16.dtype)
-            pos = self.position_encodings((s4, s8, s16)) if self.with_pos_enc else None
+            return self._pyramid(self.conv_s0(s4), self.conv_s1(s8), neck16)
+
+    def _pyramid(self, s4: torch.Tensor, s8: torch.Tensor, neck16: torch.Tensor) -> FeaturePyramid:
+        """The pyramid of the projected levels and the stride-16 neck level (no-memory embedding added)."""
+        s16 = neck16 + self.no_memory_embedding.view(1, -1, 1, 1).to(neck16.dtype)
+        pos = self.position_encodings((s4, s8, s16)) if self.with_pos_enc else None
         return FeaturePyramid(s4, s8, s16, pos_enc=pos, s16_neck=neck16)
 
     def _bf16_trunk(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
@@ -363,6 +379,36 @@ class SAM2ImageEncoder(SAM2Weights):
         if casts is None:
             casts = self.__dict__["_weight_casts"] = FrozenWeightCasts(torch.bfloat16)
         return casts.call(self.vision_encoder.backbone, self.trunk, pixel_values)
+
+    @property
+    def backend(self) -> str:
+        """``"torch"`` or ``"openvino"`` (see the class docs); setting it checks OpenVINO is installed."""
+        return self.__dict__.get("_backend", "torch")  # an encoder pickled before the option: torch
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        _check_choice("backend", value, BACKENDS)
+        if value == "openvino":
+            require_openvino()
+            if not self.frozen:
+                raise ValueError(
+                    "backend='openvino' is inference only: it needs a frozen encoder (freeze=True, no finetune); "
+                    "fine-tune with backend='torch'"
+                )
+        self._backend = value
+        self._openvino = None
+
+    def _openvino_encode(self, pixel_values: torch.Tensor) -> FeaturePyramid:
+        """:meth:`encode` through OpenVINO: one pass per batch (or per ``micro_batch`` chunk when an int)."""
+        runtime = self.__dict__.get("_openvino")
+        if runtime is None or runtime.precision != self.precision:
+            runtime = self._openvino = OpenVINOBackend(self.precision)
+        runtime.check(self, pixel_values)
+        chunk = pixel_values.shape[0] if self.micro_batch in (None, "auto") else int(self.micro_batch)
+        parts = [runtime.run(self, part) for part in pixel_values.split(chunk)]
+        levels = [level[0] if len(parts) == 1 else torch.cat(level) for level in zip(*parts)]
+        with self._grad_context():
+            return self._pyramid(*levels)
 
     def trunk(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Hiera trunk: the four stage outputs, each ``(B, h, w, C)`` (channels last), finest first."""
@@ -391,6 +437,7 @@ class SAM2ImageEncoder(SAM2Weights):
         return (
             f"variant={self.variant.name!r}, image_size={self.image_size}, frozen={self.frozen}, "
             f"precision={self.precision!r}, micro_batch={self.micro_batch!r}, skip_padding={self.skip_padding!r}"
+            + (f", backend={self.backend!r}" if self.backend != "torch" else "")
         )
 
 
