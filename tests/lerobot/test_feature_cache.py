@@ -410,6 +410,24 @@ def test_training_from_the_view_gives_the_same_loss_at_step_0_as_from_frames(dat
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=0)
 
 
+def test_rerunning_the_build_on_a_complete_cache_without_its_view_writes_the_view_and_nothing_else(
+    tmp_path, dataset, policy, cache
+):
+    """A cache completed before its view existed (or whose view was deleted) gets it back from the same
+    command, without encoding again: the same files with the same bytes, the same links."""
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy, symlinks=True)
+    shutil.rmtree(copy / "dataset")
+    build_lerobot_cache(dataset, policy.encoder, copy, dtype="float32", chunk_frames=CHUNK, on_chunk=pytest.fail)
+
+    def contents(root: Path) -> dict[Path, bytes | str]:
+        entries = [p for p in root.rglob("*") if p.is_symlink() or p.is_file()]
+        return {p.relative_to(root): os.readlink(p) if p.is_symlink() else p.read_bytes() for p in entries}
+
+    assert contents(copy) == contents(cache)
+    assert (copy / "dataset" / "data").is_symlink()
+
+
 def test_a_view_whose_source_dataset_moved_is_named_by_verify(tmp_path, policy):
     """The view links to the source dataset: once it is moved, ``--verify`` names each broken link."""
     source = record(tmp_path / "data", episodes=1)
