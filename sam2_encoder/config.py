@@ -25,7 +25,7 @@ from typing import Any
 from ._checks import whole_number
 from .containers import to_plain
 from .finetune import FINETUNE_MODES
-from .image_encoder import LEVELS, PRECISIONS, build_seeded
+from .image_encoder import BACKENDS, LEVELS, PRECISIONS, build_seeded
 from .pooling import check_pool_options
 from .variants import check_image_size, get_variant
 
@@ -68,6 +68,9 @@ class BackboneConfig:
     )
     image_size: int = _option(224, "SAM 2 input side (a multiple of 32); every camera is resized to it.")
     precision: str = _option("fp32", "fp32 | bf16: the Hiera trunk under bfloat16 autocast where the hardware has it.")
+    backend: str = _option(
+        "torch", "torch | openvino: the frozen trunk's inference in OpenVINO on the CPU (the [openvino] extra)."
+    )
     compile: bool = _option(False, "torch.compile the encoder pass (static shapes).")
     fast_attention: bool = _option(True, "Our fused SAM 2 attention (bit-identical to transformers').")
     seed: int = _option(0, "Seed of the random parts (heads, random SAM 2 weights).")
@@ -77,9 +80,15 @@ class BackboneConfig:
         _set(self, "variant", get_variant(self.variant).name)
         check_image_size(self.image_size)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("backend", self.backend, BACKENDS)
         build_seeded(lambda: None, self.seed)  # the seed check torch's RNG needs
         for name in ("compile", "fast_attention", "download"):
             _flag(name, getattr(self, name))
+        if self.backend == "openvino" and self.compile:
+            raise ValueError(
+                "compile=True with backend='openvino': OpenVINO compiles the trunk itself; set compile=False "
+                "(or backend='torch' to torch.compile it)"
+            )
 
 
 @dataclass(frozen=True)
@@ -318,6 +327,11 @@ class EncoderConfig:
                     "SAM 2's own features, and a fine-tuned trunk feeds it others; fine-tune with masks from the "
                     "dataset and give them in every obs dict at inference (object_tracker=false)"
                 )
+        if self.backbone.backend == "openvino" and not self.finetuning.freeze:
+            raise ValueError(
+                "backend='openvino' is inference only and needs freeze=True (no gradient flows through OpenVINO); "
+                "fine-tune with backend='torch', then run the trained policy with backend='openvino'"
+            )
 
     @classmethod
     def from_flat(cls, **options: Any) -> "EncoderConfig":

@@ -77,6 +77,7 @@ BAD_VALUES = [
     # unknown strings
     BadValue("variant", "sam3_hiera_tiny", "unknown SAM 2 variant 'sam3_hiera_tiny'; known variants:"),
     BadValue("precision", "fp16", "{name} must be one of ('fp32', 'bf16'), got 'fp16'"),
+    BadValue("backend", "onnx", "{name} must be one of ('torch', 'openvino'), got 'onnx'"),
     BadValue("channel_order", "rgb", "{name} must be 'RGB' or 'BGR', got 'rgb'"),
     BadValue("pool", "max", "unknown pool 'max'; choose one of spatial_softmax, attention, avg, conv"),
     BadValue("fuse", "upsample", "{name} must be 'pool' or 'coarse_to_fine', got 'upsample'"),
@@ -105,6 +106,13 @@ BAD_VALUES = [
     ),
     BadValue("object_tracker", True, "{name}=True needs object tokens: set object_masks_key"),
     BadValue("freeze", False, "object_tracker=True needs {name}=True", (*_OBJECTS, ("object_tracker", True))),
+    BadValue("backend", "openvino", "{name}='openvino' is inference only and needs freeze=True", (("freeze", False),)),
+    BadValue(
+        "compile",
+        True,
+        "{name}=True with backend='openvino': OpenVINO compiles the trunk itself; set {name}=False",
+        (("backend", "openvino"),),
+    ),
 ]
 
 
@@ -169,7 +177,7 @@ def test_an_encoder_built_from_a_config_equals_one_built_flat() -> None:
 
 def test_every_option_has_one_line_of_doc() -> None:
     docs = option_docs()
-    assert len(docs) == 39  # the 41 parameters of MultiCameraEncoder before the config, less cameras, low_dim
+    assert len(docs) == 40  # the 41 parameters of MultiCameraEncoder before the config, less cameras, low_dim; backend
     assert all(doc and "\n" not in doc for _, doc in docs.values())
 
 
