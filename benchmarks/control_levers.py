@@ -437,8 +437,9 @@ def plot_levers(report: dict[str, Any], path: Any) -> str | None:
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.8))
     ys = list(range(len(rows)))
     ax.barh(ys, [r["latency_ms"]["p99"] for r in rows], color="lightgrey", label="p99")
-    colors = ["tab:green" if r["pays"] else "tab:blue" if r["lever"] == "baseline" else "tab:orange" for r in rows]
-    ax.barh(ys, [r["latency_ms"]["p50"] for r in rows], color=colors, label="p50 (green: pays)")
+    fixed = {"baseline": "tab:blue", "fp32": "tab:grey"}
+    colors = [fixed.get(r["lever"], "tab:green" if r["pays"] else "tab:orange") for r in rows]
+    ax.barh(ys, [r["latency_ms"]["p50"] for r in rows], color=colors, label="p50 (green: pays, orange: does not)")
     ax.scatter([r["cpu_ms"]["p50"] for r in rows], ys, marker="|", s=300, color="black", label="CPU time p50", zorder=3)
     for y, r in zip(ys, rows):
         cos = min(v["cosine_min"] for v in r["fidelity_vs_fp32"]["levels"].values())
