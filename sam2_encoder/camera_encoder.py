@@ -29,10 +29,13 @@ from .downloads import CheckpointError
 from .frame_memo import FrameMemo, MemoLookup, memo_rows
 from .heads import HeadBuilder
 from .image_encoder import LEVELS, FeaturePyramid, SAM2ImageEncoder
+from .memory_call import MemoryCall
+from .memory_streams import MemoryStreams
 from .object_tokens import object_mask_keys
 from .object_tracking import TrackerModules
 from .obs_inputs import batch_dims, given_masks, low_dim_values, to_pixels, tracks_call
 from .obs_tracker import ObsTracker, TrackPlan, parse_view_prompts
+from .policy_memory import MemoryModules
 from .pooling import fuse_levels, pack_pyramid
 from .trunk import build_trunk, optimizer_groups
 
@@ -116,6 +119,8 @@ class MultiCameraEncoder(nn.Module):
         self._compiled = None
         # the tracker's weights (state dict: tracker.*) and its streams per batch row
         self.tracker, self.obs_tracker = _build_tracker(self.encoder, config, views, prompts)
+        # the policy memory's weights (state dict: memory.*) and its banks per stream (memory="sam2")
+        self.memory, self.memory_streams = _build_memory(self.encoder, config)
 
     # ----------------------------------------------------------------------------------------
     # encoder API
@@ -254,7 +259,33 @@ class MultiCameraEncoder(nn.Module):
         """
         if self.obs_tracker is not None:
             self.obs_tracker.end()
+        self.reset_memory()
         self.forget_frames()
+
+    def reset_memory(self) -> None:
+        """End every memory stream (a new episode): the next inference call starts each bank at frame 0.
+
+        With ``memory="sam2"``; ``reset_objects()``, ``train()`` / ``eval()`` call it too, and a window of
+        one repeated new frame (an episode start in both hosts) starts its stream over by itself.
+        """
+        if self.memory_streams is not None:
+            self.memory_streams.end()
+
+    def memory_step(self, new: bool | None = True) -> None:
+        """Say whether the next inference call is a new control step for the memory banks (``memory="sam2"``).
+
+        Args:
+            new: ``True``: each stream's newest row is a new frame, even if it equals the last one (a
+                robot at rest); ``False``: no new frame (the same observation again: its rows reuse the
+                banks); ``None``: decided by content (new unless the window is the stream's last window).
+                Applies to the next call only.
+        """
+        self._require_memory("memory_step").step = new
+
+    def _require_memory(self, what: str) -> MemoryStreams:
+        if self.memory_streams is None:
+            raise ValueError(f"{what}: this encoder has no policy memory (memory='none'); build it with memory='sam2'")
+        return self.memory_streams
 
     @property
     def object_prompts(self) -> dict[str, Any]:
@@ -300,6 +331,7 @@ class MultiCameraEncoder(nn.Module):
         self.forget_frames()
         if self.obs_tracker is not None:
             self.obs_tracker.end()
+        self.reset_memory()
         return super().train(mode)
 
     def forget_frames(self) -> None:
@@ -319,6 +351,8 @@ class MultiCameraEncoder(nn.Module):
         state["_memo"] = FrameMemo()  # remembered frames belong to one inference stream
         if self.obs_tracker is not None:  # object streams too (prompts kept)
             state["obs_tracker"] = self.obs_tracker.detached()
+        if self.memory_streams is not None:  # memory banks too
+            state["memory_streams"] = self.memory_streams.detached()
         state["tracked_masks"] = {}
         return state
 
@@ -377,7 +411,8 @@ class _ForwardCall:
         self.outputs: dict[str, torch.Tensor] = {}  # head outputs (n, D_key)
         self.pending: list[tuple[str, torch.Tensor, torch.Tensor | None, MemoLookup | None]] = []  # memo cameras
         self.tracked: dict[str, torch.Tensor] = {}  # tracked cameras: (n, 3, h, w) in [0, 1], in the view
-        for key in enc.rgb_keys:
+        self.memory = MemoryCall(enc, obs_dict, lead, n, masks) if enc.memory is not None else None
+        for key in enc.rgb_keys if self.memory is None else ():  # (the memory serves every camera)
             x = obs_dict[key]
             x = x.reshape(n, *x.shape[len(lead) :])
             m = masks.get(key)
@@ -404,12 +439,16 @@ class _ForwardCall:
         plan = tracker.plan(self.tracked, self.n) if self.tracked and tracker is not None else None
         late = len(self.tracked) if plan is not None and len(plan.encode) else 0  # trunk inputs of tracked cameras
         pixels = [p for p, _ in inputs]
+        memory = self.memory.pixels() if self.memory is not None else []
+        pixels += memory
         if late:  # the tracked cameras' new frames join the same trunk pass
             pixels += [enc.encoder.transforms.finish(self.tracked[key][plan.encode]) for key in self.tracked]
         pyramids = enc._trunk_pass(pixels)
         if plan is not None:
             self.outputs.update(self._track(plan, pyramids[len(pyramids) - late :]))
-        self.outputs.update(self._memo_heads(todo, pyramids[: len(pyramids) - late], [m for _, m in inputs]))
+        if self.memory is not None:
+            self.outputs.update(self.memory.outputs(pyramids[len(inputs) : len(inputs) + len(memory)]))
+        self.outputs.update(self._memo_heads(todo, pyramids[: len(inputs)], [m for _, m in inputs]))
         return self.outputs
 
     def _track(self, plan: TrackPlan, pyramids: Sequence[FeaturePyramid]) -> dict[str, torch.Tensor]:
@@ -466,6 +505,17 @@ def _build_tracker(
         modules, views, config.objects.num_objects, tracking.n_obs_steps, tracking.object_restart, prompts
     )
     return modules, streams
+
+
+def _build_memory(
+    encoder: SAM2ImageEncoder, config: EncoderConfig
+) -> tuple[MemoryModules | None, MemoryStreams | None]:
+    """The policy memory's weights and its inference banks, with ``memory="sam2"`` (else ``(None, None)``)."""
+    memory, backbone = config.policy_memory, config.backbone
+    if not memory.enabled:
+        return None, None
+    modules = MemoryModules(encoder, memory, backbone.checkpoint, backbone.seed, backbone.download)
+    return modules, MemoryStreams(modules, memory, config.tracking.n_obs_steps)
 
 
 def _rows(

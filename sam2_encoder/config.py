@@ -3,7 +3,8 @@
 The configuration is composed of small parts, one per concern: :class:`BackboneConfig` (the SAM 2
 trunk), :class:`ViewConfig` (the camera view: input range, resize, crop), :class:`ReadoutConfig`
 (pyramid levels, fusion and the pooling head), :class:`ObjectConfig` (object tokens),
-:class:`TrackingConfig` (the inference-time object tracker) and :class:`FinetuneConfig`, plus
+:class:`TrackingConfig` (the inference-time object tracker), :class:`FinetuneConfig` and
+:class:`MemoryConfig` (policy memory from SAM 2's memory bank), plus
 ``reuse_frames`` (the frame memo). Each option is ONE dataclass field: its name, type, default
 and one-line doc (``field(metadata={"doc": ...})``); each part's ``__post_init__`` validates its
 options, and :class:`EncoderConfig` checks the rules that span parts. Hosts build it from flat
@@ -33,6 +34,7 @@ __all__ = [
     "BackboneConfig",
     "EncoderConfig",
     "FinetuneConfig",
+    "MemoryConfig",
     "ObjectConfig",
     "ReadoutConfig",
     "TrackingConfig",
@@ -270,6 +272,52 @@ class FinetuneConfig:
             raise ValueError(f"trunk_lr_scale must be a finite number >= 0, got {scale!r}")
 
 
+#: SAM 2's temporal position encodings: ``num_maskmem = 7`` slots, one for the conditioning frame and
+#: 6 for past frames (every released variant), so a bank holds at most 6 past frames.
+MAX_MEMORY_FRAMES = 6
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Policy memory: each camera's features conditioned on a bank of past frames (SAM 2's memory).
+
+    See :mod:`sam2_encoder.policy_memory`. A frame's memory is SAM 2's memory encoder on its stride-16
+    features and a mask (``memory_source``); the bank of frame ``t`` is the episode's first frame
+    (``memory_keep_first``) and frames ``t - k * memory_stride`` for ``k = 1 .. memory_frames``
+    (clamped to the first frame at the episode start), and SAM 2's memory attention conditions the
+    current features on it before the heads. Needs a square ``image_size``.
+    """
+
+    memory: str = _option("none", "none | sam2: condition each camera on a bank of its past frames (SAM 2 memory).")
+    memory_frames: int = _option(MAX_MEMORY_FRAMES, "Past frames in the bank, 1-6 (SAM 2's temporal encodings).")
+    memory_stride: int = _option(1, "Frames between two past frames of the bank (every k-th frame is kept).")
+    memory_keep_first: bool = _option(True, "Keep the episode's first frame in the bank (SAM 2's conditioning frame).")
+    memory_source: str = _option("frame", "Mask of a frame's memory: frame (whole frame) | objects (its object masks).")
+
+    def __post_init__(self) -> None:
+        _choice("memory", self.memory, ("none", "sam2"))
+        frames = whole_number(self.memory_frames, "memory_frames")
+        if frames > MAX_MEMORY_FRAMES:
+            raise ValueError(
+                f"memory_frames must be at most {MAX_MEMORY_FRAMES} (SAM 2's temporal encodings of past frames), "
+                f"got {frames}"
+            )
+        _set(self, "memory_frames", frames)
+        _set(self, "memory_stride", whole_number(self.memory_stride, "memory_stride"))
+        _flag("memory_keep_first", self.memory_keep_first)
+        _choice("memory_source", self.memory_source, ("frame", "objects"))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the encoder has a memory."""
+        return self.memory != "none"
+
+    @property
+    def bank_size(self) -> int:
+        """Frames in a bank: ``memory_frames`` plus the first frame with ``memory_keep_first``."""
+        return self.memory_frames + int(self.memory_keep_first)
+
+
 #: The parts of :class:`EncoderConfig`, by attribute name.
 _PARTS = {
     "backbone": BackboneConfig,
@@ -278,6 +326,7 @@ _PARTS = {
     "objects": ObjectConfig,
     "tracking": TrackingConfig,
     "finetuning": FinetuneConfig,
+    "policy_memory": MemoryConfig,
 }
 
 
@@ -300,6 +349,7 @@ class EncoderConfig:
     objects: ObjectConfig = field(default_factory=ObjectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     finetuning: FinetuneConfig = field(default_factory=FinetuneConfig)
+    policy_memory: MemoryConfig = field(default_factory=MemoryConfig)
     reuse_frames: bool = _option(True, "At inference, reuse the features of frames seen in the previous call.")
     """With ``reuse_frames`` (eval mode, autograd off), a control loop with ``n_obs_steps`` To encodes
     each camera frame once instead of To times; a frame repeated within one call is encoded once too.
@@ -331,6 +381,28 @@ class EncoderConfig:
             raise ValueError(
                 "backend='openvino' is inference only and needs freeze=True (no gradient flows through OpenVINO); "
                 "fine-tune with backend='torch', then run the trained policy with backend='openvino'"
+            )
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Rules between the memory and the other parts: a square image size, masks to store, no tracker yet."""
+        memory = self.policy_memory
+        if not memory.enabled:
+            return
+        height, width = check_image_size(self.backbone.image_size)
+        if height != width:
+            raise ValueError(
+                f"memory={memory.memory!r} needs a square image_size (SAM 2's memory attention), got {[height, width]}"
+            )
+        if self.tracking.object_tracker:
+            raise ValueError(
+                f"memory={memory.memory!r} with object_tracker=True is not supported yet: give the object masks in "
+                "every obs dict (object_tracker=false), or memory='none'"
+            )
+        if memory.memory_source == "objects" and self.objects.object_masks_key is None:
+            raise ValueError(
+                "memory_source='objects' stores each frame with its object masks: set object_masks_key (or a "
+                "`type: mask` entry in shape_meta), or use memory_source='frame'"
             )
 
     @classmethod

@@ -96,6 +96,30 @@ BAD_VALUES = [
         (*_OBJECTS, ("object_tracker", True)),
     ),
     BadValue("random_crop", "yes", "{name} must be true or false, got 'yes'"),
+    BadValue("memory", "lstm", "{name} must be one of ('none', 'sam2'), got 'lstm'"),
+    *_whole("memory_frames"),
+    BadValue("memory_frames", 7, "{name} must be at most 6 (SAM 2's temporal encodings of past frames), got 7"),
+    *_whole("memory_stride"),
+    BadValue("memory_keep_first", 1, "{name} must be true or false, got 1"),
+    BadValue("memory_source", "masks", "{name} must be one of ('frame', 'objects'), got 'masks'"),
+    BadValue(
+        "memory",
+        "sam2",
+        "{name}='sam2' needs a square image_size (SAM 2's memory attention), got [64, 96]",
+        (("image_size", (64, 96)),),
+    ),
+    BadValue(
+        "memory_source",
+        "objects",
+        "{name}='objects' stores each frame with its object masks: set object_masks_key",
+        (("memory", "sam2"),),
+    ),
+    BadValue(
+        "memory",
+        "sam2",
+        "{name}='sam2' with object_tracker=True is not supported yet",
+        (*_OBJECTS, ("object_tracker", True)),
+    ),
     BadValue("share_heads", 1, "{name} must be true or false, got 1"),
     # rules between parts
     BadValue(
@@ -177,7 +201,9 @@ def test_an_encoder_built_from_a_config_equals_one_built_flat() -> None:
 
 def test_every_option_has_one_line_of_doc() -> None:
     docs = option_docs()
-    assert len(docs) == 40  # the 41 parameters of MultiCameraEncoder before the config, less cameras, low_dim; backend
+    assert (
+        len(docs) == 45
+    )  # the 41 parameters of MultiCameraEncoder before the config, less cameras, low_dim; backend; memory (5)
     assert all(doc and "\n" not in doc for _, doc in docs.values())
 
 
