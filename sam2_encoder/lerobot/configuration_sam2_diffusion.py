@@ -21,6 +21,7 @@ from lerobot.optim import AdamConfig, DiffuserSchedulerConfig
 from lerobot.utils.constants import OBS_STATE
 
 from ..config import EncoderConfig, option_docs, option_types
+from .memory_history import MemoryLayout, check_memory_options
 from .validation import check_diffusion_options, check_object_features, check_object_options, check_tracking
 
 __all__ = ["ENCODER_OPTIONS", "LEROBOT_DEFAULTS", "LEROBOT_NAMES", "SAM2DiffusionConfig"]
@@ -220,6 +221,7 @@ class SAM2DiffusionConfig(PreTrainedConfig):
         self.normalization_mapping["VISUAL"] = NormalizationMode.IDENTITY
         check_diffusion_options(self)
         check_object_options(self)
+        check_memory_options(self)
         if not 0 < self.crop_ratio <= 1.0:
             raise ValueError(f"sam2_diffusion: crop_ratio must be in (0, 1], got {self.crop_ratio}")
         config = self.encoder_config()  # every encoder option, validated once by the encoder's config
@@ -333,8 +335,16 @@ class SAM2DiffusionConfig(PreTrainedConfig):
 
     @property
     def observation_delta_indices(self) -> list[int]:
-        """Observation frames relative to the current one: ``[1 - n_obs_steps, ..., 0]``."""
-        return list(range(1 - self.n_obs_steps, 1))
+        """Observation frames relative to the current one: ``[1 - n_obs_steps, ..., 0]``.
+
+        With ``memory``, every bank frame of the window too (each delta once, sorted; see
+        :meth:`memory_layout`): LeRobot's dataset loads them, clamped into the episode.
+        """
+        return list(self.memory_layout().deltas)
+
+    def memory_layout(self) -> MemoryLayout:
+        """Where the window and each window frame's bank frames sit in :attr:`observation_delta_indices`."""
+        return MemoryLayout.build(self.n_obs_steps, self.encoder_config(load_checkpoint=False).policy_memory)
 
     @property
     def action_delta_indices(self) -> list[int]:

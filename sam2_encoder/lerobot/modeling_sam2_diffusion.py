@@ -28,9 +28,11 @@ from torch import Tensor
 from ..camera_encoder import MultiCameraEncoder
 from ..object_tracking import TrackerModules
 from ..obs_tracker import ObsTracker
+from ..policy_memory import memory_key
 from .batch_inputs import is_window, masks_tracked, stack_steps
 from .configuration_sam2_diffusion import SAM2DiffusionConfig
 from .denoiser import build_denoiser, diffusion_loss, sample_actions
+from .memory_history import check_episode_lengths, episode_lengths
 
 __all__ = ["MOVED_PREFIXES", "SAM2DiffusionPolicy", "migrate_state_dict"]
 
@@ -103,6 +105,12 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
                 config=config.encoder_config(load_checkpoint=load_sam2_checkpoint),
             )
         self.register_load_state_dict_pre_hook(_migrate_on_load)  # old model.safetensors: tracker.* keys
+        # memory="sam2": training batches hold each window frame's bank frames (observation_delta_indices)
+        self.memory_layout = config.memory_layout()
+        objects = config.memory_source == "objects"
+        self.bank_keys = self.camera_keys + (list(self.mask_keys.values()) if objects else [])
+        if self.memory_layout.has_memory and config.memory_keep_first and kwargs.get("dataset_meta") is not None:
+            check_episode_lengths(episode_lengths(kwargs["dataset_meta"]))
         self.cached_cameras = None  # feature_cache: opened for training (make_policy passes dataset_meta)
         if config.feature_cache is not None and kwargs.get("dataset_meta") is not None:
             self.cached_cameras = self._open_cache(kwargs["dataset_meta"])
@@ -147,7 +155,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         return self.encoder.obs_tracker
 
     def reset(self) -> None:
-        """Start a new episode: clear the queues, the encoder's remembered frames and the object streams.
+        """Start a new episode: clear the queues, the encoder's remembered frames, object streams and memory banks.
 
         Object prompts (``object_prompts`` or :meth:`set_object_prompts`) are kept: the next frame
         of every row is prompted with them.
@@ -155,6 +163,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         n_obs, n_act = self.config.n_obs_steps, self.config.n_action_steps
         self._queues = {key: deque(maxlen=n_obs) for key in self.input_keys}
         self._queues[ACTION] = deque(maxlen=n_act)
+        self._new_frame = False  # whether the newest queued observation is still to enter the memory banks
         self.encoder.reset_objects()  # the frame memo and the object streams
         self._tracking = None
 
@@ -242,6 +251,7 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
             return self._generate(self._stack_steps(batch), noise)
         if not self._is_queued(batch):
             self._observe(batch, "predict_action_chunk")
+        self._memory_step()
         return self._generate(self._queued(), noise)
 
     @torch.no_grad()
@@ -261,8 +271,9 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
             ``(B, A)`` normalised action.
         """
         tracking = self._observe(batch, "select_action")
-        if tracking and self._queues[ACTION]:  # no prediction at this step: the tracker still follows this frame
-            self.encoder(self._queued())
+        if (tracking or self.memory_layout.has_memory) and self._queues[ACTION]:
+            self._memory_step()
+            self.encoder(self._queued())  # no prediction at this step: the tracker / memory bank still takes the frame
         if not self._queues[ACTION]:
             actions = self.predict_action_chunk(batch, noise=noise)  # on the window just queued
             self._queues[ACTION].extend(actions.transpose(0, 1))
@@ -313,9 +324,18 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
     # ----------------------------------------------------------------------------------------
 
     def _stack_steps(self, batch: dict[str, Tensor], training: bool = False) -> dict[str, Tensor]:
-        """``{key: (B, To, *shape)}`` for every observation key and object-mask key, checked."""
+        """``{key: (B, To, *shape)}`` for every observation key and object-mask key, checked.
+
+        With memory, ``batch`` holds one frame per ``observation_delta_indices`` entry: the window is
+        taken from it, and each window frame's bank frames go to ``memory_key(key)`` ``(B, To, F, ...)``.
+        """
+        memory = self.memory_layout
+        if memory.has_memory:
+            batch = memory.split(batch, self.input_keys, self.bank_keys)
         shapes = {key: self.config.input_features[key].shape for key in self.input_keys}
-        return stack_steps(batch, self.input_keys, self.mask_keys, shapes, self.config.n_obs_steps, training)
+        obs = stack_steps(batch, self.input_keys, self.mask_keys, shapes, self.config.n_obs_steps, training)
+        obs.update({memory_key(key): batch[memory_key(key)] for key in self.bank_keys if memory.has_memory})
+        return obs
 
     def _open_cache(self, meta: Any) -> Any:
         """The ``feature_cache`` checked against this policy's encoder (and the dataset, given its ``meta``)."""
@@ -360,7 +380,18 @@ class SAM2DiffusionPolicy(PreTrainedPolicy):
         if tracking:
             self._require_tracker(what)
         self._queues = populate_queues(self._queues, {key: batch[key] for key in batch if key in self.input_keys})
+        self._new_frame = True  # the next encoder call on the queue is this control step's (memory banks)
         return tracking
+
+    def _memory_step(self) -> None:
+        """Tell the encoder's memory whether its next call (on the queued window) is a new control step.
+
+        Each queued observation is one step of the banks, also when it equals the previous one (a
+        robot at rest); calling again on the same queue is not.
+        """
+        if self.memory_layout.has_memory:
+            self.encoder.memory_step(self._new_frame)
+            self._new_frame = False
 
     def _is_window(self, batch: dict[str, Tensor]) -> bool:
         """Whether ``batch`` holds ``(B, To, ...)`` windows (offline) rather than one observation ``(B, ...)``."""
