@@ -6,6 +6,9 @@
 - The dataset built by LeRobot's factory from those deltas gives each sample its window and, per
   window frame, the bank frames clamped into the episode: before the episode start a bank frame is
   the episode's first frame (what the streaming bank holds there).
+- What LeRobot cannot serve is refused at configuration with one error: memory with a
+  ``feature_cache``, ``memory_source="objects"`` without ``object_masks``, an episode too long for
+  the first-frame delta, and the encoder's own bad values.
 
 LeRobot 0.6 venv only (.ci/lerobot.sh).
 """
@@ -107,3 +110,17 @@ def test_an_episode_longer_than_the_first_frame_delta_is_refused() -> None:
     check_episode_lengths([12, -FIRST_FRAME - 1])
     with pytest.raises(ValueError, match=r"episode 1 has 1048576 frames: split it, or set memory_keep_first=false"):
         check_episode_lengths([12, -FIRST_FRAME])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"feature_cache": "/tmp/cache"}, r"encodes the memory of every bank frame .* \(no feature_cache\)"),
+        ({"memory_source": "objects"}, r"memory_source='objects' .* object_masks is empty: set object_masks="),
+        ({"memory_frames": 7}, r"memory_frames must be at most 6"),
+        ({"memory": "lstm"}, r"memory must be one of \('none', 'sam2'\), got 'lstm'"),
+    ],
+)
+def test_memory_options_lerobot_cannot_serve_give_one_clear_error(options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_config(**options)
