@@ -5,7 +5,7 @@
 - The encoder Hydra builds from it has the preset's options: bf16 trunk, frame reuse, 224 px.
 - In a control loop (To = 2, two cameras) it encodes one new frame per camera and step; where the
   CPU has no native bf16 it refuses with one error naming what is missing.
-- The preset ships once: ``config/`` (the package's Hydra configs) and the guide's copy are equal.
+- The presets ship once: ``config/`` (the package's Hydra configs) and the guide's copies are equal.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ DP_STUB = Path(__file__).parent / "dp_stub_config"
 WORKSPACE = "train_diffusion_unet_real_sam2_workspace"
 
 
-def compose_realtime(*overrides: str):
-    """DP's real-robot workspace with SAM 2 and the real-time preset, as ``train.py`` composes it."""
+def compose_realtime(*overrides: str, preset: str = "cpu_bf16"):
+    """DP's real-robot workspace with SAM 2 and a real-time preset, as ``train.py`` composes it."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(DP_STUB), version_base=None):
-        cfg = compose(config_name=WORKSPACE, overrides=["+sam2_realtime=cpu_bf16", *overrides])
+        cfg = compose(config_name=WORKSPACE, overrides=[f"+sam2_realtime={preset}", *overrides])
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
 
 
@@ -85,6 +85,7 @@ def test_a_control_loop_with_the_preset_encodes_one_new_frame_per_camera_and_ste
     assert all(out.shape == (2, encoder.output_shape()[0]) and torch.isfinite(out).all() for out in outputs)
 
 
-def test_the_preset_ships_once() -> None:
-    twin = REPO / "integration" / "diffusion_policy" / "config" / "sam2_realtime" / "cpu_bf16.yaml"
-    assert twin.read_bytes() == PRESET.read_bytes()
+def test_the_presets_ship_once() -> None:
+    for preset in sorted(PRESET.parent.glob("*.yaml")):
+        twin = REPO / "integration" / "diffusion_policy" / "config" / "sam2_realtime" / preset.name
+        assert twin.read_bytes() == preset.read_bytes(), preset.name
