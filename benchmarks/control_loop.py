@@ -43,6 +43,8 @@ at every step, max abs and relative (L2) difference, and the encoder's condition
         coarse_to_fine_s8 coarse_to_fine_s4 object_tokens object_tokens_tracked --steps 30 \\
         --record --out benchmarks/results/control_loop_heads.json   # the recorded head costs
     python benchmarks/control_loop.py --record             # into benchmarks/results/ (quiet machine only)
+    python benchmarks/control_loop.py --image-sizes 224 --threads 2 --steps 20 --levers --record
+        # the lever table (control_levers.py): the bf16 real-time baseline vs each lever, one run
 """
 
 from __future__ import annotations
