@@ -19,11 +19,13 @@ from .dp_base import sequence_frames
 from .zarr_io import create_array, open_group
 
 __all__ = [
+    "ReplayFrames",
     "ReplayImageDataset",
     "TinyDenoiser",
     "create_indices",
     "dp_normalise",
     "global_cond",
+    "write_memory_buffer",
     "write_replay_buffer",
 ]
 
@@ -76,6 +78,61 @@ def write_replay_buffer(
     return path
 
 
+def write_memory_buffer(
+    path: str | os.PathLike[str],
+    episodes: int = 8,
+    steps: int = 12,
+    size: int = 48,
+    cue_steps: int = 2,
+    camera: str = "img",
+    seed: int = 0,
+) -> str | os.PathLike[str]:
+    """A memory task in Diffusion Policy's layout: a cue seen only in the first frames decides the target.
+
+    Each episode shows a cue (a red or a blue bar across the top) in its first ``cue_steps`` frames
+    only; every frame shows a grey square on a random walk whose path does not depend on the cue. The
+    action at every step is the target: ``(+0.5, +0.5)`` after a red cue, ``(-0.5, -0.5)`` after a blue
+    one (cues alternate over episodes). A policy that sees the last frames only cannot do better than
+    the mean (loss 0.25 per entry after DP's [-1, 1] scaling, which maps the targets to +-1: 1.0);
+    one whose memory keeps the first frame can.
+
+    Args:
+        path: Output ``.zarr`` folder.
+        episodes: Number of episodes (half red, half blue).
+        steps: Steps per episode (> ``cue_steps``).
+        size: Frame side.
+        cue_steps: Frames that show the cue.
+        camera: Image key.
+        seed: Seed of the squares' paths.
+
+    Returns:
+        ``path``.
+    """
+    rng = np.random.default_rng(seed)
+    n = episodes * steps
+    frames = np.full((n, size, size, 3), 40, dtype=np.uint8)
+    actions = np.zeros((n, 2), dtype=np.float32)
+    side, bar = max(4, size // 6), max(2, size // 8)
+    for e in range(episodes):
+        red = e % 2 == 0
+        pos = rng.uniform(bar, size - side, size=2)
+        for t in range(steps):
+            i = e * steps + t
+            pos = np.clip(pos + rng.normal(0, size / 20, size=2), bar, size - side)
+            y, x = pos.astype(int)
+            frames[i, y : y + side, x : x + side] = 160
+            if t < cue_steps:
+                frames[i, :bar] = (230, 30, 30) if red else (30, 30, 230)
+            actions[i] = 0.5 if red else -0.5
+    root = open_group(path, mode="w")
+    arrays = {camera: frames, "agent_pos": np.zeros((n, 2), dtype=np.float32), "action": actions}
+    for key, value in arrays.items():
+        create_array(root, f"data/{key}", value.shape, (min(n, 64), *value.shape[1:]), str(value.dtype), 0)[:] = value
+    ends = np.arange(1, episodes + 1, dtype=np.int64) * steps
+    create_array(root, "meta/episode_ends", ends.shape, ends.shape, "int64", 0)[:] = ends
+    return path
+
+
 def create_indices(
     episode_ends: np.ndarray, sequence_length: int, pad_before: int = 0, pad_after: int = 0
 ) -> np.ndarray:
@@ -101,6 +158,14 @@ def create_indices(
             rows.append((buffer_start, buffer_end, sample_start, sample_end))
         start = int(end)
     return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+
+
+class ReplayFrames(dict):
+    """The replay buffer's arrays by key, with ``episode_ends`` (what DP's ``ReplayBuffer`` offers readers)."""
+
+    def __init__(self, data: Mapping[str, np.ndarray], episode_ends: np.ndarray) -> None:
+        super().__init__(data)
+        self.episode_ends = np.asarray(episode_ends)
 
 
 class _Sampler:
@@ -141,6 +206,7 @@ class ReplayImageDataset(torch.utils.data.Dataset):
         ends = np.asarray(root["meta"]["episode_ends"][...])
         self.sampler = _Sampler(create_indices(ends, horizon, pad_before, pad_after), horizon)
         self.horizon = horizon
+        self.replay_buffer = ReplayFrames(self.data, ends)
 
     def __len__(self) -> int:
         return len(self.sampler.indices)
