@@ -66,3 +66,42 @@ def test_dataset_rows_equal_the_control_loop(tmp_path) -> None:
         enc.eval()
         live = torch.cat([enc({"image": batch["image"][i : i + 1]}) for i in range(8)])
     assert (trained - live).abs().max() < 1e-4  # memory encoder conv batch variance (tests/test_policy_memory.py)
+
+
+def test_memory_workspace_preset_composes_and_builds(tmp_path) -> None:
+    """Our memory DP workspace over DP's (stub) configs: the dataset wrapper and the encoder agree on the bank."""
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    pytest.importorskip("hydra")
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    zarr = write_memory_buffer(tmp_path / "m.zarr", episodes=2, steps=8, size=48)
+    stub = Path(__file__).parent / "dp_stub_config"
+    overrides = [
+        "memory_frames=2",
+        "memory_stride=2",
+        "policy.obs_encoder.image_size=64",
+        "task.shape_meta.obs.image.shape=[3,48,48]",
+        "policy.obs_encoder.crop_shape=[40,40]",
+        "horizon=4",
+        f"task.dataset.zarr_path={zarr}",
+        "task.dataset.dataset_target=sam2_encoder.diffusion_policy.synthetic.ReplayImageDataset",
+    ]
+    with initialize_config_dir(config_dir=str(stub), version_base=None):
+        cfg = compose(config_name="train_diffusion_unet_sam2_memory_workspace", overrides=overrides)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if importlib.util.find_spec("diffusion_policy") is None:  # core CI: no DP, so no DP base class to mix in
+        cfg.task.dataset._target_ = "sam2_encoder.diffusion_policy.memory_dataset.MemoryDataset"
+    dataset = instantiate(cfg.task.dataset)
+    encoder = instantiate(cfg.policy.obs_encoder)
+    assert encoder.memory.bank_size == 3 and dataset.memory == encoder.config.policy_memory
+    item = dataset[5]
+    obs = {k: v[: cfg.n_obs_steps] * 2 - 1 for k, v in item["obs"].items() if k != "agent_pos"}
+    obs["agent_pos"] = item["obs"]["agent_pos"][: cfg.n_obs_steps]
+    assert obs[memory_key("image")].shape == (cfg.n_obs_steps, 3, 3, 48, 48)
+    assert encoder.train()(obs).shape == (cfg.n_obs_steps, encoder.output_shape()[0])
