@@ -6,6 +6,9 @@ B C A, ...; medians reported), for each image size x batch x thread count:
 - ``ours_fp32``: ``SAM2ImageEncoder.encode`` (the package's defaults: fused attention, micro-batches);
 - ``ours_bf16``: the same with ``precision="bf16"`` (needs native bf16);
 - ``ours_compiled``: ``torch.compile(encode, dynamic=False)`` (compile time reported apart);
+- ``ours_openvino_fp32`` / ``ours_openvino_bf16``: ``SAM2ImageEncoder(backend="openvino")`` with that
+  precision: our encoder's API with its trunk in OpenVINO, a static model per batch size (compile
+  time reported apart as ``compile_s``; bf16: native only);
 - ``onnxruntime``: the ONNX file of ``sam2_encoder.export`` (torch.onnx dynamo exporter) in ONNX Runtime;
 - ``openvino_f32`` / ``openvino_bf16``: the same file in OpenVINO with that precision hint (bf16: native only).
 
@@ -41,7 +44,7 @@ import numpy as np
 import torch
 from common import add_output_args, interleave, loadavg, machine_info, output_path, pyplot, summarize, write_json
 
-OURS = ("ours_fp32", "ours_bf16", "ours_compiled")
+OURS = ("ours_fp32", "ours_bf16", "ours_compiled", "ours_openvino_fp32", "ours_openvino_bf16")
 RUNTIME_METHODS = ("onnxruntime", "openvino_f32", "openvino_bf16", "ort_cuda", "ort_tensorrt")
 _T0 = time.perf_counter()
 
@@ -63,22 +66,53 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def build_encoders(args: argparse.Namespace, size: int, device: torch.device, bf16: bool) -> dict[str, Any]:
-    """fp32 (and bf16) encoders with the same weights."""
+def build_encoders(
+    args: argparse.Namespace, size: int, device: torch.device, bf16: bool
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """fp32 (and bf16) encoders with the same weights, eager and ``backend="openvino"`` (CPU runs).
+
+    Returns:
+        ``{"fp32" | "bf16" | "openvino_fp32" | "openvino_bf16": encoder}`` and ``{row: why skipped}``.
+    """
     from fidelity import meta_scaled_state
 
     from sam2_encoder import SAM2ImageEncoder
 
     state = None if args.checkpoint else meta_scaled_state(args.variant)
-    out = {}
+    out, skipped = {}, {}
+    kinds = [(p, "torch") for p in ("fp32", "bf16") if p == "fp32" or bf16]
+    if device.type == "cpu":
+        kinds += [(p, "openvino") for p in ("fp32", "bf16") if p == "fp32" or bf16]
+    else:
+        skipped["ours_openvino_fp32"] = skipped["ours_openvino_bf16"] = "a CUDA run (backend='openvino' is CPU only)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for precision in ("fp32", "bf16") if bf16 else ("fp32",):
-            enc = SAM2ImageEncoder(args.variant, checkpoint=args.checkpoint, image_size=size, precision=precision)
+        for precision, backend in kinds:
+            name = precision if backend == "torch" else f"openvino_{precision}"
+            try:
+                enc = SAM2ImageEncoder(
+                    args.variant, checkpoint=args.checkpoint, image_size=size, precision=precision, backend=backend
+                )
+            except ImportError as e:
+                skipped[f"ours_{name}"] = str(e)
+                continue
             if state is not None:
                 enc.load_sam2_weights(state, source="Meta-scaled seeded weights")
-            out[precision] = enc.to(device)
-    return out
+            out[name] = enc.to(device)
+    return out, skipped
+
+
+def compile_backends(encoders: dict[str, Any], batch: int) -> dict[str, float]:
+    """Compile the OpenVINO backends' models for this batch size (torch's thread count) before timing: seconds each."""
+    seconds = {}
+    for name in ("openvino_fp32", "openvino_bf16"):
+        if name in encoders:
+            enc = encoders[name]
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                enc.encode(torch.zeros(batch, 3, *enc.image_size))
+            seconds[f"ours_{name}"] = round(time.perf_counter() - t0, 2)
+    return seconds
 
 
 def fidelity(ref: dict[str, torch.Tensor], got: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -205,8 +239,9 @@ def measure_point(
     device_pixels = pixels.to(enc.no_memory_embedding.device)
     array = pixels.numpy()
     methods: dict[str, Callable[[], Any]] = {"ours_fp32": inference(lambda: enc.encode(device_pixels))}
-    if "bf16" in encoders:
-        methods["ours_bf16"] = inference(lambda: encoders["bf16"].encode(device_pixels))
+    for name in ("bf16", "openvino_fp32", "openvino_bf16"):
+        if name in encoders:
+            methods[f"ours_{name}"] = inference(lambda e=encoders[name]: e.encode(device_pixels))
     if compiled.get("fn") is not None:
         methods["ours_compiled"] = lambda: compiled["fn"](device_pixels)
     for name, model in runtimes.items():
@@ -254,7 +289,7 @@ def run_size(args: argparse.Namespace, size: int, device: torch.device, bf16: tu
     """Export once at this size, then every batch x threads point."""
     from sam2_encoder.export import ImageEncoderGraph, export_graph
 
-    encoders = build_encoders(args, size, device, bf16[0])
+    encoders, ours_skipped = build_encoders(args, size, device, bf16[0])
     out: dict[str, Any] = {"size": size, "points": []}
     with tempfile.TemporaryDirectory(prefix="runtimes_") as tmp:
         onnx_path = Path(tmp) / f"{args.variant}_{size}.onnx"
@@ -278,9 +313,13 @@ def run_size(args: argparse.Namespace, size: int, device: torch.device, bf16: tu
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 runtimes, skipped = runtime_methods(onnx_path, args, threads, device, bf16) if onnx_path else ({}, {})
+                compile_s = compile_backends(encoders, batch)
                 point = measure_point(args, encoders, runtimes, compiled, batch, threads)
+                for name, seconds in compile_s.items():
+                    point["methods"][name]["compile_s"] = seconds  # export + convert (first at a size) + compile
                 point["load_average_after"] = loadavg()  # a shared machine: how loaded it was while measuring
-                point["skipped"] = skipped | ({} if "bf16" in encoders else {"ours_bf16": f"no native bf16: {bf16[1]}"})
+                no_bf16 = {k: f"no native bf16: {bf16[1]}" for k in ("ours_bf16", "ours_openvino_bf16")}
+                point["skipped"] = skipped | ours_skipped | ({} if "bf16" in encoders else no_bf16)
                 out["points"].append(point)
                 f = point["fastest"]
                 log(
@@ -366,7 +405,8 @@ def main() -> None:
         "cuda": {"run": device.type == "cuda"} | ({} if device.type == "cuda" else {"skipped": cuda_status()}),
         "results": results,
         "goal": {
-            "rule": "the fastest path of ours (fp32, bf16, compiled) at least as fast as the fastest runtime",
+            "rule": "the fastest path of ours (eager fp32 / bf16, compiled, backend='openvino' fp32 / bf16) at least "
+            "as fast as the fastest runtime",
             "met_at": sum(bool(pt["fastest"]["goal_met"]) for r in results for pt in r["points"]),
             "points": sum(len(r["points"]) for r in results),
         },

@@ -4,11 +4,11 @@ The trunk, the neck and the high-res projections (:class:`BackboneGraph`: pixels
 ``s8`` and the stride-16 neck level, float32) are exported once per input size to ONNX with a
 dynamic batch (:func:`sam2_encoder.onnx_graph.to_onnx`, the exporter of ``sam2-encoder export``,
 so the graph is the one a user's exported file holds) and read by ``openvino.convert_model``;
-each batch size then gets its own static-shape compiled model (measured 7-12% faster than the
-dynamic one in bf16 at 224 px), kept in a small cache (:data:`MAX_COMPILED` models, least
-recently used dropped). Not ``torch.export`` straight into OpenVINO: OpenVINO 2026.4 computes
-a one-head SDPA followed by its transpose wrongly (Hiera tiny's first stage: off by 0.5), and
-the decomposed graph is 1.5x slower.
+each batch size then gets its own static-shape compiled model (without OpenVINO's "snippets",
+which at static shapes cost bf16 fidelity: see ``_request``), kept in a small cache
+(:data:`MAX_COMPILED` models, least recently used dropped). Not ``torch.export`` straight into
+OpenVINO: OpenVINO 2026.4 computes a one-head SDPA followed by its transpose wrongly (Hiera
+tiny's first stage: off by 0.5), and the decomposed graph is 1.5x slower.
 The no-memory embedding, the position encodings and the ``FeaturePyramid`` stay in torch, so the
 encoder's outputs and everything above it (the frame memo, the obs encoders, the heads) are
 unchanged. The precision hint is always set (OpenVINO picks bf16 by default on CPUs that have
@@ -177,6 +177,9 @@ class OpenVINOBackend:
             "INFERENCE_PRECISION_HINT": _HINTS[self.precision],
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads,
+            # static shapes let OpenVINO 2026.4 fuse attention into snippets whose bf16 moves the stride-16
+            # level 10x more (224 px: cosine 0.9943, rel-L2 11% vs 0.99994, 1%); without them the same as raw
+            "SNIPPETS_MODE": "DISABLE",
         }
         compiled = ov.Core().compile_model(model, "CPU", config)
         request = compiled.create_infer_request()
