@@ -2,7 +2,9 @@
 
 The task (``write_memory_buffer``): a red or blue cue in an episode's first 2 frames only decides the
 target action of every step; later frames do not show it. Both encoders are the same frozen SAM 2 tiny
-(seeded random weights: no download) with a trained ``avg`` head and a small MLP predicting the action
+(seeded random weights: no download; the memory
+modules' init plus seeded noise, ``--memory-weights perturbed``, as a stand-in for trained ones; or
+``--checkpoint`` for real SAM 2 weights) with a trained ``avg`` head and a small MLP predicting the action
 from the condition (``n_obs_steps=1``). Training reads the banks from ``MemoryDataset``; the evaluation
 runs each episode as a control loop (one inference call per frame, the encoder's own banks) and scores
 the frames after the cue. Without memory the best possible loss on those frames is 1.0 (the mean of the
@@ -43,7 +45,13 @@ def build(memory: str, args: argparse.Namespace) -> tuple[MultiCameraEncoder, nn
         memory=memory,
         memory_frames=args.memory_frames,
         memory_stride=args.memory_stride,
+        checkpoint=args.checkpoint,
     )
+    if enc.memory is not None and args.memory_weights == "perturbed":
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # seeded noise of a trained model's scale (transformers zero-initialises several)
+            for _, p in sorted(enc.memory.named_parameters()):
+                p.add_(torch.randn(p.shape, generator=g) * 0.2)
     head = nn.Sequential(nn.Linear(32, 64), nn.Mish(), nn.Linear(64, 2))
     return enc, head
 
@@ -96,6 +104,14 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=8)
     parser.add_argument("--memory-frames", type=int, default=2)
     parser.add_argument("--memory-stride", type=int, default=3)
+    parser.add_argument("--checkpoint", default=None, help="full SAM 2 tiny weights (default: seeded random)")
+    parser.add_argument(
+        "--memory-weights",
+        choices=("perturbed", "init"),
+        default="perturbed",
+        help="without --checkpoint: transformers' seeded init of the memory modules plus seeded noise of scale "
+        "0.2 (perturbed; the init alone passes ~0.1%% of a cue's change to a late frame), or the init alone",
+    )
     add_output_args(parser, "memory")
     args = parser.parse_args()
     path = output_path(args, "memory")
