@@ -43,6 +43,7 @@ def build_trunk(config: EncoderConfig) -> SAM2ImageEncoder:
         seed=backbone.seed,
         download=backbone.download,
         precision=backbone.precision,
+        backend=backbone.backend,
         missing_checkpoint="defer",
     )
     if not tune.freeze:

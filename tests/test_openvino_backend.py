@@ -167,3 +167,10 @@ def test_the_backend_refuses_what_needs_gradients_or_other_weights() -> None:
     with pytest.raises(ValueError, match=r"compiles float32 weights, got torch.float64"):
         enc.encode(_pixels(1, 0).double())
     assert enc._openvino is None or enc._openvino.compiled_shapes == []  # refused before compiling anything
+
+
+def test_the_config_option_reaches_the_trunk() -> None:
+    """backend='openvino' as an encoder option (DP's Hydra YAML, LeRobot's config): the shared trunk runs in OpenVINO."""
+    _need_openvino()
+    enc = MultiCameraEncoder({"cam": (3, 48, 64)}, image_size=64, backend="openvino").eval()
+    assert enc.encoder.backend == "openvino"

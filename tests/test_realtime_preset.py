@@ -89,3 +89,18 @@ def test_the_presets_ship_once() -> None:
     for preset in sorted(PRESET.parent.glob("*.yaml")):
         twin = REPO / "integration" / "diffusion_policy" / "config" / "sam2_realtime" / preset.name
         assert twin.read_bytes() == preset.read_bytes(), preset.name
+
+
+def test_the_openvino_preset_runs_the_frozen_trunk_in_openvino() -> None:
+    """``+sam2_realtime=cpu_openvino`` is cpu_bf16 plus ``backend: openvino``, and the built trunk runs there."""
+    pytest.importorskip("hydra")
+    pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+    from hydra.utils import instantiate
+
+    node = compose_realtime(preset="cpu_openvino").policy.obs_encoder
+    bf16 = compose_realtime().policy.obs_encoder
+    assert node.backend == "openvino" and {k: v for k, v in node.items() if k != "backend"} == {
+        k: v for k, v in bf16.items() if k != "backend"
+    }
+    encoder: SAM2ObsEncoder = instantiate(node)
+    assert encoder.encoder.backend == "openvino" and encoder.encoder.precision == "bf16"
