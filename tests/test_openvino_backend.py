@@ -170,7 +170,7 @@ def test_the_backend_refuses_what_needs_gradients_or_other_weights() -> None:
 
 
 def test_the_config_option_reaches_the_trunk() -> None:
-    """backend='openvino' as an encoder option (DP's Hydra YAML, LeRobot's config): the shared trunk runs in OpenVINO."""
+    """backend='openvino' as an encoder option (DP's Hydra YAML, LeRobot's config): the trunk runs in OpenVINO."""
     _need_openvino()
     enc = MultiCameraEncoder({"cam": (3, 48, 64)}, image_size=64, backend="openvino").eval()
     assert enc.encoder.backend == "openvino"
