@@ -33,8 +33,10 @@ from tests.test_config import BAD_VALUES, BadValue  # noqa: E402
 CAMERA = "observation.image"
 MASKS = "observation.masks"
 #: Rows of the core table whose rule LeRobot replaces by its own: the policy builds its tracker
-#: itself whenever object tokens are on and the trunk is frozen (``object_tracker`` defaults to true).
-HOST_RULES = {"object_tracker=True", "freeze=False"}
+#: itself whenever object tokens are on and the trunk is frozen (``object_tracker`` defaults to true);
+#: memory from object masks without masks is refused in LeRobot's own words (``object_masks``, not
+#: the core's ``object_masks_key``), tested in test_memory_history.
+HOST_RULES = {"object_tracker=True", "freeze=False", "memory_source='objects'"}
 
 
 def _features(masks: bool) -> dict[str, PolicyFeature]:
