@@ -60,12 +60,46 @@ from .prompts import Prompts, parse_object_prompts
 from .streaming import StreamingPredictor
 from .variants import Variant, get_variant
 
-__all__ = ["ObjectTracker", "TrackerModules", "parse_object_prompts"]
+__all__ = ["ObjectTracker", "TrackerModules", "parse_object_prompts", "sam2_video_model"]
 
 # Sam2VideoModel parts that belong to the image encoder (shared with the policy, never copied)
 _SHARED_CHILDREN = ("vision_encoder",)
 _SHARED_DECODER_CHILDREN = ("conv_s0", "conv_s1")
 _SHARED_PARAMETERS = ("no_memory_embedding",)
+
+
+def sam2_video_model(
+    encoder: SAM2ImageEncoder,
+    checkpoint: str | os.PathLike[str] | None,
+    seed: int,
+    download: bool,
+    part: str,
+) -> Sam2VideoModel:
+    """The ``Sam2VideoModel`` (transformers) of the encoder's variant and (square) size, seeded, then loaded.
+
+    The one build of SAM 2's video model behind the tracker and the policy memory: seeded random
+    weights, replaced by ``checkpoint`` (a full SAM 2 checkpoint, checked against the model's
+    names and shapes) unless it is ``None`` or the encoder's own checkpoint is deferred (the host's
+    state dict brings every weight then).
+
+    Args:
+        encoder: The policy's image encoder (variant, size, checkpoint deferral).
+        checkpoint: Full SAM 2 weights, or ``None`` for the seeded weights.
+        seed: Seed of the random initialisation.
+        download: Allow downloading ``checkpoint``.
+        part: What the model is for, named in a checkpoint error (``"object tracker"``).
+
+    Raises:
+        CheckpointError: If the checkpoint lacks the video model's weights or has other shapes.
+    """
+    variant = encoder.variant
+    model = build_seeded(lambda: Sam2VideoModel(variant.video_model_config(encoder.image_size[0])), seed)
+    if checkpoint is not None and encoder.pending_checkpoint is None:
+        path = resolve_checkpoint(checkpoint, download_missing=download)
+        state = load_checkpoint(path, variant=variant)
+        check_state_dict(state, model.state_dict(), variant, source=f"{path} ({part})")
+        model.load_state_dict(state, strict=True)
+    return model
 
 
 class TrackerModules(nn.Module):
@@ -110,12 +144,7 @@ class TrackerModules(nn.Module):
                 "own features (and a predictor freezes the trunk it runs on)"
             )
         variant = encoder.variant
-        model = build_seeded(lambda: Sam2VideoModel(variant.video_model_config(height)), seed)
-        if checkpoint is not None and encoder.pending_checkpoint is None:
-            path = resolve_checkpoint(checkpoint, download_missing=download)
-            state = load_checkpoint(path, variant=variant)
-            check_state_dict(state, model.state_dict(), variant, source=f"{path} (object tracker)")
-            model.load_state_dict(state, strict=True)
+        model = sam2_video_model(encoder, checkpoint, seed, download, part="object tracker")
         model.vision_encoder = encoder.vision_encoder
         model.mask_decoder.conv_s0 = encoder.conv_s0
         model.mask_decoder.conv_s1 = encoder.conv_s1

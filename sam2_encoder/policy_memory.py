@@ -40,11 +40,10 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Sam2VideoModel
 
-from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
 from .config import MemoryConfig
-from .image_encoder import SAM2ImageEncoder, build_seeded
+from .image_encoder import SAM2ImageEncoder
+from .object_tracking import sam2_video_model
 
 __all__ = ["MemoryModules", "bank_frames", "bank_slots", "memory_key"]
 
@@ -110,13 +109,7 @@ class MemoryModules(nn.Module):
         height, width = encoder.image_size
         if height != width:
             raise ValueError(f"SAM 2's memory needs a square image size, the encoder has {height}x{width}")
-        variant = encoder.variant
-        model = build_seeded(lambda: Sam2VideoModel(variant.video_model_config(height)), seed)
-        if checkpoint is not None and encoder.pending_checkpoint is None:
-            path = resolve_checkpoint(checkpoint, download_missing=download)
-            state = load_checkpoint(path, variant=variant)
-            check_state_dict(state, model.state_dict(), variant, source=f"{path} (policy memory)")
-            model.load_state_dict(state, strict=True)
+        model = sam2_video_model(encoder, checkpoint, seed, download, part="policy memory")
         self.memory_encoder = model.memory_encoder
         self.memory_attention = model.memory_attention
         self.temporal_encoding = model.memory_temporal_positional_encoding  # (num_maskmem, 1, 1, 64)
