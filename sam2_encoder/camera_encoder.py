@@ -66,7 +66,8 @@ class MultiCameraEncoder(nn.Module):
     weights (:class:`~sam2_encoder.object_tracking.TrackerModules`, frozen) are in this module's
     state dict (``tracker.*``), so a saved policy tracks without the SAM 2 file. Streams: see
     :meth:`reset_objects`; the last tracked call's masks: ``tracked_masks`` ``{camera: (n, K, h,
-    w) bool}`` in the view the trunk sees.
+    w) bool}`` in the view the trunk sees. With ``memory="sam2"`` too, the same pass feeds the
+    memory banks, which store the tracked masks (:mod:`~sam2_encoder.memory_tracking`).
 
     Shapes:
         ``forward({key: (N, *shape)}) -> (N, D)`` with ``D = output_shape()[0]``; extra leading
@@ -411,7 +412,7 @@ class _ForwardCall:
         self.outputs: dict[str, torch.Tensor] = {}  # head outputs (n, D_key)
         self.pending: list[tuple[str, torch.Tensor, torch.Tensor | None, MemoLookup | None]] = []  # memo cameras
         self.tracked: dict[str, torch.Tensor] = {}  # tracked cameras: (n, 3, h, w) in [0, 1], in the view
-        self.memory = MemoryCall(enc, obs_dict, lead, n, masks) if enc.memory is not None else None
+        self.memory = MemoryCall(enc, obs_dict, lead, n, masks, tracking) if enc.memory is not None else None
         for key in enc.rgb_keys if self.memory is None else ():  # (the memory serves every camera)
             x = obs_dict[key]
             x = x.reshape(n, *x.shape[len(lead) :])

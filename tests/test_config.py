@@ -114,12 +114,6 @@ BAD_VALUES = [
         "{name}='objects' stores each frame with its object masks: set object_masks_key",
         (("memory", "sam2"),),
     ),
-    BadValue(
-        "memory",
-        "sam2",
-        "{name}='sam2' with object_tracker=True is not supported yet",
-        (*_OBJECTS, ("object_tracker", True)),
-    ),
     BadValue("share_heads", 1, "{name} must be true or false, got 1"),
     # rules between parts
     BadValue(
