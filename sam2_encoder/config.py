@@ -385,7 +385,7 @@ class EncoderConfig:
         self._check_memory()
 
     def _check_memory(self) -> None:
-        """Rules between the memory and the other parts: a square image size, masks to store, no tracker yet."""
+        """Rules between the memory and the other parts: a square image size, masks to store."""
         memory = self.policy_memory
         if not memory.enabled:
             return
@@ -393,11 +393,6 @@ class EncoderConfig:
         if height != width:
             raise ValueError(
                 f"memory={memory.memory!r} needs a square image_size (SAM 2's memory attention), got {[height, width]}"
-            )
-        if self.tracking.object_tracker:
-            raise ValueError(
-                f"memory={memory.memory!r} with object_tracker=True is not supported yet: give the object masks in "
-                "every obs dict (object_tracker=false), or memory='none'"
             )
         if memory.memory_source == "objects" and self.objects.object_masks_key is None:
             raise ValueError(
