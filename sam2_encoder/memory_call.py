@@ -5,7 +5,10 @@
 ``memory_key(camera)``), each row's bank frames ``(N, F, 3, H, W)`` join the one trunk pass with the
 current frames, their memories are encoded and the current features conditioned on them. At inference
 without that key, :class:`~sam2_encoder.memory_streams.MemoryStreams` picks each stream's new frame
-(the only rows encoded), keeps its memory and conditions every row on its own frame's bank.
+(the only rows encoded), keeps its memory and conditions every row on its own frame's bank. With the
+object tracker and no masks in the obs dict,
+:class:`~sam2_encoder.memory_tracking.TrackedMemoryCall` serves the call: the tracker and the
+streams share the trunk pass, and each new frame's memory stores the masks the tracker gives it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 
 from .image_encoder import FeaturePyramid
 from .memory_cache import CachedMemoryCall, holds_cached_memory
+from .memory_tracking import TrackedMemoryCall
 from .policy_memory import memory_key
 
 __all__ = ["MemoryCall"]
@@ -32,10 +36,12 @@ class MemoryCall:
         lead: The batch dims; ``n`` their product.
         n: Rows.
         masks: ``{camera: (n, K, H, W)}`` the given object masks (checked).
+        tracking: The object tracker makes this call's masks (the obs dict has none).
 
     Raises:
         KeyError: In training (or with autograd on) without the bank frames ``memory_key(camera)``.
-        ValueError: For bank frames (or masks) of the wrong shape, or precomputed features.
+        ValueError: For bank frames (or masks) of the wrong shape, precomputed features, or bank
+            frames in a tracked call.
     """
 
     def __init__(
@@ -45,6 +51,7 @@ class MemoryCall:
         lead: tuple[int, ...],
         n: int,
         masks: Mapping[str, torch.Tensor],
+        tracking: bool = False,
     ) -> None:
         self.enc, self.n = enc, n
         self.cached = CachedMemoryCall(enc, obs_dict, lead, n, masks) if holds_cached_memory(enc, obs_dict) else None
@@ -80,7 +87,16 @@ class MemoryCall:
                     past_masks = _bank_input(obs_dict, memory_key(enc.object_masks[key]), lead, shape).to(m.dtype)
                 self.past[key] = (past, past_masks)
         self.plan = None
-        if not self.history:
+        self.tracking: TrackedMemoryCall | None = None
+        if tracking and self.history:
+            raise ValueError(
+                f"obs_dict holds the bank frames {memory_key(enc.rgb_keys[0])!r} but no object masks "
+                f"{next(iter(enc.object_masks.values()))!r}: the object tracker streams one call per control step and "
+                "does not track a batch's bank frames; give the masks (and their bank masks), or drop the bank frames"
+            )
+        if tracking:
+            self.tracking = TrackedMemoryCall(enc, {key: x for key, (x, _) in self.inputs.items()}, n)
+        elif not self.history:
             self.plan = enc.memory_streams.plan({key: x for key, (x, _) in self.inputs.items()})
 
     def pixels(self) -> list[torch.Tensor]:
@@ -88,6 +104,8 @@ class MemoryCall:
         enc = self.enc
         if self.cached is not None:
             return []
+        if self.tracking is not None:
+            return self.tracking.pixels()
         self.fitted = {key: enc._preprocess(key, x, m) for key, (x, m) in self.inputs.items()}
         if self.plan is not None:
             return [p[self.plan.rows] for p, _ in self.fitted.values()]
@@ -99,6 +117,8 @@ class MemoryCall:
         enc, n = self.enc, self.n
         if self.cached is not None:
             return self.cached.outputs()
+        if self.tracking is not None:
+            return self.tracking.outputs(pyramids)
         if self.plan is not None:
             frames = {key: x for key, (x, _) in self.inputs.items()}
             rows = self.plan.rows
