@@ -100,8 +100,24 @@ def test_memory_workspace_preset_composes_and_builds(tmp_path) -> None:
     dataset = instantiate(cfg.task.dataset)
     encoder = instantiate(cfg.policy.obs_encoder)
     assert encoder.memory.bank_size == 3 and dataset.memory == encoder.config.policy_memory
+    assert cfg.n_action_steps == 1 and cfg.task.dataset.pad_after == 0  # one policy call per control step
     item = dataset[5]
     obs = {k: v[: cfg.n_obs_steps] * 2 - 1 for k, v in item["obs"].items() if k != "agent_pos"}
     obs["agent_pos"] = item["obs"]["agent_pos"][: cfg.n_obs_steps]
     assert obs[memory_key("image")].shape == (cfg.n_obs_steps, 3, 3, 48, 48)
     assert encoder.train()(obs).shape == (cfg.n_obs_steps, encoder.output_shape()[0])
+
+
+def test_an_encoder_with_memory_refuses_n_action_steps_other_than_1() -> None:
+    """DP calls the policy every n_action_steps steps: with memory only 1 (or unknown, None) is accepted."""
+    import pytest
+
+    from sam2_encoder import SAM2ObsEncoder
+
+    meta = {"obs": {"image": {"shape": [3, 32, 32], "type": "rgb"}}, "action": {"shape": [2]}}
+    options = {"image_size": 64, "pool": "avg", "memory_frames": 1}
+    with pytest.raises(ValueError, match=r"n_action_steps=8 with memory='sam2'.*set n_action_steps=1"):
+        SAM2ObsEncoder(meta, memory="sam2", n_action_steps=8, **options)
+    for n_action_steps in (1, None):
+        assert SAM2ObsEncoder(meta, memory="sam2", n_action_steps=n_action_steps, **options).memory is not None
+    assert SAM2ObsEncoder(meta, n_action_steps=8, **options).memory is None  # without memory: any value

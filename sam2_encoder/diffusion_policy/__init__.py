@@ -1,7 +1,8 @@
 """Diffusion Policy host: obs encoder, feature cache, synthetic data and Hydra configs.
 
-The observation encoder, the zarr feature cache and its dataset wrapper, synthetic DP data, and the
-Hydra configs (``pkg://sam2_encoder.diffusion_policy.config``).
+The observation encoder, the zarr feature cache and its dataset wrapper, the policy memory's dataset
+wrapper (``MemoryDataset``), synthetic DP data, and the Hydra configs
+(``pkg://sam2_encoder.diffusion_policy.config``).
 
 Imported lazily: ``SAM2ObsEncoder`` needs torch only; the cache needs zarr.
 """
@@ -29,6 +30,8 @@ _EXPORTS = {
     "MaskDataset": "mask_cache",
     "DPMaskDataset": "mask_cache",
     "build_mask_cache": "mask_cache",
+    "MemoryDataset": "memory_dataset",
+    "DPMemoryDataset": "memory_dataset",
     "build_cache_with_masks": "tracked_cache",
 }
 

@@ -16,6 +16,10 @@ policy's own trunk pass, one stream per batch row ``b`` of DP's ``b * To + t`` r
 ``policy.obs_encoder.reset_objects()`` beside it (and may call ``set_object_prompts`` per episode);
 DP's sim runners need nothing (their first window repeats the episode's first frame, which
 restarts a stream).
+
+Policy memory (``memory="sam2"``): the encoder's banks need every frame of an episode, one new frame
+per call, while DP's runners call the policy every ``n_action_steps`` steps. Given DP's
+``n_action_steps`` (the memory preset passes it), an encoder with memory refuses any value but 1.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ DP_ONLY_OPTIONS = (
     "use_group_norm",
     "share_rgb_model",
     "imagenet_norm",
+    "n_action_steps",
 )
 
 
@@ -189,6 +194,17 @@ def _masks_from_meta(
     return {"object_masks_key": from_meta, "num_objects": count}
 
 
+def _check_memory_action_steps(n_action_steps: Any) -> None:
+    """Refuse DP's ``n_action_steps`` other than 1 (or ``None``, unknown) for an encoder with policy memory."""
+    if n_action_steps is None or (not isinstance(n_action_steps, bool) and n_action_steps == 1):
+        return
+    raise ValueError(
+        f"n_action_steps={n_action_steps!r} with memory='sam2': Diffusion Policy's runners call the policy every "
+        "n_action_steps steps with the last n_obs_steps frames, but the memory needs every frame of an episode in "
+        "order, one new frame per call; set n_action_steps=1 (train_diffusion_unet_sam2_memory_workspace's value)"
+    )
+
+
 class SAM2ObsEncoder(MultiCameraEncoder):
     """Diffusion Policy observation encoder with a SAM 2 trunk shared by all cameras.
 
@@ -203,6 +219,8 @@ class SAM2ObsEncoder(MultiCameraEncoder):
         use_group_norm: Ignored (no BatchNorm in SAM 2).
         share_rgb_model: Ignored (the SAM 2 trunk is always shared).
         imagenet_norm: Ignored (SAM 2's own normalisation is always applied, on the correct range).
+        n_action_steps: DP's ``n_action_steps`` (``None``: unknown, not checked); with ``memory="sam2"``
+            it must be 1 (see the module doc).
         **kwargs: Every other option, flat: the fields of :class:`~sam2_encoder.config.EncoderConfig`
             (``variant``, ``checkpoint``, ``image_size``, ``levels``, ``pool``, ``crop_shape``, ...;
             an unknown one is named with the closest valid one). With mask entries in
@@ -225,6 +243,7 @@ class SAM2ObsEncoder(MultiCameraEncoder):
         use_group_norm: Any = None,
         share_rgb_model: Any = None,
         imagenet_norm: Any = None,
+        n_action_steps: int | None = None,
         **kwargs: Any,
     ) -> None:
         if rgb_model is not None:
@@ -235,6 +254,8 @@ class SAM2ObsEncoder(MultiCameraEncoder):
         elif kwargs.get("num_objects", 1) is None:  # null in a config: "from shape_meta", which has none
             kwargs.pop("num_objects")
         super().__init__(rgb, low_dim, input_range=input_range, **kwargs)
+        if self.memory is not None:
+            _check_memory_action_steps(n_action_steps)
         self._range_unchecked = float(self.config.view.input_range[0]) < 0  # see check_normalised
         if feature_cache is not None:
             self._check_cache(feature_cache)
