@@ -25,7 +25,7 @@ from typing import Any
 
 from ._checks import whole_number
 from .containers import to_plain
-from .finetune import FINETUNE_MODES
+from .finetune import FINETUNE_MODES, check_lora_alpha
 from .image_encoder import BACKENDS, LEVELS, PRECISIONS, build_seeded
 from .pooling import check_pool_options
 from .variants import check_image_size, get_variant
@@ -286,6 +286,12 @@ class MemoryConfig:
     (``memory_keep_first``) and frames ``t - k * memory_stride`` for ``k = 1 .. memory_frames``
     (clamped to the first frame at the episode start), and SAM 2's memory attention conditions the
     current features on it before the heads. Needs a square ``image_size``.
+
+    The memory's SAM 2 weights are frozen unless ``memory_lora_rank > 0``: then LoRA (update
+    ``(memory_lora_alpha / memory_lora_rank) * B @ A``, ``B`` zero at the start) adapts the q/k/v/out
+    projections of the memory attention's self- and cross-attention in every layer; only those LoRA
+    weights train. The memory encoder stays frozen (a frame's memory stays a fixed per-frame quantity)
+    and the modules stay in eval mode (no dropout), so training computes what inference does.
     """
 
     memory: str = _option("none", "none | sam2: condition each camera on a bank of its past frames (SAM 2 memory).")
@@ -293,6 +299,8 @@ class MemoryConfig:
     memory_stride: int = _option(1, "Frames between two past frames of the bank (every k-th frame is kept).")
     memory_keep_first: bool = _option(True, "Keep the episode's first frame in the bank (SAM 2's conditioning frame).")
     memory_source: str = _option("frame", "Mask of a frame's memory: frame (whole frame) | objects (its object masks).")
+    memory_lora_rank: int = _option(0, "LoRA rank on the memory attention's q/k/v/out projections; 0 = frozen memory.")
+    memory_lora_alpha: float = _option(16.0, "LoRA alpha of the memory attention (scale alpha / rank; not lora_alpha).")
 
     def __post_init__(self) -> None:
         _choice("memory", self.memory, ("none", "sam2"))
@@ -306,6 +314,16 @@ class MemoryConfig:
         _set(self, "memory_stride", whole_number(self.memory_stride, "memory_stride"))
         _flag("memory_keep_first", self.memory_keep_first)
         _choice("memory_source", self.memory_source, ("frame", "objects"))
+        rank = self.memory_lora_rank
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 0:
+            raise ValueError(f"memory_lora_rank must be a whole number >= 0 (0 = frozen memory), got {rank!r}")
+        _set(self, "memory_lora_rank", int(rank))
+        _set(self, "memory_lora_alpha", check_lora_alpha(self.memory_lora_alpha, "memory_lora_alpha"))
+        if rank and not self.enabled:
+            raise ValueError(
+                f"memory_lora_rank={rank} puts LoRA on SAM 2's memory attention, which memory={self.memory!r} "
+                "does not have: set memory='sam2', or memory_lora_rank=0"
+            )
 
     @property
     def enabled(self) -> bool:

@@ -1,16 +1,21 @@
-"""Fine-tuning modes for the Hiera trunk: all weights, the last N blocks, or LoRA on attention."""
+"""Fine-tuning modes for the Hiera trunk (all weights, the last N blocks, or LoRA on attention), and LoRA itself.
+
+:class:`LoRALinear` and :func:`wrap_lora` are also what puts LoRA on the policy memory's attention
+(:class:`~sam2_encoder.policy_memory.MemoryModules`, ``memory_lora_rank``).
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ._checks import whole_number
 
-__all__ = ["FINETUNE_MODES", "LoRALinear", "apply_lora", "configure_finetuning"]
+__all__ = ["FINETUNE_MODES", "LoRALinear", "apply_lora", "check_lora_alpha", "configure_finetuning", "wrap_lora"]
 
 FINETUNE_MODES = ("all", "last_blocks", "lora")
 
@@ -32,7 +37,7 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 16.0) -> None:
         super().__init__()
         rank = whole_number(rank, "LoRA rank (lora_rank)")
-        alpha = _lora_alpha(alpha)
+        alpha = check_lora_alpha(alpha)
         self.base = base.requires_grad_(False)
         self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype))
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype))
@@ -54,6 +59,30 @@ class LoRALinear(nn.Module):
         return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
 
 
+def wrap_lora(module: nn.Module, names: Sequence[str], rank: int, alpha: float) -> list[nn.Parameter]:
+    """Replace the ``nn.Linear`` children ``names`` of ``module`` by :class:`LoRALinear` (once).
+
+    A child that is already a :class:`LoRALinear` is kept as it is.
+
+    Args:
+        module: The module holding the linear layers.
+        names: Attribute names of the layers to adapt.
+        rank: LoRA rank.
+        alpha: LoRA alpha.
+
+    Returns:
+        The LoRA parameters of those layers (``lora_a``, ``lora_b`` of each, in ``names`` order).
+    """
+    params = []
+    for name in names:
+        layer = getattr(module, name)
+        if not isinstance(layer, LoRALinear):
+            layer = LoRALinear(layer, rank, alpha)
+            setattr(module, name, layer)
+        params += [layer.lora_a, layer.lora_b]
+    return params
+
+
 def apply_lora(blocks: nn.ModuleList, rank: int, alpha: float) -> list[nn.Parameter]:
     """Wrap every Hiera block's attention ``qkv`` and ``proj`` in :class:`LoRALinear`.
 
@@ -65,15 +94,7 @@ def apply_lora(blocks: nn.ModuleList, rank: int, alpha: float) -> list[nn.Parame
     Returns:
         The new trainable LoRA parameters.
     """
-    params = []
-    for block in blocks:
-        for name in ("qkv", "proj"):
-            layer = getattr(block.attn, name)
-            if not isinstance(layer, LoRALinear):
-                layer = LoRALinear(layer, rank, alpha)
-                setattr(block.attn, name, layer)
-            params += [layer.lora_a, layer.lora_b]
-    return params
+    return [p for block in blocks for p in wrap_lora(block.attn, ("qkv", "proj"), rank, alpha)]
 
 
 def configure_finetuning(
@@ -101,7 +122,7 @@ def configure_finetuning(
     # every option checked before the encoder is touched: a refused call changes nothing
     if mode == "lora":
         rank = whole_number(rank, "LoRA rank (lora_rank)")
-        alpha = _lora_alpha(alpha)
+        alpha = check_lora_alpha(alpha)
     if mode == "last_blocks":
         num_blocks = whole_number(num_blocks, "finetune_blocks")
         if num_blocks > len(blocks):
@@ -122,8 +143,12 @@ def configure_finetuning(
     encoder.no_memory_embedding.requires_grad_(True)
 
 
-def _lora_alpha(value: object) -> float:
-    """``value`` as a finite float > 0."""
+def check_lora_alpha(value: object, option: str = "lora_alpha") -> float:
+    """``value`` as a finite float > 0.
+
+    Raises:
+        ValueError: ``"LoRA alpha (<option>) must be a finite number > 0, got <value>"``.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"LoRA alpha (lora_alpha) must be a finite number > 0, got {value!r}")
+        raise ValueError(f"LoRA alpha ({option}) must be a finite number > 0, got {value!r}")
     return float(value)

@@ -30,7 +30,13 @@ frame per call from the call's own trunk pass.
 
 The weights (:class:`MemoryModules`) come from a full SAM 2 checkpoint (or seeded random weights),
 frozen and in eval mode; they are in the encoder's state dict (``memory.*``), so a saved policy
-reloads without the SAM 2 file. LoRA on the memory modules is not implemented.
+reloads without the SAM 2 file. With ``memory_lora_rank > 0`` LoRA adapts the memory attention's
+q/k/v/out projections (:data:`MEMORY_LORA_TARGETS`; ``B`` starts at zero, so the output at the start
+is the frozen one); those LoRA weights are the only trainable ones, in the state dict under
+``memory.memory_attention.*.lora_a`` / ``lora_b``. The memory encoder stays frozen (a frame's memory
+is a fixed per-frame quantity) and the modules stay in eval mode: SAM 2's memory attention has
+dropout (0.1 after each attention and in the MLP, and on the attention weights), which would make
+a training pass differ from the streaming inference the policy runs.
 """
 
 from __future__ import annotations
@@ -42,10 +48,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MemoryConfig
+from .finetune import LoRALinear, wrap_lora
 from .image_encoder import SAM2ImageEncoder
 from .object_tracking import sam2_video_model
+from .sam2_weights import build_seeded
 
-__all__ = ["MemoryModules", "bank_frames", "bank_slots", "memory_key"]
+__all__ = ["MEMORY_LORA_TARGETS", "MemoryModules", "bank_frames", "bank_slots", "memory_key"]
+
+#: The linear layers of each memory attention layer that ``memory_lora_rank`` adapts: ``{attention:
+#: projections}`` (transformers' ``Sam2VideoMemoryAttentionLayer`` names).
+MEMORY_LORA_TARGETS = {
+    "self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "cross_attn_image": ("q_proj", "k_proj", "v_proj", "o_proj"),
+}
 
 
 def memory_key(key: str) -> str:
@@ -82,7 +97,10 @@ class MemoryModules(nn.Module):
 
     Built from transformers' ``Sam2VideoModel`` for the encoder's variant and (square) size, loaded
     from ``checkpoint`` (a full SAM 2 checkpoint), keeping only the memory parts. Frozen, in eval
-    mode through ``train()`` (SAM 2's memory attention has dropout).
+    mode through ``train()`` (SAM 2's memory attention has dropout). With
+    ``config.memory_lora_rank > 0`` the memory attention's :data:`MEMORY_LORA_TARGETS` are
+    :class:`~sam2_encoder.finetune.LoRALinear` (``A`` drawn with ``seed``, ``B`` zero), whose LoRA
+    weights alone train (:meth:`lora_parameters`).
 
     Args:
         encoder: The policy's image encoder (its size; its checkpoint deferral is honoured).
@@ -123,6 +141,17 @@ class MemoryModules(nn.Module):
         self.image_size = height
         self.requires_grad_(False)
         super().train(False)
+        if config.memory_lora_rank:
+            build_seeded(lambda: self._add_lora(config.memory_lora_rank, config.memory_lora_alpha), seed)
+
+    def _add_lora(self, rank: int, alpha: float) -> None:
+        for layer in self.memory_attention.layers:
+            for attention, names in MEMORY_LORA_TARGETS.items():
+                wrap_lora(getattr(layer, attention), names, rank, alpha)
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """The memory attention's LoRA weights (``lora_a``, ``lora_b`` per layer), ``[]`` when frozen."""
+        return [p for m in self.memory_attention.modules() if isinstance(m, LoRALinear) for p in (m.lora_a, m.lora_b)]
 
     @property
     def bank_size(self) -> int:
@@ -130,7 +159,7 @@ class MemoryModules(nn.Module):
         return len(self.slots)
 
     def train(self, mode: bool = True) -> MemoryModules:
-        """Stay in eval mode: the memory is frozen (no dropout)."""
+        """Stay in eval mode (no dropout), with or without LoRA: training computes what inference does."""
         return super().train(False)
 
     def memories(self, s16_neck: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:

@@ -102,6 +102,13 @@ BAD_VALUES = [
     *_whole("memory_stride"),
     BadValue("memory_keep_first", 1, "{name} must be true or false, got 1"),
     BadValue("memory_source", "masks", "{name} must be one of ('frame', 'objects'), got 'masks'"),
+    *[
+        BadValue("memory_lora_rank", v, f"{{name}} must be a whole number >= 0 (0 = frozen memory), got {v!r}")
+        for v in (-1, 2.5, True, "2", math.nan)
+    ],
+    BadValue("memory_lora_rank", 4, "{name}=4 puts LoRA on SAM 2's memory attention, which memory='none' does not"),
+    BadValue("memory_lora_alpha", 0, "LoRA alpha ({name}) must be a finite number > 0, got 0", (("memory", "sam2"),)),
+    BadValue("memory_lora_alpha", math.inf, "LoRA alpha ({name}) must be a finite number > 0, got inf"),
     BadValue(
         "memory",
         "sam2",
@@ -196,8 +203,8 @@ def test_an_encoder_built_from_a_config_equals_one_built_flat() -> None:
 def test_every_option_has_one_line_of_doc() -> None:
     docs = option_docs()
     assert (
-        len(docs) == 45
-    )  # the 41 parameters of MultiCameraEncoder before the config, less cameras, low_dim; backend; memory (5)
+        len(docs) == 47
+    )  # the 41 parameters of MultiCameraEncoder before the config, less cameras, low_dim; backend; memory (7)
     assert all(doc and "\n" not in doc for _, doc in docs.values())
 
 
