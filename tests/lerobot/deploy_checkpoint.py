@@ -93,6 +93,38 @@ def record_with_robot(root: Path, episodes: int = 2, frames: int = 16) -> Path:
     return root
 
 
+def tiny_train_command(data: Path, repo_id: str, sam2: Path, out: Path, steps: int, *options: str) -> list[str]:
+    """The stock ``lerobot-train`` command of the tests' tiny policy (64 px, a small UNet, CPU, offline).
+
+    Args:
+        data: The dataset root; ``repo_id`` its id.
+        sam2: The SAM 2 checkpoint file.
+        out: The output folder (checkpoints under ``out/checkpoints``).
+        steps: Training steps; the checkpoint is saved at the last one.
+        *options: More ``--policy.*`` options (memory, object masks, ...).
+    """
+    return [
+        str(BIN / "lerobot-train"),
+        "--policy.type=sam2_diffusion",
+        f"--dataset.repo_id={repo_id}",
+        f"--dataset.root={data}",
+        "--policy.device=cpu",
+        "--policy.push_to_hub=false",
+        f"--policy.sam2_checkpoint={sam2}",
+        "--policy.sam2_image_size=64",
+        "--policy.down_dims=[32,64]",
+        "--policy.num_train_timesteps=10",
+        *options,
+        f"--steps={steps}",
+        "--batch_size=4",
+        "--num_workers=0",
+        f"--save_freq={steps}",
+        "--log_freq=1",
+        "--wandb.enable=false",
+        f"--output_dir={out}",
+    ]
+
+
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, meta_checkpoint: Path) -> Path:
     """``OUT/checkpoints/last/pretrained_model`` of a 2-step ``lerobot-train`` on the robot's data (once a session)."""
     work = tmp_path_factory.getbasetemp() / "sam2_deploy"
@@ -104,24 +136,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, meta_checkpoint
     data = record_with_robot(work / "data")
     sam2 = work / "sam2.1_hiera_tiny.pt"
     shutil.copy(meta_checkpoint, sam2)
-    command = [
-        str(BIN / "lerobot-train"),
-        "--policy.type=sam2_diffusion",
-        f"--dataset.repo_id={REPO_ID}",
-        f"--dataset.root={data}",
-        "--policy.device=cpu",
-        "--policy.push_to_hub=false",
-        f"--policy.sam2_checkpoint={sam2}",
-        "--policy.sam2_image_size=64",
-        "--policy.down_dims=[32,64]",
-        "--policy.num_train_timesteps=10",
-        "--steps=2",
-        "--batch_size=4",
-        "--num_workers=0",
-        "--save_freq=2",
-        "--wandb.enable=false",
-        f"--output_dir={work / 'train'}",
-    ]
+    command = tiny_train_command(data, REPO_ID, sam2, work / "train", steps=2)
     run(command, offline_env(work / "home"), work / "train.log", cwd=work)
     sam2.unlink()  # the checkpoint is self-contained
     return model

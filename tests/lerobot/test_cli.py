@@ -34,6 +34,7 @@ from safetensors.torch import load_file  # noqa: E402
 from sam2_encoder import SAM2ImageEncoder  # noqa: E402
 from sam2_encoder.lerobot import SAM2DiffusionConfig, SAM2DiffusionPolicy  # noqa: E402
 
+from .deploy_checkpoint import tiny_train_command  # noqa: E402
 from .pusht_data import MASKS, REPO_ID, record_pusht  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -79,25 +80,7 @@ def trained(
     shutil.copy(meta_checkpoint, ckpt)
     out = work / "train"
     run(
-        [
-            str(BIN / "lerobot-train"),
-            "--policy.type=sam2_diffusion",
-            f"--dataset.repo_id={REPO_ID}",
-            f"--dataset.root={data}",
-            "--policy.device=cpu",
-            "--policy.push_to_hub=false",
-            f"--policy.sam2_checkpoint={ckpt}",
-            "--policy.sam2_image_size=64",
-            "--policy.down_dims=[32,64]",
-            "--policy.num_train_timesteps=10",
-            "--steps=4",
-            "--batch_size=4",
-            "--num_workers=0",
-            "--save_freq=4",
-            "--log_freq=1",
-            "--wandb.enable=false",
-            f"--output_dir={out}",
-        ],
+        tiny_train_command(data, REPO_ID, ckpt, out, 4),
         offline_env,
         work / "train.log",
     )
@@ -194,28 +177,16 @@ def trained_objects(
     shutil.copy(meta_checkpoint, ckpt)
     out = work / "train"
     run(
-        [
-            str(BIN / "lerobot-train"),
-            "--policy.type=sam2_diffusion",
-            f"--dataset.repo_id={REPO_ID}",
-            f"--dataset.root={dataset}",
-            "--policy.device=cpu",
-            "--policy.push_to_hub=false",
-            f"--policy.sam2_checkpoint={ckpt}",
-            "--policy.sam2_image_size=64",
-            "--policy.down_dims=[32,64]",
-            "--policy.num_train_timesteps=10",
+        tiny_train_command(
+            dataset,
+            REPO_ID,
+            ckpt,
+            out,
+            2,
             f'--policy.object_masks={{"observation.image": "{MASKS}"}}',
             "--policy.num_objects=2",
             "--policy.object_token_dim=16",
-            "--steps=2",
-            "--batch_size=4",
-            "--num_workers=0",
-            "--save_freq=2",
-            "--log_freq=1",
-            "--wandb.enable=false",
-            f"--output_dir={out}",
-        ],
+        ),
         offline_env,
         work / "train.log",
     )

@@ -33,7 +33,7 @@ from safetensors.torch import load_file  # noqa: E402
 from sam2_encoder.lerobot import SAM2DiffusionPolicy  # noqa: E402
 from sam2_encoder.lerobot.memory_history import FIRST_FRAME  # noqa: E402
 
-from .deploy_checkpoint import BIN, offline_env, run  # noqa: E402
+from .deploy_checkpoint import BIN, offline_env, run, tiny_train_command  # noqa: E402
 from .pusht_data import REPO_ID, record_pusht  # noqa: E402
 
 MEMORY = ["--policy.memory=sam2", "--policy.memory_frames=2", "--policy.memory_stride=3"]
@@ -46,26 +46,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, meta_checkpoint: Path) -> 
     data = record_pusht(work / "data", episodes=2, frames=16)
     ckpt = work / "sam2.1_hiera_tiny.pt"
     shutil.copy(meta_checkpoint, ckpt)
-    command = [
-        str(BIN / "lerobot-train"),
-        "--policy.type=sam2_diffusion",
-        f"--dataset.repo_id={REPO_ID}",
-        f"--dataset.root={data}",
-        "--policy.device=cpu",
-        "--policy.push_to_hub=false",
-        f"--policy.sam2_checkpoint={ckpt}",
-        "--policy.sam2_image_size=64",
-        "--policy.down_dims=[32,64]",
-        "--policy.num_train_timesteps=10",
-        *MEMORY,
-        "--steps=2",
-        "--batch_size=4",
-        "--num_workers=0",
-        "--save_freq=2",
-        "--log_freq=1",
-        "--wandb.enable=false",
-        f"--output_dir={work / 'train'}",
-    ]
+    command = tiny_train_command(data, REPO_ID, ckpt, work / "train", 2, *MEMORY)
     run(command, offline_env(work / "home"), work / "train.log", cwd=work)
     ckpt.unlink()
     return {"work": work, "model": work / "train" / "checkpoints" / "last" / "pretrained_model"}
