@@ -130,38 +130,45 @@ def memory_spec(modules: MemoryModules) -> dict[str, Any]:
     return {"memory_source": modules.config.memory_source, "memory_weights": memory_weights_digest(modules)}
 
 
-def memory_cache_problems(spec: Mapping[str, Any], enc: Any) -> list[str]:
-    """Each way a memory cache's recorded ``spec`` disagrees with a policy encoder, or ``[]``.
+def memory_cache_problems(
+    spec: Mapping[str, Any],
+    encoder: SAM2ImageEncoder,
+    levels: Sequence[str],
+    fuse: str,
+    modules: MemoryModules | None = None,
+) -> list[str]:
+    """Each way a memory cache's recorded ``spec`` disagrees with an encoder, or ``[]``.
 
     Args:
         spec: The cache's attributes (the feature cache's, with ``memory`` from :func:`memory_spec`).
-        enc: The ``MultiCameraEncoder`` (or ``SAM2ObsEncoder``) with ``memory="sam2"``.
+        encoder: The image encoder (a policy encoder's ``.encoder``): variant, image size, weights.
+        levels: The levels its heads read (``levels``).
+        fuse: Its ``fuse`` (``"pool"`` or ``"coarse_to_fine"``).
+        modules: Its memory modules (a policy encoder's ``.memory``): ``memory_source`` and the
+            memory weights are checked too; ``None`` checks the trunk's settings only.
 
     Returns:
-        One ``"<setting> <cache value> in the cache vs <encoder value> in the encoder"`` line each.
+        One ``"<setting> <value> in the cache vs <value> in the encoder"`` line per disagreement.
     """
-    if enc.memory is None:
-        return ["memory: the cache holds policy-memory features, the encoder has memory='none'"]
     recorded = spec.get("memory")
     if not isinstance(recorded, Mapping):
-        return ["memory: the cache holds no policy-memory features (built without it), the encoder has memory='sam2'"]
-    image = enc.encoder
-    wanted = memory_cache_levels(enc.levels, enc.fuse)
+        return ["memory: the cache holds no policy-memory features (it was built without --memory sam2)"]
     pairs = [
-        ("variant", spec.get("variant"), image.variant.name),
-        ("image_size", list(spec.get("image_size") or []), list(image.image_size)),
-        ("weights", spec.get("weights"), image.weights_id),
-        ("memory_source", recorded.get("memory_source"), enc.config.policy_memory.memory_source),
-        ("memory_weights", recorded.get("memory_weights"), memory_weights_digest(enc.memory)),
+        ("variant", spec.get("variant"), encoder.variant.name),
+        ("image_size", list(spec.get("image_size") or []), list(encoder.image_size)),
+        ("weights", spec.get("weights"), encoder.weights_id),
     ]
+    if modules is not None:
+        pairs.append(("memory_source", recorded.get("memory_source"), modules.config.memory_source))
+        pairs.append(("memory_weights", recorded.get("memory_weights"), memory_weights_digest(modules)))
     problems = [
         f"{name} {ours!r} in the cache vs {theirs!r} in the encoder" for name, ours, theirs in pairs if ours != theirs
     ]
-    missing = [lv for lv in wanted if lv not in (spec.get("levels") or [])]
+    missing = [lv for lv in memory_cache_levels(levels, fuse) if lv not in (spec.get("levels") or [])]
     if missing:
         problems.append(
-            f"levels {spec.get('levels')} in the cache lack {missing} (the encoder reads levels={list(enc.levels)} "
-            f"with fuse={enc.fuse!r})"
+            f"levels {spec.get('levels')} in the cache lack {missing} (the encoder reads levels={list(levels)} "
+            f"with fuse={fuse!r})"
         )
     return problems
 

@@ -55,6 +55,8 @@ import torch
 from .. import __version__
 from ..checkpoints import find_local_path
 from ..image_encoder import LEVELS, SAM2ImageEncoder
+from ..memory_cache import memory_cache_problems
+from ..policy_memory import MemoryModules
 from ..pooling import fuse_levels, pack_pyramid
 from .dp_base import DPDatasetWrapper, dp_classes, sequence_frames
 from .feature_store import (
@@ -87,6 +89,7 @@ __all__ = [
     "build_cache",
     "check_layout",
     "default_cache_path",
+    "fill_cache",
     "sequence_frames",
     "verify_cache",
 ]
@@ -155,7 +158,7 @@ def _spec(
 
 
 def _check_build_args(
-    keys: Sequence[str], levels: Sequence[str], dtype: str, chunk_frames: Any
+    keys: Sequence[str], levels: Sequence[str], dtype: str, chunk_frames: Any, extra: bool = False
 ) -> tuple[list[str], int]:
     """``(levels in pyramid order, chunk_frames)`` after checking every build argument."""
     if dtype not in ("float16", "float32"):
@@ -168,7 +171,7 @@ def _check_build_args(
         levels = [levels]
     unknown = [lv for lv in levels if lv not in LEVELS]
     levels = [lv for lv in LEVELS if lv in levels]
-    if unknown or not levels:
+    if unknown or not (levels or extra):
         raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {unknown or list(levels)}")
     if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int | np.integer) or chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a whole number >= 1, got {chunk_frames!r}")
@@ -197,6 +200,10 @@ class FeatureWriter:
             for pyramids that come from another module sharing the weights (the tracker's).
         prepare: Create or check the folder (rank 0 only when sharded).
         barrier: Called after preparing (ranks wait for rank 0).
+        extra: More per-frame maps stored after ``levels``, ``{name: (C, h, w)}`` (a subclass's
+            :meth:`encode_chunk` computes them; the policy memory's cache stores ``s16_neck`` and
+            ``memory``, see :mod:`.memory_cache`).
+        extra_spec: More attributes recorded in (and checked against) the cache's spec.
 
     Raises:
         CacheError: If an existing cache at ``out`` was built with other arguments, or is not one.
@@ -216,8 +223,12 @@ class FeatureWriter:
         weights: str | None = None,
         prepare: bool = True,
         barrier: Callable[[], None] | None = None,
+        extra: Mapping[str, tuple[int, int, int]] | None = None,
+        extra_spec: Mapping[str, Any] | None = None,
     ) -> None:
-        levels, chunk_frames = _check_build_args(keys, levels, dtype, chunk_frames)
+        extra = dict(extra or {})
+        levels, chunk_frames = _check_build_args(keys, levels, dtype, chunk_frames, bool(extra))
+        levels = levels + list(extra)
         self.keys, self.levels, self.dtype, self.chunk_frames = list(keys), levels, dtype, chunk_frames
         self.encoder = encoder
         if out is None:
@@ -227,7 +238,8 @@ class FeatureWriter:
         self.spec = _spec(
             encoder, keys, levels, dtype, self.n_frames, chunk_frames, str(Path(replay).resolve()), weights
         )
-        self.shapes = encoder.feature_shapes()
+        self.spec.update(extra_spec or {})
+        self.shapes = {**encoder.feature_shapes(), **extra}
         self.n_chunks = math.ceil(self.n_frames / chunk_frames)
         self.created = self._prepare() if prepare else False
         (barrier or (lambda: None))()
@@ -406,6 +418,26 @@ def build_cache(
         raise ValueError("world_size > 1 needs a barrier (torch.distributed.barrier)")
     sync = barrier or (lambda: None)
     writer = FeatureWriter(replay, keys, encoder, out, levels, dtype, chunk_frames, prepare=rank == 0, barrier=sync)
+    return fill_cache(writer, progress, rank, world_size, sync, stop_after_chunks)
+
+
+def fill_cache(
+    writer: FeatureWriter,
+    progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] | None = None,
+    stop_after_chunks: int | None = None,
+) -> Path:
+    """Encode every chunk of a writer's keys not flagged done (this rank's share), then finish the cache.
+
+    The loop of :func:`build_cache` (arguments as there), for any :class:`FeatureWriter`.
+
+    Returns:
+        The cache path.
+    """
+    sync = barrier or (lambda: None)
+    keys = writer.keys
     if writer.complete:
         return writer.out
     todo = [(key, i) for key in keys for i in writer.todo(key) if i % world_size == rank]
@@ -480,6 +512,38 @@ class FeatureCache:
         """The zarr array ``features/<key>/<level>``, shape ``(N, C, h, w)`` (not checked: see :meth:`fused`)."""
         return self._array(key, level).data
 
+    @property
+    def holds_memory(self) -> bool:
+        """Whether this is a policy memory's cache (``s16_neck`` and ``memory`` maps, see :mod:`.memory_cache`)."""
+        return isinstance(self.spec.get("memory"), Mapping)
+
+    def maps(self, key: str, frames: np.ndarray | Sequence[int], levels: Sequence[str]) -> list[torch.Tensor]:
+        """Stored maps of some frames as they are: ``[(len(frames), C, h, w) float32]``, one per level.
+
+        Each chunk is verified against its checksum the first time it is read.
+
+        Raises:
+            KeyError: For a key or level the cache does not hold.
+            IndexError: For a frame index outside the cache.
+            CacheError: For a missing or damaged chunk.
+        """
+        unique, inverse = np.unique(frame_index(frames, len(self), self.store), return_inverse=True)
+        index = torch.from_numpy(inverse.reshape(-1))
+        return [torch.from_numpy(self._array(key, level).read(unique).astype(np.float32))[index] for level in levels]
+
+    def refuse_memory(self, reader: str) -> None:
+        """Refuse a policy memory's cache in a memoryless reader, naming the reader to use.
+
+        Raises:
+            CacheError: If :attr:`holds_memory`.
+        """
+        if self.holds_memory:
+            raise CacheError(
+                f"feature cache {self.path} holds policy-memory features (built with --memory sam2: levels "
+                f"{self.levels}); {reader} serves memoryless caches: use MemoryCacheDataset "
+                "(sam2_encoder.diffusion_policy.memory_cache) with an encoder with memory='sam2'"
+            )
+
     def check_chunks(self, key: str, level: str, chunks: Sequence[int]) -> None:
         """Verify chunks not yet verified by this object against their recorded CRC-32.
 
@@ -522,11 +586,8 @@ class FeatureCache:
         layout = check_layout(layout)
         if layout == "packed":
             levels = self.packed_levels(levels)
-        unique, inverse = np.unique(frame_index(frames, len(self), self.store), return_inverse=True)
-        maps = []
-        for level in levels or self.levels:
-            block = self._array(key, level).read(unique)
-            maps.append(torch.from_numpy(block.astype(np.float32))[torch.from_numpy(inverse.reshape(-1))])
+        self.refuse_memory("FeatureCache.fused")
+        maps = self.maps(key, frames, levels or self.levels)
         return pack_pyramid(maps) if layout == "packed" else fuse_levels(maps)
 
     def packed_levels(self, levels: Sequence[str] | None = None) -> list[str]:
@@ -555,7 +616,13 @@ class FeatureCache:
             )
         return list(LEVELS)
 
-    def check_compatible(self, encoder: SAM2ImageEncoder, levels: Sequence[str], layout: str = "pool") -> None:
+    def check_compatible(
+        self,
+        encoder: SAM2ImageEncoder,
+        levels: Sequence[str],
+        layout: str = "pool",
+        memory: MemoryModules | None = None,
+    ) -> None:
         """Raise unless this cache holds ``encoder``'s features for ``levels``.
 
         Args:
@@ -563,11 +630,20 @@ class FeatureCache:
             levels: Levels the heads read.
             layout: ``"pool"`` or ``"packed"`` / ``"coarse_to_fine"`` (then ``levels`` must be all
                 three; see :meth:`fused`).
+            memory: The encoder's memory modules (``memory="sam2"``). A policy memory's cache
+                (:attr:`holds_memory`) is checked by :func:`~sam2_encoder.memory_cache.memory_cache_problems`:
+                with ``memory``, its ``memory_source`` and weights too; with ``None``, the trunk only.
 
         Raises:
             CacheError: Naming every disagreement (variant, weights, image size, levels).
             ValueError: For an unknown layout.
         """
+        if self.holds_memory or memory is not None:
+            fuse = "coarse_to_fine" if check_layout(layout) == "packed" else "pool"
+            problems = memory_cache_problems(self.spec, encoder, levels, fuse, memory)
+            if problems:
+                raise CacheError(f"feature cache {self.path} does not match the encoder: " + "; ".join(problems))
+            return
         if check_layout(layout) == "packed":
             levels = list(LEVELS)
         problems = []
@@ -634,6 +710,7 @@ class CachedFeatureDataset(DPDatasetWrapper):
         self.layout = check_layout(layout)
         super().__init__(dataset, dataset_target, dataset_kwargs)
         self.cache = FeatureCache(feature_cache)
+        self.cache.refuse_memory("CachedFeatureDataset")
         self.cached_keys = dict(cached_keys)
         unknown = [v for v in self.cached_keys.values() if v not in self.cache.keys]
         if unknown:
