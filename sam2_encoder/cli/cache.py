@@ -11,6 +11,9 @@ the feature cache and a mask cache beside it (``--masks-out``, default as ``sam2
 ``REPLAY.<key>_masks.zarr``). Other ``--key`` cameras are cached as without ``--prompts``.
 
 ``--key`` is spelled as in ``sam2-encoder masks``; the older ``--keys`` is the same option.
+
+With ``--memory sam2`` the cache holds a frozen encoder's policy-memory inputs instead
+(:mod:`.cache_memory`): training with ``memory="sam2"`` then skips the trunk and the memory encoder.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import time
 from typing import Any
 
+from .cache_memory import add_memory_args, check_memory_arguments, run_memory
 from .common import (
     CLIError,
     EpisodeProgress,
@@ -72,6 +76,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--masks-out", help="mask cache folder with --prompts (default: REPLAY.<mask-key>_masks.zarr beside the replay)"
     )
+    add_memory_args(p)
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -88,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         _check_verify_arguments(args)
         return verify_cache_folder("cache", args.verify)
     _check_build_arguments(args)
+    memory_masks = check_memory_arguments(args)
+    if args.memory == "sam2":
+        return run_memory(args, memory_masks)
     if args.prompts is not None:
         return _run_with_masks(args)
     say(f"cache: loading torch, zarr and {args.variant} at {args.image_size}x{args.image_size}")
