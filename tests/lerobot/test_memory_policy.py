@@ -15,6 +15,8 @@
   bank as ``select_action`` does.
 - An offline window without its bank frames is refused with the layout it needs.
 - A scene at rest (the same image twice in a row) is still one bank step per ``select_action``.
+- With object masks and the policy's own tracker (LeRobot's default), each memory stores the tracked masks:
+  the conditions equal the policy given those masks in the batch, one trunk frame per control step.
 
 LeRobot 0.6 venv only (.ci/lerobot.sh).
 """
@@ -259,3 +261,37 @@ def test_a_scene_at_rest_two_equal_frames_in_a_row_streams_as_in_training() -> N
     with Conditions(policy) as conditions:
         policy.predict_action_chunk(window)
     assert (conditions.seen[0] - streamed).abs().max() < TOLERANCE
+
+
+def test_memory_with_the_object_tracker_streams_as_given_the_tracked_masks(
+    present_checkpoint: Path, dataset_root: Path
+) -> None:
+    """Object tokens, a frozen trunk and no masks at inference: the policy's tracker makes them (LeRobot's default
+    with ``object_masks``) and each frame's memory stores them (``memory_source="objects"``), from one trunk pass
+    per frame. Two episodes (``reset()`` between them): every condition equals the same policy without a tracker
+    given the tracker's masks in the batch (bit-equal)."""
+    prompts = {CAMERA: {1: {"points": [[40, 40]], "labels": [1]}, 2: {"box": [50, 20, 90, 70]}}}
+    tracked = make_policy(present_checkpoint, objects=True, object_tracker=True, object_prompts=prompts)
+    given = make_policy(present_checkpoint, objects=True)
+    given.load_state_dict({k: v for k, v in tracked.state_dict().items() if ".tracker." not in k}, strict=True)
+    assert tracked.object_tracker is not None and tracked.encoder.memory is not None and given.object_tracker is None
+    plain = LeRobotDataset(REPO_ID, root=dataset_root)
+    frames: list[int] = []
+    coverage: list[float] = []  # each frame's masked share
+    tracked.encoder.encoder.vision_encoder.backbone.patch_embed.register_forward_pre_hook(
+        lambda _m, args: frames.append(len(args[0]))
+    )
+    tracked.eval(), given.eval()
+    with Conditions(tracked) as seen, Conditions(given) as expected:
+        for episode in range(2):
+            tracked.reset(), given.reset()
+            for t in range(FRAMES):
+                item = plain[episode * FRAMES + t]
+                obs = {CAMERA: item[CAMERA][None], STATE: item[STATE][None]}
+                tracked.select_action(obs)
+                masks = tracked.encoder.tracked_masks[CAMERA][-1:]  # the newest frame's, (1, K, 96, 96) in the view
+                given.select_action({**obs, MASKS: masks.float()})
+                coverage.append(masks.float().mean().item())
+                assert torch.equal(seen.seen[-1], expected.seen[-1]), (episode, t)
+    assert frames == [1] * (2 * FRAMES), "one trunk frame per control step, for the tracker and the bank"
+    assert any(0 < share < 1 for share in coverage), "objects and background: the stored masks are not the frame"
