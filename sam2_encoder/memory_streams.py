@@ -11,6 +11,10 @@ A stream starts over (frame 0) at its first call, after :meth:`MemoryStreams.end
 ``reset_objects``, ``train()`` / ``eval()``), when the number of streams changes, and when a window is
 one repeated frame other than the stream's last frame (an episode start in both hosts). A window whose
 older rows are not the stream's previous frames is refused: the bank needs every frame, in order.
+
+With the object tracker and no masks in the obs dict, the call's plan is matched with the tracker's
+(:mod:`~sam2_encoder.memory_tracking`): the same trunk pass serves both, and a new frame's memory
+stores the masks the tracker gives it.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ and LeRobot's ``sam2_diffusion``, which both call ``MultiCameraEncoder.forward``
   Policy's ``MultiStepWrapper`` and LeRobot's queue both repeat the first observation).
 * **View.** Prompts are given in camera pixels and moved into each camera's view
   (:class:`~sam2_encoder.camera_view.CameraView`: resize, centre crop); masks are in the view.
+* **Policy memory.** With ``memory="sam2"`` the same trunk pass feeds the memory banks, which store
+  each new frame with the masks tracked here (:mod:`~sam2_encoder.memory_tracking`).
 
 Each stream's SAM 2 predictors are an :class:`~sam2_encoder.object_tracking.ObjectTracker` of one
 row on the shared :class:`~sam2_encoder.object_tracking.TrackerModules`.
