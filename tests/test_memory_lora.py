@@ -34,7 +34,8 @@ RANK = 4
 def make(rank: int = RANK, **options) -> MultiCameraEncoder:
     """A tiny memory encoder; its frozen memory weights get the same seeded noise with or without LoRA."""
     options = {"image_size": SIZE, "pool": "avg", "n_obs_steps": TO, "memory_frames": 2, "memory_stride": 2, **options}
-    enc = MultiCameraEncoder({CAM: (3, 48, 56)}, memory="sam2", memory_lora_rank=rank, **options)
+    camera = options.pop("camera", (CAM, (3, 48, 56)))
+    enc = MultiCameraEncoder(dict([camera]), memory="sam2", memory_lora_rank=rank, **options)
     frozen = sorted((n.replace(".base.", "."), p) for n, p in enc.memory.named_parameters() if ".lora_" not in n)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # transformers zero-initialises some memory weights
@@ -157,3 +158,34 @@ def test_a_trained_lora_memory_streams_what_training_computes() -> None:
         trained = enc(batch_of_windows(frames, enc))
     assert (trained - live).abs().max() < 1e-4  # the memory encoder's batch rounding (test_policy_memory)
     assert not torch.equal(live, streamed(make(rank=0), frames))  # the trained LoRA changed the outputs
+
+
+def test_the_lora_trains_from_a_memory_cache_as_from_frames(tmp_path: Path) -> None:
+    """The cache holds the trunk's and the memory encoder's per-frame maps: the LoRA attention runs per row."""
+    pytest.importorskip("zarr")
+    from sam2_encoder.diffusion_policy.memory_cache import MemoryCacheDataset, build_memory_cache
+    from sam2_encoder.diffusion_policy.memory_dataset import MemoryDataset
+    from sam2_encoder.diffusion_policy.synthetic import ReplayImageDataset, write_memory_buffer
+
+    replay = write_memory_buffer(tmp_path / "m.zarr", episodes=1, steps=6, size=48)
+    enc = make(camera=("image", (3, 48, 48)), n_obs_steps=1)
+    with torch.no_grad():  # a trained LoRA
+        for p in enc.memory.lora_parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    path = build_memory_cache(
+        replay, ["img"], enc.encoder, enc.memory, tmp_path / "c.zarr", dtype="float32", progress=False
+    )
+    base = ReplayImageDataset(replay, horizon=1, pad_before=0, pad_after=0)
+    cached = MemoryCacheDataset(path, {"image": "img"}, 2, 2, dataset=base)
+    frames = MemoryDataset(base, memory_frames=2, memory_stride=2)
+
+    def batch(dataset) -> dict[str, torch.Tensor]:
+        items = [dataset[i]["obs"] for i in range(6)]
+        return {k: torch.stack([it[k][0] for it in items]) for k in items[0] if k != "agent_pos"}
+
+    enc.train()
+    from_cache, from_frames = enc(batch(cached)), enc(batch(frames))
+    assert (from_cache - from_frames).abs().max() < 1e-4  # the memory encoder's batch variance
+    from_cache.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in enc.memory.lora_parameters())
+    assert all(p.grad is None for n, p in enc.memory.named_parameters() if ".lora_" not in n)
